@@ -1,0 +1,16 @@
+"""keras_cifar: the classic CIFAR-10 PyTorch experiments as Keras 3 models on torch."""
+
+from keras_cifar import _backend  # noqa: F401  (sets KERAS_BACKEND=torch, imports keras)
+
+from keras_cifar.models import create_model, get_model_info, list_models  # noqa: E402
+from keras_cifar.models.layers import InceptionBlock, ResidualBlock  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InceptionBlock",
+    "ResidualBlock",
+    "create_model",
+    "get_model_info",
+    "list_models",
+]

@@ -1,0 +1,342 @@
+"""The command line: `python cli.py fit | evaluate | predict | models | tensorboard | plot`."""
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from keras_cifar.errors import KerasCifarError, UsageError
+
+DEFAULT_LOG_DIR = "logs"
+
+
+def handle_errors(command):
+    """User errors end in one paragraph and an exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KerasCifarError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli():
+    """keras-cifar: the classic CIFAR-10 experiments (CNN, Inception, ResNet, GoogLeNet,
+    ResNet18) as Keras 3 models on PyTorch.
+
+    \b
+    Typical use:
+      python cli.py fit --model resnet_lite --epochs 40
+      python cli.py evaluate
+      python cli.py tensorboard
+    """
+
+
+# --- fit ------------------------------------------------------------------------------------------
+
+
+def _fit_options(function):
+    options = [
+        click.option("--model", help="Model to train (see `models`). Loads configs/<model>.yaml as defaults."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="YAML config file to start from (instead of the model's default config)."),
+        click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Images per training step."),
+        click.option("--eval-batch-size", type=click.IntRange(min=1), help="Images per evaluation step."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="(Peak) learning rate."),
+        click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), help="Optimizer."),
+        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="SGD momentum."),
+        click.option("--nesterov/--no-nesterov", default=None, help="SGD with Nesterov momentum."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), help="Decoupled weight decay."),
+        click.option("--schedule", type=click.Choice(["constant", "cosine", "one-cycle"]),
+                     help="Learning-rate schedule."),
+        click.option("--warmup-epochs", type=click.FloatRange(min=0),
+                     help="Warm-up length in epochs (cosine), or rise length (one-cycle; default 30%)."),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="Label smoothing."),
+        click.option("--augment/--no-augment", default=None,
+                     help="Random 4-pixel crop and horizontal flip (off in the original configs)."),
+        click.option("--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]),
+                     help="Mixed precision: bf16 (GPU or bf16-capable CPU) or fp16 (GPU only)."),
+        click.option("--seed", type=int, help="Seed of weights, data order, augmentation and dropout."),
+        click.option("--data", help="'cifar10' (TFDS, downloaded once) or a path to a local copy: "
+                                    "cifar-10-batches-py, cifar-10-batches-bin, an image folder, or an archive."),
+        click.option("--data-dir", type=click.Path(file_okay=False),
+                     help="Where TFDS prepares and caches data (default ~/tensorflow_datasets)."),
+        click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
+                     help="Hold out this fraction of train for per-epoch validation (default 0: test)."),
+        click.option("--weights", help="resnet18 only: 'imagenet' or a path to a torchvision .pth state dict."),
+        click.option("--log-dir", type=click.Path(file_okay=False), help="Where run folders go (default logs/)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto)."),
+        click.option("--jit", type=click.Choice(["trace", "compile", "off"]),
+                     help="trace: replay a captured forward graph (default); compile: torch.compile; off: eager."),
+        click.option("--data-format", type=click.Choice(["channels_first", "channels_last"]),
+                     help="Activation layout inside the model (default channels_first: faster on torch)."),
+        click.option("--init", type=click.Choice(["torch", "keras"]),
+                     help="Initial weights: PyTorch's default initialisation (default) or Keras's."),
+        click.option("--resize-to", type=click.IntRange(min=32),
+                     help="googlenet/resnet18: upscale size in pixels (default 224, as the originals)."),
+        click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_DIR]",
+                     help="Continue a run from its last completed epoch: RUN_DIR, or with no value the "
+                          "latest run (of --model if given) under --log-dir."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@_fit_options
+@handle_errors
+def fit(config_file, resume, **flags):
+    """Train a model with Keras `fit`, logging to TensorBoard and saving checkpoints.
+
+    Settings come from the model's config in configs/ (or --config FILE); flags override them.
+    Each run gets a folder logs/<model>-<time> with the resolved config, TensorBoard logs,
+    best.keras, last.keras, metrics.csv and summary.json.
+    """
+    from keras_cifar.train import run_dir as rd
+    from keras_cifar.train.config import resolve_config
+    from keras_cifar.train.trainer import fit as run_fit
+    from keras_cifar.train.trainer import resumed_config
+
+    if resume is None:
+        config = resolve_config(config_file, flags)
+        run_fit(config, verbose=_verbosity())
+        return
+    log_dir = flags.get("log_dir") or DEFAULT_LOG_DIR
+    if resume == "latest":
+        model = flags.get("model")
+        if model is None and config_file:
+            model = resolve_config(config_file, {}).model
+        runs = [r for r in rd.list_runs(log_dir, model) if os.path.exists(os.path.join(r, rd.STATE))]
+        if not runs:
+            raise UsageError(f"--resume: no run{' of ' + repr(model) if model else ''} to resume under "
+                             f"{log_dir!r}. Pass the run folder: --resume RUN_DIR.")
+        resume = runs[-1]
+    if config_file:
+        raise UsageError("--resume continues a run with its own saved config; do not pass --config with it.")
+    config = resumed_config(resume, flags)
+    run_fit(config, resume_path=resume, verbose=_verbosity())
+
+
+def _verbosity():
+    """A live progress bar on a terminal, one line per epoch in a log file."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+_checkpoint_option = click.option(
+    "--checkpoint", type=click.Path(), default=None,
+    help="A run folder (its best.keras) or a .keras file. Default: the latest run under --log-dir.")
+_log_dir_option = click.option("--log-dir", type=click.Path(file_okay=False), default=DEFAULT_LOG_DIR,
+                               show_default=True, help="Where run folders are.")
+_device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                              show_default=True, help="Device.")
+
+
+def _load_for_inference(checkpoint, log_dir, device):
+    import keras
+
+    from keras_cifar.train.checkpoints import load_checkpoint
+    from keras_cifar.train.device import select_device
+    from keras_cifar.train.run_dir import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint, log_dir)
+    device = select_device(device)
+    with keras.device(device):
+        model = load_checkpoint(path)
+    model_run = os.path.dirname(os.path.abspath(path))
+    return path, model, device, model_run
+
+
+@cli.command()
+@_checkpoint_option
+@_log_dir_option
+@click.option("--data", default=None,
+              help="Data to evaluate on. Default: the data of the checkpoint's run, else 'cifar10'.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="TFDS data directory.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Which split to evaluate.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Images per step.")
+@_device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def evaluate(checkpoint, log_dir, data, data_dir, split, batch_size, device, as_json):
+    """Evaluate a checkpoint: accuracy, per-class accuracy and the confusion matrix."""
+    import keras
+
+    from keras_cifar.data import load_cifar
+    from keras_cifar.train import run_dir as rd
+    from keras_cifar.train.checkpoints import check_compatible
+    from keras_cifar.train.evaluation import classification_report, format_report, predict_logits
+
+    path, model, device, run_path = _load_for_inference(checkpoint, log_dir, device)
+    if data is None or data_dir is None:
+        saved = _run_config(run_path) if rd.is_run_dir(run_path) else {}
+        data = data or saved.get("data") or "cifar10"
+        data_dir = data_dir or saved.get("data_dir")
+    dataset = load_cifar(data, data_dir, log=lambda message: click.echo(message, err=True))
+    check_compatible(model, path, dataset.num_classes)
+    split_data = dataset.test if split == "test" else dataset.train
+    with keras.device(device):
+        model.set_graph_capture(True) if hasattr(model, "set_graph_capture") else None
+        report = classification_report(split_data.labels, predict_logits(model, split_data, batch_size),
+                                       dataset.class_names)
+    report.update(checkpoint=path, split=split, data=dataset.source)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"Checkpoint: {path}\nData: {dataset.source}, {split} split\n")
+        click.echo(format_report(report))
+
+
+def _run_config(run_path):
+    from keras_cifar.train import run_dir as rd
+    from keras_cifar.train.config import read_config_file
+
+    try:
+        return read_config_file(os.path.join(run_path, rd.CONFIG))
+    except KerasCifarError:
+        return {}
+
+
+# --- predict --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@_checkpoint_option
+@_log_dir_option
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many classes to show per image.")
+@_device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@handle_errors
+def predict(images, checkpoint, log_dir, top_k, device, as_json):
+    """Classify image files (any size, colour or grey; a folder means every image in it).
+
+    Images are read with OpenCV and preprocessed exactly as in training (converted to RGB
+    and resized to 32x32; the model does the rest). Files that cannot be read are listed
+    and the command exits with status 1 after predicting the others.
+    """
+    import keras
+
+    from keras_cifar.train.predict import predict_files
+
+    path, model, device, run_path = _load_for_inference(checkpoint, log_dir, device)
+    class_names = _class_names(run_path, model)
+    with keras.device(device):
+        results, failures = predict_files(model, images, class_names, top_k)
+    if as_json:
+        click.echo(json.dumps({"checkpoint": path, "predictions": results, "failed": failures}, indent=2))
+    else:
+        for result in results:
+            ranked = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in result["top"])
+            click.echo(f"{result['file']}: {ranked}")
+        for failure in failures:
+            click.echo(f"{failure['file']}: cannot read ({failure['reason']})", err=True)
+    if failures:
+        click.echo(f"Error: {len(failures)} of {len(results) + len(failures)} file(s) could not be read as images.",
+                   err=True)
+        sys.exit(1)
+
+
+def _class_names(run_path, model):
+    from keras_cifar.data import CIFAR10_CLASSES
+    from keras_cifar.train import run_dir as rd
+
+    summary_path = os.path.join(run_path, rd.SUMMARY)
+    if os.path.exists(summary_path):
+        names = list(rd.read_json(summary_path).get("per_class_accuracy", {}))
+        if len(names) == model.outputs[0].shape[-1]:
+            return names
+    if model.outputs[0].shape[-1] == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return [f"class_{i}" for i in range(model.outputs[0].shape[-1])]
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@handle_errors
+def models():
+    """List the models: parameters, input size, and the original experiment each reproduces."""
+    from keras_cifar.models import create_model, get_model_info, list_models
+    from keras_cifar.train.config import configs_dir
+
+    rows = [("name", "parameters", "input", "original experiment", "default config")]
+    for name in list_models():
+        info = get_model_info(name)
+        model = create_model(name)
+        trainable = sum(int(v.numpy().size) for v in model.trainable_variables)
+        config = configs_dir() / f"{name}.yaml"
+        rows.append((name, f"{trainable:,}", info.input_size, info.experiment,
+                     f"configs/{config.name}" if config.is_file() else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if index == 0:
+            click.echo("  ".join("-" * width for width in widths))
+    click.echo("\nParameters are trainable weights (batch-norm statistics excluded, as PyTorch counts them).")
+
+
+# --- tensorboard ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--log-dir", type=click.Path(file_okay=False), default=DEFAULT_LOG_DIR, show_default=True,
+              help="Folder of runs to show when RUN_DIR is not given.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True,
+              help="Port (0: any free port).")
+@handle_errors
+def tensorboard(run_dir, log_dir, host, port):
+    """Start TensorBoard on logs/ (or on one run folder) and print its URL. Ctrl-C stops it."""
+    from keras_cifar.train.board import serve
+
+    target = run_dir or log_dir
+    if not os.path.isdir(target):
+        raise UsageError(f"{target!r} is not a folder. Train a run first or pass a run folder.")
+    serve(target, host, port, echo=lambda message: click.echo(message))
+
+
+# --- plot -----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="curves.png", show_default=True,
+              help="PNG file to write.")
+@click.option("--label", "labels", multiple=True, help="Legend label of each run, in order (default: folder name).")
+@click.option("--title", default=None, help="Figure title.")
+@handle_errors
+def plot(runs, output, labels, title):
+    """Draw training curves (train and test accuracy per epoch) of run folders or metrics.csv files."""
+    from keras_cifar.train.plots import plot_runs
+
+    if labels and len(labels) != len(runs):
+        raise UsageError(f"Give one --label per run: {len(runs)} run(s), {len(labels)} label(s).")
+    plot_runs(runs, output, labels or None, title)
+    click.echo(f"Wrote {output}")
+
+
+def main():
+    cli(prog_name="cli.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""`TensorLoader`: a split held as tensors on the training device, shuffled,
+batched and augmented with batched tensor ops, and fed to Keras `fit`.
+
+Keras on torch iterates a `torch.utils.data.DataLoader` as it is; this one
+only hands over ready batches (`batch_size=None`, no workers), so the input
+pipeline costs one gather per batch and never leaves the device.
+
+Randomness depends only on `(seed, epoch)`: `set_epoch` (called by
+`EpochSetter` at the start of every epoch) makes the order and augmentation
+of epoch k the same whether or not the run was resumed. `rank` and
+`world_size` give each data-parallel process its own shard of every epoch.
+"""
+
+import math
+
+import keras
+import torch
+
+
+class TensorLoader(torch.utils.data.IterableDataset):
+    def __init__(self, split, batch_size, *, shuffle=False, augment=False, seed=0, drop_remainder=False,
+                 device=None, rank=0, world_size=1):
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"`rank` must be in [0, world_size). Received: rank={rank}, world_size={world_size}")
+        self.device = torch.device(device or keras.src.backend.torch.core.get_device())
+        self.images = torch.as_tensor(split.images).to(self.device)
+        self.labels = torch.as_tensor(split.labels).to(self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.drop_remainder = drop_remainder
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    @property
+    def num_examples(self):
+        """Examples this rank sees per epoch (shards are equal: the last examples wrap around)."""
+        return math.ceil(len(self.labels) / self.world_size)
+
+    def __len__(self):
+        if self.drop_remainder:
+            return self.num_examples // self.batch_size
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _generator(self, device):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return generator
+
+    def epoch_order(self):
+        count = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(count, generator=self._generator("cpu"))
+        else:
+            order = torch.arange(count)
+        if self.world_size > 1:
+            order = torch.cat([order, order[: self.num_examples * self.world_size - count]])[self.rank::self.world_size]
+        return order.to(self.device)
+
+    def __iter__(self):
+        order = self.epoch_order()
+        generator = self._generator(self.device) if self.augment else None
+        for step in range(len(self)):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            images = self.images[index]
+            if self.augment:
+                from keras_cifar.data.augment import random_crop_flip
+
+                images = random_crop_flip(images, generator)
+            yield images, self.labels[index]
+
+    def as_keras_input(self):
+        """The form Keras `fit`/`evaluate` take: a DataLoader that passes batches through."""
+        return torch.utils.data.DataLoader(self, batch_size=None, num_workers=0)
+
+
+class EpochSetter(keras.callbacks.Callback):
+    """Tells loaders which epoch starts, as `DistributedSampler.set_epoch` does."""
+
+    def __init__(self, *loaders):
+        super().__init__()
+        self.loaders = loaders
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for loader in self.loaders:
+            loader.set_epoch(epoch)

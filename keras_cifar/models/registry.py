@@ -1,0 +1,62 @@
+"""Model registry: builders registered by name, created with `create_model`."""
+
+import dataclasses
+import difflib
+from typing import Callable
+
+from keras_cifar.errors import UsageError
+
+_REGISTRY: dict = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable
+    input_size: str  # what the network sees after in-model preprocessing
+    experiment: str  # the original script it reproduces
+    description: str
+
+
+def register_model(name, *, input_size, experiment, description):
+    """Decorator: registers `builder(num_classes=..., **overrides) -> keras.Model`."""
+
+    def decorator(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"A model named {name!r} is already registered.")
+        _REGISTRY[name] = ModelInfo(name, builder, input_size, experiment, description)
+        return builder
+
+    return decorator
+
+
+def list_models():
+    """Names of all registered models, in registration order."""
+    return list(_REGISTRY)
+
+
+def unknown_model_message(name):
+    known = list_models()
+    message = f"Unknown model {name!r}. Known models: {', '.join(known)}."
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.4)
+    if close:
+        message += f" Did you mean {close[0]!r}?"
+    return message
+
+
+def get_model_info(name):
+    if name not in _REGISTRY:
+        raise UsageError(unknown_model_message(name))
+    return _REGISTRY[name]
+
+
+def create_model(name, num_classes=10, **overrides):
+    """Builds the registered model `name` with a `num_classes`-way head.
+
+    `overrides` go to the builder (for example `data_format`, `resize_to`,
+    `weights`); an argument the builder does not take raises `TypeError`.
+    """
+    info = get_model_info(name)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise UsageError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
+    return info.builder(num_classes=num_classes, **overrides)

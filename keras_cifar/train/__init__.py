@@ -1,0 +1,1 @@
+"""Training, evaluation and prediction: what `cli.py` runs."""

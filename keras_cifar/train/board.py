@@ -1,0 +1,15 @@
+"""Serving TensorBoard on a log folder."""
+
+import time
+
+
+def serve(logdir, host="127.0.0.1", port=6006, echo=print):
+    """Starts a TensorBoard server in this process, prints its URL, and blocks until Ctrl-C."""
+    from tensorboard import program
+
+    board = program.TensorBoard()
+    board.configure(argv=[None, "--logdir", logdir, "--host", host, "--port", str(port)])
+    url = board.launch()
+    echo(f"TensorBoard {url} (serving {logdir}; Ctrl-C stops it)")
+    while True:
+        time.sleep(3600)

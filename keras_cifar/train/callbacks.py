@@ -1,0 +1,189 @@
+"""The Keras callbacks of a training run (besides Keras's own TensorBoard)."""
+
+import csv
+import io
+import math
+import os
+import time
+
+import keras
+import torch
+
+from keras_cifar.train import run_dir as rd
+from keras_cifar.train.signals import deferred_sigint
+
+
+class EpochSeeder(keras.callbacks.Callback):
+    """Makes epoch k's randomness a function of (seed, k) alone: data order and
+    augmentation (through the loaders' `set_epoch`) and dropout (torch's global
+    generator). A resumed run then repeats exactly what an uninterrupted one does."""
+
+    def __init__(self, seed, *loaders):
+        super().__init__()
+        self.seed = seed
+        self.loaders = loaders
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for loader in self.loaders:
+            loader.set_epoch(epoch)
+        torch.manual_seed(self.seed * 1_000_003 + epoch)
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Adds `learning_rate` (at the end of the epoch) and `epoch_time_s` to the epoch logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["epoch_time_s"] = time.perf_counter() - self._start
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite.
+
+    `async_safe`: Keras may run it in its callback thread, so the training
+    loop never waits for the loss to reach the host."""
+
+    async_safe = True
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.bad_step = None  # (epoch, step), 1-based, of the first non-finite loss
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            step = (self.epoch + 1, batch + 1)
+            if self.bad_step is None or step < self.bad_step:
+                self.bad_step = step
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss) and self.bad_step is None:
+            self.bad_step = (epoch + 1, None)
+            self.model.stop_training = True
+
+
+METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s")
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Commits each completed epoch to the run folder so that nothing is lost
+    and a killed run resumes exactly.
+
+    Order of a commit: the model with its optimizer state goes to
+    `resume/epoch-NNNN.keras` (written under a temporary name, then renamed);
+    then `state.json` is replaced, which is the commit point; then
+    `metrics.csv` is rewritten from the committed history and `last.keras`
+    (and `best.keras` when validation accuracy improved) are replaced by links
+    to the new file. A crash at any moment leaves the previous commit intact.
+    """
+
+    def __init__(self, run_path, state, nan_guard, monitor="val_accuracy"):
+        super().__init__()
+        self.run_path = run_path
+        self.state = state  # completed_epochs, checkpoint, best, history
+        self.nan_guard = nan_guard
+        self.monitor = monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.nan_guard.bad_step is not None or not math.isfinite(logs.get("loss", 0.0)):
+            return  # never commit weights trained into a NaN
+        row = {"epoch": epoch + 1, **{k: logs[k] for k in METRIC_COLUMNS[1:] if k in logs}}
+        with deferred_sigint():
+            self.commit(epoch + 1, row, logs.get(self.monitor))
+
+    def commit(self, completed_epochs, row, monitored):
+        os.makedirs(os.path.join(self.run_path, rd.RESUME_DIR), exist_ok=True)
+        relative = os.path.join(rd.RESUME_DIR, f"epoch-{completed_epochs:04d}.keras")
+        path = os.path.join(self.run_path, relative)
+        tmp = os.path.join(self.run_path, rd.RESUME_DIR, f".tmp-epoch-{completed_epochs:04d}.keras")
+        self.model.save(tmp)
+        os.replace(tmp, path)
+
+        history = [r for r in self.state["history"] if r["epoch"] < completed_epochs] + [row]
+        best = self.state.get("best")
+        improved = monitored is not None and (best is None or monitored > best["value"])
+        if improved:
+            best = {"metric": self.monitor, "value": monitored, "epoch": completed_epochs}
+        new_state = dict(self.state, completed_epochs=completed_epochs, checkpoint=relative, history=history,
+                         best=best)
+        rd.write_json(os.path.join(self.run_path, rd.STATE), new_state)
+        self.state.clear()
+        self.state.update(new_state)
+
+        write_metrics_csv(os.path.join(self.run_path, rd.METRICS), history)
+        _replace_with_link(path, os.path.join(self.run_path, rd.LAST))
+        if improved or not os.path.exists(os.path.join(self.run_path, rd.BEST)):
+            _replace_with_link(path, os.path.join(self.run_path, rd.BEST))
+        for name in os.listdir(os.path.join(self.run_path, rd.RESUME_DIR)):
+            if name != os.path.basename(path):
+                os.remove(os.path.join(self.run_path, rd.RESUME_DIR, name))
+
+
+def write_metrics_csv(path, history):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({key: row.get(key, "") for key in METRIC_COLUMNS})
+    rd.atomic_write_text(path, buffer.getvalue())
+
+
+def _replace_with_link(source, target):
+    tmp = f"{target}.tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:  # file systems without hard links
+        import shutil
+
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+class OriginalTags(keras.callbacks.Callback):
+    """The original scripts' TensorBoard tags, in the run folder itself:
+    `loss/epoch` (sum of the batch losses), `accuracy/epoch` (train, percent)
+    and `Test_accuracy/epoch` (percent; only when the test split is the one
+    evaluated every epoch, as in the originals)."""
+
+    def __init__(self, run_path, steps_per_epoch, eval_is_test):
+        super().__init__()
+        self.run_path = run_path
+        self.steps_per_epoch = steps_per_epoch
+        self.eval_is_test = eval_is_test
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self._writer = tf.summary.create_file_writer(self.run_path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        logs = logs or {}
+        if not math.isfinite(logs.get("loss", 0.0)):
+            return
+        with self._writer.as_default(step=epoch):
+            tf.summary.scalar("loss/epoch", logs["loss"] * self.steps_per_epoch)
+            tf.summary.scalar("accuracy/epoch", 100.0 * logs["accuracy"])
+            if self.eval_is_test and "val_accuracy" in logs:
+                tf.summary.scalar("Test_accuracy/epoch", 100.0 * logs["val_accuracy"])
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,50 @@
+"""Loading `.keras` checkpoints with clear errors."""
+
+import os
+import warnings
+import zipfile
+
+from keras_cifar.errors import CheckpointError
+
+
+def load_checkpoint(path, compile=False):
+    import keras
+
+    import keras_cifar.train.optim  # noqa: F401  (registers the loss and schedules)
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"The checkpoint {path!r} does not exist.")
+    if os.path.isdir(path):
+        raise CheckpointError(f"The checkpoint {path!r} is a folder; pass a run folder or a .keras file.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path!r} is not a Keras model file (.keras): it is truncated, corrupt, or another kind of file."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = keras.saving.load_model(path, compile=compile)
+    except Exception as error:
+        raise CheckpointError(
+            f"Cannot load the checkpoint {path!r} ({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
+            "It is truncated, corrupt, or was not saved by keras-cifar."
+        ) from None
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise CheckpointError(f"The checkpoint {path!r} does not hold a single-input image classifier.")
+    return model
+
+
+def check_compatible(model, path, num_classes, model_name=None):
+    """Raises CheckpointError if `model` cannot classify 32x32 RGB images into `num_classes`."""
+    input_shape = tuple(model.inputs[0].shape[1:])
+    if input_shape != (32, 32, 3):
+        raise CheckpointError(f"The checkpoint {path!r} takes images of shape {input_shape}, not 32x32 RGB.")
+    outputs = model.outputs[0].shape[-1]
+    if outputs != num_classes:
+        raise CheckpointError(
+            f"The checkpoint {path!r} was built for {outputs} classes; this data has {num_classes}."
+        )
+    if model_name is not None and model.name != model_name:
+        raise CheckpointError(
+            f"The checkpoint {path!r} holds a {model.name!r} model, not {model_name!r}."
+        )

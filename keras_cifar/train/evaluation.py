@@ -1,0 +1,81 @@
+"""Accuracy, per-class accuracy and the confusion matrix, from raw predictions."""
+
+import numpy as np
+
+
+def predict_logits(model, split, batch_size):
+    from keras_cifar.data.loader import TensorLoader
+
+    loader = TensorLoader(split, batch_size)
+    return np.asarray(model.predict(loader.as_keras_input(), verbose=0))
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    """`matrix[true, predicted]` counts."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+def classification_report(labels, logits, class_names):
+    labels = np.asarray(labels)
+    predictions = np.asarray(logits).argmax(axis=-1)
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    support = matrix.sum(axis=1)
+    per_class = {
+        name: {"accuracy": float(matrix[i, i] / support[i]) if support[i] else None, "correct": int(matrix[i, i]),
+               "total": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "accuracy": float((predictions == labels).mean()) if len(labels) else 0.0,
+        "correct": int((predictions == labels).sum()),
+        "total": int(len(labels)),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def format_report(report):
+    lines = [f"Accuracy: {100 * report['accuracy']:.2f}% ({report['correct']:,} of {report['total']:,})", ""]
+    width = max(len(name) for name in report["class_names"])
+    lines.append(f"{'class':<{width}}  accuracy  correct  total")
+    for name, row in report["per_class"].items():
+        accuracy = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:7.2f}%"
+        lines.append(f"{name:<{width}}  {accuracy:>8}  {row['correct']:>7,}  {row['total']:>5,}")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted class)"]
+    short = [name[:5] for name in report["class_names"]]
+    lines.append(" " * (width + 1) + " ".join(f"{s:>5}" for s in short))
+    for name, row in zip(report["class_names"], report["confusion_matrix"]):
+        lines.append(f"{name:<{width}} " + " ".join(f"{count:>5}" for count in row))
+    return "\n".join(lines)
+
+
+def confusion_matrix_png(report, title="Confusion matrix"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(report["confusion_matrix"])
+    names = report["class_names"]
+    figure, axes = plt.subplots(figsize=(7, 6), dpi=100)
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{title} (accuracy {100 * report['accuracy']:.2f}%)")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        axes.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > threshold else "black")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

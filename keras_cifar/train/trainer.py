@@ -1,0 +1,196 @@
+"""`fit`: trains a model with Keras `fit` into a run folder, resumable."""
+
+import dataclasses
+import math
+import os
+import time
+
+import keras
+
+from keras_cifar.data import TensorLoader, load_cifar
+from keras_cifar.errors import CheckpointError, ConfigError, KerasCifarError, TrainingError, UsageError
+from keras_cifar.models import create_model
+from keras_cifar.train import run_dir as rd
+from keras_cifar.train.callbacks import Checkpointer, EpochSeeder, EpochStats, NaNGuard, OriginalTags
+from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
+from keras_cifar.train.config import build_config, read_config_file, to_dict, write_config
+from keras_cifar.train.device import describe_device, seed_everything, select_device, set_precision
+from keras_cifar.train.evaluation import classification_report, predict_logits
+from keras_cifar.train.optim import build_loss, build_optimizer
+from keras_cifar.train.reports import write_final_summaries
+
+# Keys a resumed run may change; the rest define the run and must stay.
+RESUMABLE_CHANGES = {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir", "mixed_precision"}
+
+
+class Interrupted(KerasCifarError):
+    exit_code = 130
+
+
+@dataclasses.dataclass
+class FitResult:
+    run_path: str
+    summary: dict
+    history: list
+
+
+def resumed_config(run_path, overrides):
+    """The run's saved config with the explicitly given `overrides` applied."""
+    if not rd.is_run_dir(run_path) or not os.path.exists(os.path.join(run_path, rd.STATE)):
+        raise CheckpointError(f"{run_path!r} is not a resumable run folder (it has no {rd.CONFIG} and {rd.STATE}).")
+    saved = read_config_file(os.path.join(run_path, rd.CONFIG))
+    changed = {k: v for k, v in overrides.items() if v is not None and k != "log_dir" and saved.get(k) != v}
+    fixed = sorted(set(changed) - RESUMABLE_CHANGES)
+    if fixed:
+        raise ConfigError(
+            f"Cannot change {', '.join(fixed)} when resuming {run_path!r}: they define the run. "
+            f"A resumed run may change only {', '.join(sorted(RESUMABLE_CHANGES))}; start a new run instead."
+        )
+    if "epochs" in changed and saved.get("schedule", "constant") != "constant":
+        raise ConfigError(
+            f"Cannot change epochs when resuming a run with the {saved['schedule']!r} schedule: the schedule "
+            "was laid out for the original number of epochs. Start a new run instead."
+        )
+    return build_config({**saved, **changed, "log_dir": saved.get("log_dir", "logs")})
+
+
+def build_model(config, num_classes):
+    options = dict(num_classes=num_classes, data_format=config.data_format, init=config.init)
+    if config.resize_to is not None:
+        options["resize_to"] = config.resize_to
+    if config.weights is not None:
+        options["weights"] = config.weights
+    if config.normalize:
+        options["normalize"] = True
+    return create_model(config.model, **options)
+
+
+def compile_model(model, config, steps_per_epoch):
+    model.compile(
+        optimizer=build_optimizer(config, steps_per_epoch),
+        loss=build_loss(config),
+        metrics=["accuracy"],
+        jit_compile=config.jit == "compile",
+    )
+
+
+def _check_sizes(config, data):
+    if config.batch_size > len(data.train):
+        raise UsageError(
+            f"The batch size {config.batch_size} is larger than the {len(data.train)} training images."
+        )
+
+
+def _format_duration(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
+def fit(config, resume_path=None, verbose=1, echo=print):
+    """Trains `config` into a new run folder (or continues `resume_path`)."""
+    started = time.perf_counter()
+    device = select_device(config.device)
+    set_precision(config.mixed_precision, device)
+    echo(f"Device: {describe_device(device)}")
+    data = load_cifar(config.data, config.data_dir, config.val_split, config.seed, log=echo)
+    echo(f"Data: {data.summary()}")
+    _check_sizes(config, data)
+
+    with keras.device(device):
+        seed_everything(config.seed)
+        train_loader = TensorLoader(data.train, config.batch_size, shuffle=True, augment=config.augment,
+                                    seed=config.seed, device=device)
+        eval_loader = TensorLoader(data.eval, config.eval_batch_size, device=device)
+        steps_per_epoch = len(train_loader)
+        if resume_path:
+            state = rd.read_json(os.path.join(resume_path, rd.STATE))
+            checkpoint = os.path.join(resume_path, state["checkpoint"]) if state.get("checkpoint") else None
+            if checkpoint:
+                model = load_checkpoint(checkpoint, compile=True)
+                check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
+            else:  # killed before the first epoch ended: start over in the same folder
+                model = build_model(config, data.num_classes)
+                compile_model(model, config, steps_per_epoch)
+            run_path = resume_path
+            write_config(config, os.path.join(run_path, rd.CONFIG))
+            echo(f"Resuming {run_path} after epoch {state['completed_epochs']} of {config.epochs}")
+        else:
+            model = build_model(config, data.num_classes)
+            compile_model(model, config, steps_per_epoch)
+            run_path = rd.create_run_dir(config.log_dir, config.model)
+            write_config(config, os.path.join(run_path, rd.CONFIG))
+            state = {"completed_epochs": 0, "checkpoint": None, "best": None, "history": []}
+            rd.write_json(os.path.join(run_path, rd.STATE), state)
+        model.set_graph_capture(config.jit == "trace")
+        echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
+
+        nan_guard = NaNGuard()
+        callbacks = [
+            EpochSeeder(config.seed, train_loader),
+            EpochStats(),
+            nan_guard,
+            Checkpointer(run_path, state, nan_guard),
+            OriginalTags(run_path, steps_per_epoch, eval_is_test=data.val is None),
+            keras.callbacks.TensorBoard(log_dir=run_path, write_graph=False, update_freq="epoch"),
+        ]
+        initial_epoch = state["completed_epochs"]
+        if initial_epoch < config.epochs:
+            try:
+                model.fit(
+                    train_loader.as_keras_input(),
+                    validation_data=eval_loader.as_keras_input(),
+                    epochs=config.epochs,
+                    initial_epoch=initial_epoch,
+                    callbacks=callbacks,
+                    verbose=verbose,
+                    shuffle=False,  # the loader shuffles
+                )
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
+                    f"saved in {run_path}. Resume with: python cli.py fit --resume {run_path}"
+                ) from None
+        if nan_guard.bad_step is not None:
+            epoch, step = nan_guard.bad_step
+            where = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
+            kept = (f"the last good checkpoint (epoch {state['completed_epochs']}) is kept in {run_path}"
+                    if state["checkpoint"] else f"no epoch had completed, so {run_path} holds no checkpoint")
+            raise TrainingError(
+                f"The training loss became NaN or infinite at {where}; training stopped and {kept}. "
+                "Lower the learning rate (--lr), or use --schedule cosine with warm-up."
+            )
+        report = classification_report(data.eval.labels, predict_logits(model, data.eval, config.eval_batch_size),
+                                       data.class_names)
+    summary = _summary(config, state, report, data, device, run_path)
+    rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
+    write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
+    best = state.get("best")
+    if best:
+        echo(f"Best {data.eval_split_name} accuracy {100 * best['value']:.2f}% (epoch {best['epoch']}); "
+             f"final {100 * report['accuracy']:.2f}%.")
+    echo(f"Checkpoints and logs: {run_path}")
+    echo(f"Total time: {_format_duration(time.perf_counter() - started)}")
+    return FitResult(run_path, summary, state["history"])
+
+
+def _summary(config, state, report, data, device, run_path):
+    history = state["history"]
+    best = state.get("best") or {}
+    return {
+        "run": os.path.basename(os.path.abspath(run_path)),
+        "model": config.model,
+        "epochs": state["completed_epochs"],
+        "eval_split": data.eval_split_name,
+        "best_accuracy": best.get("value"),
+        "best_epoch": best.get("epoch"),
+        "final_accuracy": report["accuracy"],
+        "final_loss": history[-1].get("val_loss") if history else None,
+        "final_train_accuracy": history[-1].get("accuracy") if history else None,
+        "per_class_accuracy": {k: v["accuracy"] for k, v in report["per_class"].items()},
+        "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in history),
+        "device": device,
+        "device_name": describe_device(device),
+        "data": data.source,
+        "config": to_dict(config),
+    }

@@ -1,0 +1,66 @@
+"""Shared fixtures. Real data comes from ../shared/data/cifar10-jpeg.tar.gz (only the
+images a test needs are extracted); KERAS_CIFAR_DATA points elsewhere."""
+
+import collections
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import keras_cifar  # noqa: F401  (selects the torch backend before anything imports tensorflow)
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("KERAS_CIFAR_DATA", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+
+
+def extract_subset(destination, per_class_train, per_class_test, archive=REAL_DATA):
+    """Extracts the first N images per class and split of the real archive into an image folder."""
+    if not archive.is_file():
+        pytest.fail(f"The real CIFAR-10 archive is missing: {archive}. Set KERAS_CIFAR_DATA to its path.")
+    limits = {"train": per_class_train, "test": per_class_test}
+    counts = collections.Counter()
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3 or counts[parts[0], parts[1]] >= limits[parts[0]]:
+                continue
+            counts[parts[0], parts[1]] += 1
+            target = Path(destination, *parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    return Path(destination)
+
+
+@pytest.fixture(scope="session")
+def real_folder_2k(tmp_path_factory):
+    """2,000 real training images (200 per class) and 1,000 test images (100 per class)."""
+    return extract_subset(tmp_path_factory.mktemp("real2k"), 200, 100)
+
+
+@pytest.fixture(scope="session")
+def real_folder_small(tmp_path_factory):
+    """300 real training images (30 per class) and 100 test images (10 per class)."""
+    return extract_subset(tmp_path_factory.mktemp("real_small"), 30, 10)
+
+
+@pytest.fixture(scope="session")
+def real_images(real_folder_small):
+    """A few real test images as a uint8 array (N, 32, 32, 3), RGB."""
+    import cv2
+
+    files = sorted(real_folder_small.glob("test/*/*.jpg"))[:24]
+    return np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files])
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A fresh TFDS data directory."""
+    path = tmp_path / "tfds"
+    path.mkdir()
+    return path
+
+
+def random_images(count, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)

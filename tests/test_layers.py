@@ -1,0 +1,69 @@
+"""Custom layers: shapes, weights, config round-trips and saving."""
+
+import numpy as np
+import pytest
+
+from keras_cifar import InceptionBlock, ResidualBlock
+from keras_cifar.models.inception_lite import LITE_BLOCK
+from keras_cifar.models.layers import SymmetricMaxPooling2D
+from tests.helpers import run_layer_test
+
+
+@pytest.mark.parametrize("data_format,shape,out", [
+    ("channels_last", (2, 14, 14, 64), (2, 14, 14, 88)),
+    ("channels_first", (2, 64, 14, 14), (2, 88, 14, 14)),
+])
+def test_inception_lite_block(data_format, shape, out, tmp_path):
+    # pool 24*(64+1), 1x1 16*65, 5x5 16*65 + 24*(16*25+1), 3x3 16*65 + 24*(16*9+1) + 24*(24*9+1)
+    run_layer_test(InceptionBlock, dict(LITE_BLOCK, data_format=data_format), shape, out, tmp_path,
+                   expected_trainable_weights=22_992)
+
+
+def test_googlenet_inception_block(tmp_path):
+    # inception(192, 64, 96, 128, 16, 32, 32) of GoogLeNet: conv weights + batch-norm gamma and beta
+    layer = run_layer_test(InceptionBlock, dict(data_format="channels_last"), (2, 8, 8, 192), (2, 8, 8, 256),
+                           tmp_path)
+    convs = 192 * 64 + 192 * 96 + 96 * 9 * 128 + 192 * 16 + 16 * 25 * 32 + 192 * 32
+    batch_norm = 2 * (64 + 96 + 128 + 16 + 32 + 32)
+    assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == convs + batch_norm
+    assert len(layer.non_trainable_weights) == 2 * 6  # moving mean and variance of 6 batch norms
+
+
+def test_inception_block_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="filters_1x1"):
+        InceptionBlock(filters_1x1=0)
+    with pytest.raises(ValueError, match="pool"):
+        InceptionBlock(pool="min")
+    with pytest.raises(ValueError, match="branch_order"):
+        InceptionBlock(branch_order=("1x1", "3x3"))
+
+
+@pytest.mark.parametrize("data_format,shape", [("channels_last", (2, 6, 6, 20)), ("channels_first", (2, 20, 6, 6))])
+def test_plain_residual_block(data_format, shape, tmp_path):
+    run_layer_test(ResidualBlock, dict(filters=20, data_format=data_format), shape, shape, tmp_path,
+                   expected_trainable_weights=2 * (20 * 20 * 9 + 20))
+
+
+def test_basic_block_with_downsample(tmp_path):
+    layer = run_layer_test(ResidualBlock, dict(filters=128, strides=2, batch_norm=True, data_format="channels_last"),
+                           (2, 16, 16, 64), (2, 8, 8, 128), tmp_path)
+    weights = 64 * 128 * 9 + 128 * 128 * 9 + 64 * 128 + 3 * 2 * 128
+    assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == weights
+
+
+def test_plain_residual_block_needs_matching_shapes(tmp_path):
+    with pytest.raises(ValueError, match="keeps its input shape"):
+        run_layer_test(ResidualBlock, dict(filters=8), (1, 6, 6, 4), (1, 6, 6, 8), tmp_path)
+    with pytest.raises(ValueError, match="filters"):
+        ResidualBlock(filters=-1)
+
+
+def test_symmetric_max_pooling_pads_like_pytorch(tmp_path):
+    import torch
+
+    layer = run_layer_test(SymmetricMaxPooling2D, dict(pool_size=3, strides=2, padding=1,
+                                                       data_format="channels_first"),
+                           (2, 3, 8, 8), (2, 3, 4, 4), tmp_path)
+    x = torch.randn(2, 3, 8, 8) - 3  # negative values: padding must behave as -inf
+    expected = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+    torch.testing.assert_close(layer(x), expected)

@@ -1,0 +1,218 @@
+"""The model zoo: exact parameter counts, numerical parity with the PyTorch
+originals, saving, in-model preprocessing. Parametrized over the registry, so a
+new model is tested for free (add its reference to keras_cifar.reference)."""
+
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import torch
+
+import keras_cifar as kc
+from keras_cifar import reference
+from keras_cifar.models.convert import copy_torch_weights, keras_weighted_layer_names
+from tests.conftest import random_images
+from tests.helpers import assert_saves_and_reloads, to_numpy
+
+SPEC_PARAMETERS = {
+    "cnn": 25_700,
+    "inception_lite": 138_154,
+    "resnet_lite": 23_382,
+    "googlenet": 6_318_570,
+    "resnet18": 11_181_642,
+}
+BIG = {"googlenet", "resnet18"}
+MODELS = kc.list_models()
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def test_registry_names():
+    assert MODELS == ["cnn", "inception_lite", "resnet_lite", "googlenet", "resnet18"]
+    for name in MODELS:
+        assert name in reference.REFERENCES, f"{name} has no PyTorch reference module"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_trainable_parameters_match_spec(name):
+    model = kc.create_model(name)
+    assert isinstance(model, keras.Model)
+    assert trainable_count(model) == SPEC_PARAMETERS[name]
+    reference_module = reference.create_reference(name)
+    assert sum(p.numel() for p in reference_module.parameters()) == SPEC_PARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_built_from_input_with_named_layers(name):
+    model = kc.create_model(name)
+    assert model.inputs[0].name == "images"
+    assert tuple(model.input_shape) == (None, 32, 32, 3)
+    assert tuple(model.output_shape) == (None, 10)
+    names = [layer.name for layer in model.layers]
+    assert len(names) == len(set(names))
+    assert model.get_layer("fc").units == 10
+    assert kc.create_model(name, num_classes=7).output_shape == (None, 7)
+
+
+def randomize_batch_norm(module, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                sub.running_mean.copy_(torch.rand(sub.num_features, generator=generator) - 0.5)
+                sub.running_var.copy_(torch.rand(sub.num_features, generator=generator) + 0.5)
+                sub.weight.copy_(torch.rand(sub.num_features, generator=generator) + 0.5)
+                sub.bias.copy_(torch.rand(sub.num_features, generator=generator) - 0.5)
+
+
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_equal_pytorch_original(name, data_format):
+    """Weights copied from the PyTorch module give the same logits to 1e-4 (inference mode)."""
+    torch.manual_seed(0)
+    torch_model = reference.create_reference(name).eval()
+    randomize_batch_norm(torch_model)
+    model = kc.create_model(name, data_format=data_format)
+    copied = copy_torch_weights(model, torch_model)
+    assert sorted(copied) == keras_weighted_layer_names(model)
+    images = random_images(2 if name in BIG else 8)
+    with torch.no_grad():
+        expected = torch_model(reference.preprocess_nchw(images, name)).numpy()
+    logits = to_numpy(model(images, training=False))
+    assert np.abs(expected).max() > 1e-2  # a real signal, not all zeros
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_saves_to_keras_and_reloads(name, tmp_path):
+    options = {"resize_to": 64} if name in BIG else {}
+    model = kc.create_model(name, **options)
+    reloaded = assert_saves_and_reloads(model, random_images(3), tmp_path)
+    assert json.dumps(reloaded.get_config(), sort_keys=True) == json.dumps(model.get_config(), sort_keys=True)
+    assert [l.name for l in reloaded.layers] == [l.name for l in model.layers]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_graph_capture_equals_eager(name):
+    """The traced forward replays the same ops: same outputs for other batch sizes, and
+    in training mode the same gradients."""
+    options = {"resize_to": 64} if name in BIG else {}
+    keras.utils.set_random_seed(1)
+    model = kc.create_model(name, **options)
+    images = torch.as_tensor(random_images(4))
+    model.set_graph_capture(True)
+    traced = model.forward_step(images, training=False)
+    eager = model(images, training=False)
+    torch.testing.assert_close(traced, eager, rtol=0, atol=1e-6)
+    for count in (1, 5):
+        other = torch.as_tensor(random_images(count, seed=count))
+        torch.testing.assert_close(model.forward_step(other, training=False), model(other, training=False),
+                                   rtol=0, atol=1e-6)
+    assert len(model._graphs) == 1  # one trace served every batch size
+
+    if name == "googlenet":
+        return  # dropout draws different masks in every call; its statistics are checked below
+    model.zero_grad()
+    model.forward_step(images, training=True).square().sum().backward()
+    traced_grads = [v.value.grad.clone() for v in model.trainable_variables]
+    model.zero_grad()
+    model(images, training=True).square().sum().backward()
+    for traced_grad, variable in zip(traced_grads, model.trainable_variables):
+        torch.testing.assert_close(traced_grad, variable.value.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_graph_capture_keeps_dropout_random_and_batch_norm_updating():
+    model = kc.create_model("googlenet", resize_to=None)
+    model.set_graph_capture(True)
+    images = torch.as_tensor(random_images(4))
+    batch_norm = model.get_layer("inception3a")._branches["1x1"][1]
+    before = batch_norm.moving_mean.numpy().copy()
+    first = model.forward_step(images, training=True)
+    second = model.forward_step(images, training=True)
+    assert not np.allclose(batch_norm.moving_mean.numpy(), before)
+    assert not torch.allclose(first, second)  # dropout masks differ between steps
+    torch.testing.assert_close(model.forward_step(images, training=False), model(images, training=False))
+
+
+def test_unknown_model_lists_names_and_suggests():
+    with pytest.raises(ValueError) as error:
+        kc.create_model("resnet_lit")
+    message = str(error.value)
+    for name in MODELS:
+        assert name in message
+    assert "Did you mean 'resnet_lite'?" in message
+
+
+def test_bad_builder_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        kc.create_model("cnn", num_classes=1)
+    with pytest.raises(ValueError, match="data_format"):
+        kc.create_model("cnn", data_format="nchw")
+    with pytest.raises(ValueError, match="resize_to"):
+        kc.create_model("googlenet", resize_to=8)
+    with pytest.raises(TypeError):
+        kc.create_model("cnn", resize_to=64)
+
+
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_googlenet_accepts_small_inputs(size):
+    """The final pooling is global average pooling, so any size from 32 up works."""
+    model = kc.create_model("googlenet", resize_to=size if size > 32 else None)
+    logits = to_numpy(model(random_images(2), training=False))
+    assert logits.shape == (2, 10) and np.isfinite(logits).all()
+    assert model.get_layer("avgpool").__class__.__name__ == "GlobalAveragePooling2D"
+
+
+def test_googlenet_at_224_pools_7x7():
+    model = kc.create_model("googlenet")
+    assert tuple(model.get_layer("inception5b").output.shape[1:]) == (1024, 7, 7)
+
+
+@pytest.mark.parametrize("name", ["cnn", "inception_lite", "resnet_lite"])
+def test_small_nets_scale_to_unit_range(name, real_images):
+    model = kc.create_model(name, data_format="channels_last")
+    scaled = keras.Model(model.input, model.get_layer("preprocess_scale").output)(real_images)
+    np.testing.assert_allclose(to_numpy(scaled), real_images / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "resnet18"])
+def test_in_model_upscale_matches_cv2(name, real_images):
+    """(x/255 - 0.5)/0.5 and the bilinear upscale to 224, inside the model, match what the
+    originals did with cv2.resize(INTER_LINEAR), to within 1/255 per pixel on average."""
+    model = kc.create_model(name, data_format="channels_last")
+    upscaled = to_numpy(keras.Model(model.input, model.get_layer("preprocess_resize").output)(real_images))
+    assert upscaled.shape == (len(real_images), 224, 224, 3)
+    expected = np.stack([
+        cv2.resize((image / 255.0 - 0.5) / 0.5, (224, 224), interpolation=cv2.INTER_LINEAR)
+        for image in real_images.astype(np.float32)
+    ])
+    error_in_unit_range = np.abs(upscaled - expected).mean() * 0.5  # [-1, 1] spans 2 units of [0, 1]
+    assert error_in_unit_range <= 1 / 255
+    assert np.abs(upscaled - expected).max() * 0.5 < 4 / 255
+    # the original order (cv2 on uint8 images, then scaling) agrees as well
+    expected_uint8 = np.stack([cv2.resize(image, (224, 224), interpolation=cv2.INTER_LINEAR) for image in real_images])
+    assert np.abs((upscaled + 1) * 127.5 - expected_uint8).mean() <= 1.0
+
+
+def test_torch_init_follows_pytorch_bounds():
+    model = kc.create_model("cnn", init="torch")
+    conv3 = model.get_layer("conv3")
+    bound = 1 / np.sqrt(15 * 5 * 5)
+    for weights in (conv3.kernel.numpy(), conv3.bias.numpy()):
+        assert np.abs(weights).max() <= bound
+        assert np.abs(weights).max() > 0.9 * bound
+    keras_init = kc.create_model("cnn", init="keras").get_layer("conv3")
+    assert np.all(keras_init.bias.numpy() == 0)
+
+
+def test_seeded_models_are_identical():
+    keras.utils.set_random_seed(3)
+    first = kc.create_model("resnet_lite").get_weights()
+    keras.utils.set_random_seed(3)
+    second = kc.create_model("resnet_lite").get_weights()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
