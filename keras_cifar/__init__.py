@@ -4,6 +4,7 @@ from keras_cifar import _backend  # noqa: F401  (sets KERAS_BACKEND=torch, impor
 
 from keras_cifar.models import create_model, get_model_info, list_models  # noqa: E402
 from keras_cifar.models.layers import InceptionBlock, ResidualBlock  # noqa: E402
+from keras_cifar.train import optim as _optim  # noqa: E402,F401  (registers the loss and schedules in checkpoints)
 
 __version__ = "0.1.0"
 

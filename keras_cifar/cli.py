@@ -83,6 +83,9 @@ def _fit_options(function):
                      help="Activation layout inside the model (default channels_first: faster on torch)."),
         click.option("--init", type=click.Choice(["torch", "keras"]),
                      help="Initial weights: PyTorch's default initialisation (default) or Keras's."),
+        click.option("--normalize/--no-normalize", default=None,
+                     help="cnn/inception_lite/resnet_lite: standardize pixels with CIFAR-10's per-channel mean "
+                          "and std instead of only scaling to [0, 1] (off in the original configs)."),
         click.option("--resize-to", type=click.IntRange(min=32),
                      help="googlenet/resnet18: upscale size in pixels (default 224, as the originals)."),
         click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_DIR]",

@@ -156,7 +156,9 @@ def _prepare(builder, source, root):
 def _read_split(builder, split):
     import tensorflow_datasets as tfds
 
-    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    # Batches, not batch_size=-1: TF aborts materialising some datasets (TFDS mocks) in one element.
+    chunks = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096)))
+    arrays = {key: np.concatenate([chunk[key] for chunk in chunks]) for key in ("id", "image", "label")}
     order = np.argsort(arrays["id"], kind="stable")  # TFDS shuffles records; ids make the order canonical
     return Split(np.ascontiguousarray(arrays["image"][order]), arrays["label"][order].astype(np.int64))
 
