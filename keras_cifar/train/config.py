@@ -156,7 +156,8 @@ def read_config_file(path):
         with open(path, encoding="utf-8") as handle:
             values = yaml.safe_load(handle)
     except yaml.YAMLError as error:
-        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {error}") from None
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"The config file {str(path)!r} is not valid YAML: {detail}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"The config file {str(path)!r} cannot be read: {error}") from None
     if values is None:
