@@ -32,4 +32,4 @@ def configure():
 
 configure()
 
-import keras  # noqa: E402  (must follow configure())
+import keras  # noqa: E402,F401  (must follow configure())

@@ -12,7 +12,18 @@ import pytest
 import keras_cifar  # noqa: F401  (selects the torch backend before anything imports tensorflow)
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("KERAS_CIFAR_DATA", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+
+def _real_data():
+    """KERAS_CIFAR_DATA, else ../shared/data beside the checkout, else the workplace's /work/shared."""
+    if os.environ.get("KERAS_CIFAR_DATA"):
+        return Path(os.environ["KERAS_CIFAR_DATA"])
+    for root in (REPO.parent / "shared", Path("/work/shared")):
+        if (root / "data" / "cifar10-jpeg.tar.gz").is_file():
+            return root / "data" / "cifar10-jpeg.tar.gz"
+    return REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+REAL_DATA = _real_data()
 
 
 def extract_subset(destination, per_class_train, per_class_test, archive=REAL_DATA):

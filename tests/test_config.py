@@ -4,9 +4,16 @@ import pytest
 import yaml
 
 from keras_cifar.errors import ConfigError
-from keras_cifar.train.config import (FIELDS, RunConfig, configs_dir, default_config_path, read_config_file,
-                                      resolve_config, write_config)
 from keras_cifar.models import list_models
+from keras_cifar.train.config import (
+    FIELDS,
+    RunConfig,
+    configs_dir,
+    default_config_path,
+    read_config_file,
+    resolve_config,
+    write_config,
+)
 
 
 def test_every_model_has_a_config_with_the_original_hyperparameters():

@@ -13,7 +13,6 @@ import time
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_cifar  # noqa: F401

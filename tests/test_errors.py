@@ -94,8 +94,6 @@ CASES = [
 
 def make_inputs(tmp, data, run):
     """The files the cases refer to."""
-    import keras
-
     (tmp / "typo.yaml").write_text("model: cnn\nepoch: 3\n")
     (tmp / "negative.yaml").write_text("model: cnn\nlr: -1\n")
     (tmp / "broken.yaml").write_text("model: [cnn\n")

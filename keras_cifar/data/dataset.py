@@ -55,6 +55,22 @@ class CifarData:
     def eval(self):
         return self.val if self.val is not None else self.test
 
+    def limit(self, train_images=None, eval_images=None, seed=0):
+        """Keeps seeded random subsets (in their original order) of train and of the evaluated split."""
+
+        def subset(split, count, salt):
+            if count is None or count >= len(split):
+                return split
+            chosen = np.random.default_rng([seed, salt]).permutation(len(split))[:count]
+            return split.take(np.sort(chosen))
+
+        self.train = subset(self.train, train_images, 1)
+        if self.val is not None:
+            self.val = subset(self.val, eval_images, 2)
+        else:
+            self.test = subset(self.test, eval_images, 3)
+        return self
+
     def summary(self):
         parts = [f"train {len(self.train):,}"]
         if self.val is not None:

@@ -49,7 +49,8 @@ class ImageClassifier(keras.Model):
 
     def set_graph_capture(self, enabled):
         if enabled and not _capturable(self):
-            warnings.warn(f"{self.name}: a layer has a fixed random seed; running without graph capture.")
+            warnings.warn(f"{self.name}: a layer has a fixed random seed; running without graph capture.",
+                          stacklevel=2)
             enabled = False
         object.__setattr__(self, "_graph_capture", bool(enabled))
         object.__setattr__(self, "_graphs", {})

@@ -38,6 +38,8 @@ class RunConfig:
     data_dir: Optional[str] = None  # where TFDS prepares data; None = TFDS's default (~/tensorflow_datasets)
     val_split: float = 0.0  # fraction of train held out for per-epoch validation; 0 = evaluate on test
     augment: bool = False  # random 4-pixel crop and horizontal flip of training images
+    train_images: Optional[int] = None  # train on a random subset of this many images (quick runs)
+    eval_images: Optional[int] = None  # evaluate on a random subset of this many images (quick runs)
     # --- optimisation
     epochs: int = 20
     batch_size: int = 32  # images per training step
@@ -86,6 +88,8 @@ def _base_type(field):
 
 def _coerce(name, value):
     field = FIELDS[name]
+    if name == "weights" and isinstance(value, str) and value.lower() in ("none", "random"):
+        return None  # `--weights none`: random initial weights
     optional = "Optional" in str(field.type)
     if value is None:
         if optional:
@@ -136,6 +140,9 @@ def _check_ranges(config):
             f"`val_split` must be a fraction in [0, 1). Received: val_split={config.val_split}")
     require(0 <= config.warmup_epochs <= config.epochs,
             f"`warmup_epochs` must be in [0, epochs]. Received: warmup_epochs={config.warmup_epochs}")
+    for key in ("train_images", "eval_images"):
+        value = getattr(config, key)
+        require(value is None or value >= 1, f"`{key}` must be at least 1. Received: {key}={value}")
     require(config.resize_to is None or config.resize_to >= 32,
             f"`resize_to` must be at least 32 pixels. Received: resize_to={config.resize_to}")
     require(config.resize_to is None or config.model in ("googlenet", "resnet18"),

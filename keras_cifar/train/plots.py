@@ -31,9 +31,8 @@ def plot_runs(paths, output, labels=None, title=None):
         for axis, key, name in ((axes[0], "accuracy", "train"), (axes[1], "val_accuracy", "test")):
             values = [100 * float(row[key]) for row in rows if row.get(key) not in (None, "")]
             if values:
-                line = axis.plot(epochs[:len(values)], values, marker=".", label=label)[0]
+                axis.plot(epochs[:len(values)], values, marker=".", label=label)
                 axis.set_title(f"{name} accuracy")
-        del line
     for axis in axes:
         axis.set_xlabel("epoch")
         axis.set_ylabel("accuracy (%)")

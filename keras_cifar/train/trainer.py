@@ -1,7 +1,6 @@
 """`fit`: trains a model with Keras `fit` into a run folder, resumable."""
 
 import dataclasses
-import math
 import os
 import time
 
@@ -74,6 +73,26 @@ def compile_model(model, config, steps_per_epoch):
     )
 
 
+def make_callbacks(config, run_path, state, train_loader, eval_is_test):
+    """The callbacks of every `fit` run (the benchmarks use the same). Order matters: the
+    seeder first; epoch stats before anything reads the logs; the checkpoint is committed
+    before the logs are written, so a crash can lose a log line but never a checkpoint."""
+    nan_guard = NaNGuard()
+    callbacks = [
+        EpochSeeder(config.seed, train_loader),
+        EpochStats(),
+        nan_guard,
+        Checkpointer(run_path, state, nan_guard),
+        OriginalTags(run_path, len(train_loader), eval_is_test=eval_is_test),
+        keras.callbacks.TensorBoard(log_dir=run_path, write_graph=False, update_freq="epoch"),
+    ]
+    return callbacks, nan_guard
+
+
+def new_run_state():
+    return {"completed_epochs": 0, "checkpoint": None, "best": None, "history": []}
+
+
 def _check_sizes(config, data):
     if config.batch_size > len(data.train):
         raise UsageError(
@@ -94,6 +113,7 @@ def fit(config, resume_path=None, verbose=1, echo=print):
     set_precision(config.mixed_precision, device)
     echo(f"Device: {describe_device(device)}")
     data = load_cifar(config.data, config.data_dir, config.val_split, config.seed, log=echo)
+    data.limit(config.train_images, config.eval_images, config.seed)
     echo(f"Data: {data.summary()}")
     _check_sizes(config, data)
 
@@ -120,20 +140,12 @@ def fit(config, resume_path=None, verbose=1, echo=print):
             compile_model(model, config, steps_per_epoch)
             run_path = rd.create_run_dir(config.log_dir, config.model)
             write_config(config, os.path.join(run_path, rd.CONFIG))
-            state = {"completed_epochs": 0, "checkpoint": None, "best": None, "history": []}
+            state = new_run_state()
             rd.write_json(os.path.join(run_path, rd.STATE), state)
         model.set_graph_capture(config.jit == "trace")
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
 
-        nan_guard = NaNGuard()
-        callbacks = [
-            EpochSeeder(config.seed, train_loader),
-            EpochStats(),
-            nan_guard,
-            Checkpointer(run_path, state, nan_guard),
-            OriginalTags(run_path, steps_per_epoch, eval_is_test=data.val is None),
-            keras.callbacks.TensorBoard(log_dir=run_path, write_graph=False, update_freq="epoch"),
-        ]
+        callbacks, nan_guard = make_callbacks(config, run_path, state, train_loader, eval_is_test=data.val is None)
         initial_epoch = state["completed_epochs"]
         if initial_epoch < config.epochs:
             try:
