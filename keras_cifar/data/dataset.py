@@ -140,7 +140,10 @@ def _download_failed(error, root):
 
 
 def _make_builder(source, root):
+    import absl.logging
     import tensorflow_datasets as tfds
+
+    absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS warns about folders it is about to create
 
     if source.kind == "tfds":
         return tfds.builder("cifar10", data_dir=root)
