@@ -198,7 +198,8 @@ def evaluate(checkpoint, log_dir, data, data_dir, split, batch_size, device, as_
     check_compatible(model, path, dataset.num_classes)
     split_data = dataset.test if split == "test" else dataset.train
     with keras.device(device):
-        model.set_graph_capture(True) if hasattr(model, "set_graph_capture") else None
+        if hasattr(model, "set_graph_capture"):  # checkpoints of the zoo are ImageClassifiers
+            model.set_graph_capture(True)
         report = classification_report(split_data.labels, predict_logits(model, split_data, batch_size),
                                        dataset.class_names)
     report.update(checkpoint=path, split=split, data=dataset.source)

@@ -22,8 +22,8 @@ from tests.conftest import REPO
 
 
 def fit_args(data, root, *extra):
-    return ["fit", "--model", "cnn", "--epochs", 4, "--batch-size", 10, "--seed", 3, "--data", data,
-            "--data-dir", root / "tfds", "--log-dir", root / "logs", *extra]
+    return ["fit", "--model", "cnn", "--epochs", 3, "--batch-size", 10, "--train-images", 1000, "--seed", 3,
+            "--data", data, "--data-dir", root / "tfds", "--log-dir", root / "logs", *extra]
 
 
 def start_cli(*args):
@@ -77,12 +77,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(real_folder_2k, uninterr
 
     result = run_cli(*fit_args(real_folder_2k, tmp_path, "--resume"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Resuming {run} after epoch 2 of 4" in result.stdout
-    assert "Epoch 3/4" in result.stdout and "Epoch 1/4" not in result.stdout
+    assert f"Resuming {run} after epoch 2 of 3" in result.stdout
+    assert "Epoch 3/3" in result.stdout and "Epoch 1/3" not in result.stdout
     assert rd.list_runs(str(tmp_path / "logs")) == [run]  # no second run folder
 
     metrics = [line.split(",") for line in open(os.path.join(run, rd.METRICS)).read().splitlines()[1:]]
-    assert [int(row[0]) for row in metrics] == [1, 2, 3, 4]
+    assert [int(row[0]) for row in metrics] == [1, 2, 3]
     reference = [line.split(",") for line in open(os.path.join(uninterrupted, rd.METRICS)).read().splitlines()[1:]]
     for resumed_row, reference_row in zip(metrics, reference):
         assert resumed_row[1:5] == pytest.approx(reference_row[1:5]) or np.allclose(
@@ -91,10 +91,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(real_folder_2k, uninterr
     # arithmetic is the same sequence of float32 operations, so the weights agree to rounding.
     for resumed, expected in zip(final_weights(run), final_weights(uninterrupted)):
         np.testing.assert_allclose(resumed, expected, rtol=0, atol=1e-6)
-    assert tensorboard_steps(os.path.join(run, "train"), "epoch_loss") == [0, 1, 2, 3]
-    assert tensorboard_steps(run, "Test_accuracy/epoch") == [0, 1, 2, 3]
+    assert tensorboard_steps(os.path.join(run, "train"), "epoch_loss") == [0, 1, 2]
+    assert tensorboard_steps(run, "Test_accuracy/epoch") == [0, 1, 2]
     summary = json.loads(open(os.path.join(run, rd.SUMMARY)).read())
-    assert summary["epochs"] == 4
+    assert summary["epochs"] == 3
 
 
 KILL_DURING_COMMIT = textwrap.dedent("""
@@ -178,7 +178,7 @@ def test_ctrl_c_saves_and_says_how_to_resume(real_folder_2k, tmp_path):
     keras.saving.load_model(os.path.join(run, rd.LAST))
     result = run_cli("fit", "--resume", run, "--log-dir", tmp_path / "logs")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert rd.read_json(os.path.join(run, rd.STATE))["completed_epochs"] == 4
+    assert rd.read_json(os.path.join(run, rd.STATE))["completed_epochs"] == 3
 
 
 def test_nan_loss_stops_names_epoch_and_step_keeps_last_good_checkpoint(real_folder_small, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ to the TFDS data as one `.npz` file, so a second run reads 180 MB of arrays
 instead of decoding 60,000 images again.
 """
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -152,13 +153,28 @@ def _make_builder(source, root):
     return Cifar10Local(source, data_dir=os.path.join(root, "keras_cifar_local", f"{source.kind}-{source.fingerprint()}"))
 
 
+@contextlib.contextmanager
+def _few_download_retries(retries=2):
+    """TFDS retries a failed download 10 times with exponential backoff (minutes without
+    internet); two retries are enough to ride out a blip."""
+    from tensorflow_datasets.core.download import downloader
+
+    previous = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = retries
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = previous
+
+
 def _prepare(builder, source, root):
     if builder.is_prepared():
         return
     builder_root = os.path.dirname(os.path.dirname(str(builder.data_dir)))
     _remove_incomplete(builder_root)
     try:
-        builder.download_and_prepare()
+        with _few_download_retries():
+            builder.download_and_prepare()
     except DataError:
         _remove_incomplete(builder_root)
         raise

@@ -108,6 +108,14 @@ def _format_duration(seconds):
 
 def fit(config, resume_path=None, verbose=1, echo=print):
     """Trains `config` into a new run folder (or continues `resume_path`)."""
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _fit(config, resume_path, verbose, echo)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(config, resume_path, verbose, echo):
     started = time.perf_counter()
     device = select_device(config.device)
     set_precision(config.mixed_precision, device)

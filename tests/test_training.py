@@ -1,0 +1,87 @@
+"""Training options: schedules, loss, optimizers, precision, graph capture in training."""
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from keras_cifar.train.config import resolve_config
+from keras_cifar.train.optim import OneCycle, SparseCrossentropy, WarmupCosine, build_optimizer
+from keras_cifar.train.trainer import fit
+
+
+def schedule_values(schedule, steps):
+    return np.array([float(keras.ops.convert_to_numpy(schedule(step))) for step in steps])
+
+
+def test_one_cycle_matches_pytorch():
+    total, peak = 200, 3e-3
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=peak)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total, pct_start=0.3,
+                                                    anneal_strategy="cos", cycle_momentum=False)
+    expected = []
+    for _ in range(total):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # torch's OneCycleLR rises over pct_start * total - 1 steps and ends exactly at the final lr
+    ours = schedule_values(OneCycle(peak, total - 1, int(0.3 * total) - 1), range(total))
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_warmup_cosine():
+    schedule = WarmupCosine(1e-2, total_steps=100, warmup_steps=10)
+    values = schedule_values(schedule, [0, 4, 9, 10, 55, 100])
+    np.testing.assert_allclose(values, [1e-3, 5e-3, 1e-2, 1e-2, 5e-3, 0.0], atol=1e-7)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_equals_pytorch_cross_entropy(smoothing):
+    logits = torch.randn(16, 10)
+    labels = torch.randint(0, 10, (16,))
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+    ours = SparseCrossentropy(label_smoothing=smoothing)(labels, logits)
+    assert float(ours) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_optimizers_from_config():
+    for overrides, kind in [({"optimizer": "adam"}, keras.optimizers.Adam),
+                            ({"optimizer": "adamw", "weight_decay": 0.05}, keras.optimizers.AdamW),
+                            ({"optimizer": "sgd", "momentum": 0.9, "nesterov": True}, keras.optimizers.SGD)]:
+        optimizer = build_optimizer(resolve_config(None, {"model": "cnn", **overrides}), steps_per_epoch=10)
+        assert isinstance(optimizer, kind)
+    sgd = build_optimizer(resolve_config(None, {"model": "cnn", "optimizer": "sgd", "momentum": 0.9,
+                                                "nesterov": True}), 10)
+    assert sgd.momentum == 0.9 and sgd.nesterov
+
+
+def small_config(data, tmp_path, **overrides):
+    values = dict(model="resnet_lite", epochs=2, batch_size=30, data=str(data), data_dir=str(tmp_path / "tfds"),
+                  log_dir=str(tmp_path / "logs"), seed=4)
+    return resolve_config(None, {**values, **overrides})
+
+
+def test_graph_capture_trains_exactly_like_eager_keras(real_folder_small, tmp_path):
+    """Two epochs with the traced forward and with plain eager Keras give the same weights."""
+    traced = fit(small_config(real_folder_small, tmp_path, jit="trace", augment=True), verbose=0, echo=print)
+    eager = fit(small_config(real_folder_small, tmp_path, jit="off", augment=True), verbose=0, echo=print)
+    for a, b in zip(keras.saving.load_model(f"{traced.run_path}/last.keras").get_weights(),
+                    keras.saving.load_model(f"{eager.run_path}/last.keras").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert traced.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-5)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(real_folder_small, tmp_path):
+    result = fit(small_config(real_folder_small, tmp_path, mixed_precision="bf16", epochs=1), verbose=0, echo=print)
+    assert np.isfinite(result.history[-1]["loss"])
+    model = keras.saving.load_model(f"{result.run_path}/last.keras")
+    assert all(w.dtype == np.float32 for w in model.get_weights())  # variables stay float32
+    assert keras.mixed_precision.global_policy().name == "float32"  # fit restored the policy
+
+
+def test_val_split_evaluates_on_validation(real_folder_small, tmp_path):
+    result = fit(small_config(real_folder_small, tmp_path, val_split=0.2, epochs=1, train_images=200),
+                 verbose=0, echo=print)
+    assert result.summary["eval_split"] == "val"
+    assert sum(v is not None for v in result.summary["per_class_accuracy"].values()) >= 5
