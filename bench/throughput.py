@@ -267,7 +267,9 @@ def main_table(args):
         if args["tfdata"]:
             row["tfdata"] = images_per_second(results["keras-tfdata"]["train"], train_images)
         rows.append(row)
-        print_main(rows, args)
+        print(f"  {model}: Keras {row['keras']:.0f} img/s, PyTorch {row['pytorch']:.0f} img/s", file=sys.stderr,
+              flush=True)
+    print_main(rows, args)
     return rows
 
 
@@ -356,7 +358,7 @@ def memory_check(args):
 @click.option("--models", default="cnn,resnet_lite,inception_lite", show_default=True)
 @click.option("--steps", type=int, default=150, show_default=True, help="Training steps per timed segment.")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Timed rounds (after one warm-up).")
-@click.option("--eval-images", type=int, default=2000, show_default=True)
+@click.option("--eval-images", type=int, default=5000, show_default=True)
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="Any --data source of cli.py.")
 @click.option("--data-dir", default=None, help="TFDS data directory.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

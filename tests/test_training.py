@@ -85,3 +85,18 @@ def test_val_split_evaluates_on_validation(real_folder_small, tmp_path):
                  verbose=0, echo=print)
     assert result.summary["eval_split"] == "val"
     assert sum(v is not None for v in result.summary["per_class_accuracy"].values()) >= 5
+
+
+def test_run_callbacks_never_force_a_per_step_sync(tmp_path):
+    """Keras converts every step's logs on the main thread when a callback that is not
+    async-safe overrides a batch-end hook; the callbacks of a run must not."""
+    from keras.src.callbacks.callback_list import CallbackList
+
+    from keras_cifar.data import Split, TensorLoader
+    from keras_cifar.train.trainer import make_callbacks, new_run_state
+
+    loader = TensorLoader(Split(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4)), 2)
+    callbacks, _ = make_callbacks(resolve_config(None, {"model": "cnn"}), str(tmp_path), new_run_state(), loader,
+                                  eval_is_test=True)
+    callback_list = CallbackList(callbacks, add_history=True, add_progbar=True)
+    assert callback_list._async_train and callback_list._async_test

@@ -153,6 +153,20 @@ def _replace_with_link(source, target):
     os.replace(tmp, target)
 
 
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback, logging per epoch, marked `async_safe`.
+
+    Keras runs batch-end callbacks on the main thread, converting the step's logs to
+    Python numbers (a host-device synchronisation on a GPU), as soon as one callback
+    overrides `on_train_batch_end`, and TensorBoard does. With `update_freq="epoch"` its
+    batch hooks only count steps, so they can run in Keras's callback thread instead."""
+
+    async_safe = True
+
+    def __init__(self, log_dir):
+        super().__init__(log_dir=log_dir, write_graph=False, update_freq="epoch")
+
+
 class OriginalTags(keras.callbacks.Callback):
     """The original scripts' TensorBoard tags, in the run folder itself:
     `loss/epoch` (sum of the batch losses), `accuracy/epoch` (train, percent)

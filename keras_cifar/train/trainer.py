@@ -10,7 +10,8 @@ from keras_cifar.data import TensorLoader, load_cifar
 from keras_cifar.errors import CheckpointError, ConfigError, KerasCifarError, TrainingError, UsageError
 from keras_cifar.models import create_model
 from keras_cifar.train import run_dir as rd
-from keras_cifar.train.callbacks import Checkpointer, EpochSeeder, EpochStats, NaNGuard, OriginalTags
+from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
+                                         OriginalTags)
 from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
 from keras_cifar.train.config import build_config, read_config_file, to_dict, write_config
 from keras_cifar.train.device import describe_device, seed_everything, select_device, set_precision
@@ -84,7 +85,7 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test):
         nan_guard,
         Checkpointer(run_path, state, nan_guard),
         OriginalTags(run_path, len(train_loader), eval_is_test=eval_is_test),
-        keras.callbacks.TensorBoard(log_dir=run_path, write_graph=False, update_freq="epoch"),
+        EpochTensorBoard(run_path),
     ]
     return callbacks, nan_guard
 
