@@ -18,3 +18,6 @@ run $PY cli.py fit --model googlenet --epochs 3 --train-images 3200 --eval-image
     --log-dir "$OUT/keras-short"
 run $PY cli.py fit --model resnet18 --weights none --epochs 3 --train-images 3200 --eval-images 1000 \
     --data "$DATA" --log-dir "$OUT/keras-short"
+# The original cnn recipe with Keras's default initialisation (Glorot-uniform kernels, zero biases)
+# instead of PyTorch's, to see what the initialisation alone changes.
+run $PY cli.py fit --model cnn --init keras --data "$DATA" --log-dir "$OUT/keras-init"

@@ -67,7 +67,7 @@ def _fit_options(function):
                      help="Random 4-pixel crop and horizontal flip (off in the original configs)."),
         click.option("--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]),
                      help="Mixed precision: bf16 (GPU or bf16-capable CPU) or fp16 (GPU only)."),
-        click.option("--seed", type=int, help="Seed of weights, data order, augmentation and dropout."),
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Seed of weights, data order, augmentation and dropout."),
         click.option("--data", help="'cifar10' (TFDS, downloaded once) or a path to a local copy: "
                                     "cifar-10-batches-py, cifar-10-batches-bin, an image folder, or an archive."),
         click.option("--data-dir", type=click.Path(file_okay=False),
@@ -265,9 +265,9 @@ def _class_names(run_path, model):
     from keras_cifar.data import CIFAR10_CLASSES
     from keras_cifar.train import run_dir as rd
 
-    summary_path = os.path.join(run_path, rd.SUMMARY)
-    if os.path.exists(summary_path):
-        names = list(rd.read_json(summary_path).get("per_class_accuracy", {}))
+    state_path = os.path.join(run_path, rd.STATE)
+    if os.path.exists(state_path):  # the class names the run was trained on
+        names = rd.read_json(state_path).get("class_names") or []
         if len(names) == model.outputs[0].shape[-1]:
             return names
     if model.outputs[0].shape[-1] == len(CIFAR10_CLASSES):

@@ -100,13 +100,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(real_folder_2k, uninterr
 KILL_DURING_COMMIT = textwrap.dedent("""
     import os, signal, sys
     import keras_cifar
-    from keras_cifar.train import callbacks, run_dir
+    from keras_cifar.train import callbacks
     from keras_cifar.train.config import resolve_config
     from keras_cifar.train.trainer import fit
 
     data, root, where = sys.argv[1], sys.argv[2], sys.argv[3]
     original_save = keras_cifar.models.classifier.ImageClassifier.save
-    original_write_json = run_dir.write_json
     original_link = callbacks._replace_with_link
     commits = {"n": 0}
 
@@ -122,12 +121,12 @@ KILL_DURING_COMMIT = textwrap.dedent("""
             die()
         return original_save(self, path, *args, **kwargs)
 
-    def write_json(path, data):
-        if commits["n"] == 2 and where == "state" and path.endswith("state.json"):
-            with open(path + ".partial", "w") as handle:
-                handle.write(str(data)[:50])
+    original_replace = os.replace
+
+    def replace(source, target):  # the new state.json is fully written under a temporary name
+        if commits["n"] == 2 and where == "state" and str(target).endswith("state.json"):
             die()
-        return original_write_json(path, data)
+        return original_replace(source, target)
 
     def link(source, target):
         if commits["n"] == 2 and where == "links":
@@ -135,8 +134,7 @@ KILL_DURING_COMMIT = textwrap.dedent("""
         return original_link(source, target)
 
     keras_cifar.models.classifier.ImageClassifier.save = save
-    run_dir.write_json = write_json
-    callbacks.rd.write_json = write_json
+    os.replace = replace
     callbacks._replace_with_link = link
     config = resolve_config(None, dict(model="cnn", epochs=3, batch_size=30, data=data,
                                        data_dir=os.path.join(root, "tfds"), log_dir=os.path.join(root, "logs")))
@@ -242,3 +240,16 @@ def test_simultaneous_runs_get_their_own_folders(tmp_path, monkeypatch):
         worker.join(60)
     created = [queue.get(timeout=10) for _ in workers]
     assert len(set(created)) == 6 and all(os.path.isdir(path) for path in created)
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(real_folder_small, tmp_path):
+    from keras_cifar.train.config import resolve_config
+    from keras_cifar.train.trainer import fit
+
+    config = resolve_config(None, dict(model="cnn", epochs=1, batch_size=30, data=str(real_folder_small),
+                                       data_dir=str(tmp_path / "tfds"), log_dir=str(tmp_path / "logs")))
+    run = fit(config, verbose=0, echo=lambda message: None).run_path
+    with rd.RunLock(run):  # as if another process were training in it
+        result = run_cli("fit", "--resume", run, "--epochs", 2)
+    assert_clean_error(result, 1, f"Another process is training in {run}")
+    assert rd.read_json(os.path.join(run, rd.STATE))["completed_epochs"] == 1

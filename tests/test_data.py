@@ -253,11 +253,12 @@ def test_image_folder_oddities_are_converted_or_skipped(arrays, tmp_path):
     (tmp_path / "folder" / "train" / "cat" / "notes.txt").write_text("not an image")
     (tmp_path / "folder" / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG broken")
     (tmp_path / "folder" / "train" / "cat" / ".DS_Store").write_bytes(b"\x00")
+    (tmp_path / "folder" / "train" / "cat" / "empty.jpg").write_bytes(b"")
     messages = []
     data = load_cifar(folder, data_dir=str(tmp_path / "tfds"), log=messages.append)
     assert len(data.train) == 300 + 4
     skipped = [m for m in messages if m.startswith("Skipped")]
-    assert skipped and skipped[0].startswith("Skipped 3 file(s)")
+    assert skipped and skipped[0].startswith("Skipped 4 file(s)")
     rows = {image.tobytes() for image in data.train.images}
     assert np.repeat(gray[:, :, None], 3, axis=2).tobytes() in rows
     assert base.tobytes() in rows  # the RGBA image without its alpha
@@ -282,3 +283,28 @@ def test_cifar10_without_internet_explains_and_leaves_nothing(data_dir, monkeypa
     monkeypatch.undo()
     with tfds.testing.mock_data(num_examples=8):  # the next run is not broken by the failed one
         assert len(load_cifar("cifar10", data_dir=str(data_dir), log=print).train) == 8
+
+
+def _load_in_process(source, data_dir, barrier, queue):
+    barrier.wait()
+    data = load_cifar(source, data_dir=data_dir, log=lambda message: None)
+    queue.put((len(data.train), int(data.train.labels.sum()), data.train.images[:5].tobytes()))
+
+
+def test_simultaneous_first_loads_prepare_once(arrays, tmp_path):
+    """Processes that load a new source at the same moment wait for one preparation."""
+    import multiprocessing
+
+    source = fmt.write_binary_batches(str(tmp_path / "cifar-10-batches-bin"), arrays["train"], arrays["test"])
+    context = multiprocessing.get_context("fork")
+    barrier, queue = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_load_in_process, args=(source, str(tmp_path / "tfds"), barrier, queue))
+               for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert len(set(results)) == 1 and results[0][0] == 300
+    assert len(list((tmp_path / "tfds").rglob("*.npz"))) == 1

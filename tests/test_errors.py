@@ -84,9 +84,12 @@ CASES = [
          "PyTorch sees no CUDA GPU"),
     Case("fp16-on-cpu", "`--mixed-precision fp16` on a CPU",
          ["fit", "--model", "cnn", "--device", "cpu", "--mixed-precision", "fp16"], 2, "fp16 needs a CUDA GPU"),
-    Case("predict-bad-files", "`predict` on a folder of 10 images, a text file and a missing file",
-         ["predict", "{data}/test/cat", "{tmp}/typo.yaml", "{tmp}/nothing.png", "--checkpoint", "{run}"], 1,
-         "2 of 12 file(s) could not be read"),
+    Case("predict-bad-files", "`predict` on a folder of 10 images, a text file, an empty file and a missing file",
+         ["predict", "{data}/test/cat", "{tmp}/typo.yaml", "{tmp}/empty.png", "{tmp}/nothing.png", "--checkpoint",
+          "{run}"], 1, "3 of 13 file(s) could not be read"),
+    Case("negative-seed", "`--seed -1`", ["fit", "--seed", "-1"], 2, "-1 is not in the range 0<=x<=4294967295"),
+    Case("plot-unwritable", "`plot -o` into a folder that does not exist",
+         ["plot", "{run}", "-o", "{tmp}/no/such/folder/curves.png"], 1, "Cannot write"),
     Case("tensorboard-missing", "`tensorboard` on a folder that does not exist", ["tensorboard", "{tmp}/nowhere"], 2,
          "is not a folder"),
 ]
@@ -98,6 +101,7 @@ def make_inputs(tmp, data, run):
     (tmp / "negative.yaml").write_text("model: cnn\nlr: -1\n")
     (tmp / "broken.yaml").write_text("model: [cnn\n")
     (tmp / "empty").mkdir(exist_ok=True)
+    (tmp / "empty.png").write_bytes(b"")
     archive = shutil.make_archive(str(tmp / "truncated"), "gztar", data)
     with open(archive, "r+b") as handle:
         handle.truncate(os.path.getsize(archive) // 2)
@@ -159,6 +163,19 @@ def test_predict_still_predicts_the_good_images(inputs):
     assert len([line for line in result.stdout.splitlines() if "%" in line]) == 10
     assert "typo.yaml: cannot read (not an image OpenCV can decode)" in result.stderr
     assert "nothing.png: cannot read (No such file or directory)" in result.stderr
+    assert "empty.png: cannot read (not an image OpenCV can decode)" in result.stderr
+
+
+def test_tensorboard_port_in_use(inputs):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke(["tensorboard", str(inputs["run"]), "--port", str(port)])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    assert f"TensorBoard could not start on 127.0.0.1:{port}" in result.stderr
 
 
 def test_errors_doc_lists_every_case():

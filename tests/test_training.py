@@ -76,6 +76,7 @@ def test_bf16_mixed_precision_trains_on_cpu(real_folder_small, tmp_path):
     result = fit(small_config(real_folder_small, tmp_path, mixed_precision="bf16", epochs=1), verbose=0, echo=print)
     assert np.isfinite(result.history[-1]["loss"])
     model = keras.saving.load_model(f"{result.run_path}/last.keras")
+    assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"  # computed in bf16
     assert all(w.dtype == np.float32 for w in model.get_weights())  # variables stay float32
     assert keras.mixed_precision.global_policy().name == "float32"  # fit restored the policy
 
@@ -100,3 +101,19 @@ def test_run_callbacks_never_force_a_per_step_sync(tmp_path):
                                   eval_is_test=True)
     callback_list = CallbackList(callbacks, add_history=True, add_progbar=True)
     assert callback_list._async_train and callback_list._async_test
+
+
+def test_resume_may_change_epochs_and_execution_but_not_the_run(real_folder_small, tmp_path):
+    from keras_cifar.errors import ConfigError
+    from keras_cifar.train.config import read_config_file
+    from keras_cifar.train.trainer import resumed_config
+
+    first = fit(small_config(real_folder_small, tmp_path, epochs=1), verbose=0, echo=print)
+    config = resumed_config(first.run_path, {"epochs": 2, "jit": "off", "weights": "none"})
+    resumed = fit(config, resume_path=first.run_path, verbose=0, echo=print)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    saved = read_config_file(f"{first.run_path}/config.yaml")
+    assert saved["epochs"] == 2 and saved["jit"] == "off" and saved["lr"] == 1e-3
+    for change in ({"mixed_precision": "bf16"}, {"lr": 0.1}, {"batch_size": 8}):
+        with pytest.raises(ConfigError, match="Cannot change"):
+            resumed_config(first.run_path, change)

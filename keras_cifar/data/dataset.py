@@ -127,6 +127,20 @@ def _write_cache(path, data):
             os.remove(tmp_path)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    """One process at a time prepares a source; the others wait, then read its cache."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _remove_incomplete(builder_root):
     for leftover in glob.glob(os.path.join(builder_root, "**", "incomplete.*"), recursive=True):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -170,7 +184,7 @@ def _few_download_retries(retries=2):
 def _prepare(builder, source, root):
     if builder.is_prepared():
         return
-    builder_root = os.path.dirname(os.path.dirname(str(builder.data_dir)))
+    builder_root = os.path.dirname(str(builder.data_dir))  # <data_dir>/<dataset name>: TFDS's scratch folders
     _remove_incomplete(builder_root)
     try:
         with _few_download_retries():
@@ -235,23 +249,31 @@ def load_cifar(data="cifar10", data_dir=None, val_split=0.0, seed=0, log=None):
     cache = _cache_path(root, source, builder)
     loaded = _read_cache(cache) if os.path.exists(cache) else None
     if loaded is None:
-        builder = builder or _make_builder(source, root)
-        if not builder.is_prepared():
-            log(f"Preparing {source.describe()} with TFDS into {root} (once) ...")
-        _prepare(builder, source, root)
-        splits = {split: _read_split(builder, split) for split in readers.SPLITS}
-        if min(len(s) for s in splits.values()) == 0:
-            raise DataError(f"{source.describe()} holds no images in one of its splits.")
-        class_names = tuple(builder.info.features["label"].names)
-        if source.kind == "tfds" and len(class_names) == 10:
-            class_names = readers.CIFAR10_CLASSES
-        loaded = CifarData(splits["train"], splits["test"], class_names, source.describe())
-        skipped = getattr(getattr(builder, "image_folder", None), "skipped", None)
-        if skipped and any(skipped.values()):
-            names = [name for names in skipped.values() for name in names]
-            log(f"Skipped {len(names)} file(s) that are not images: {', '.join(names[:5])}"
-                f"{' ...' if len(names) > 5 else ''}")
-        _write_cache(cache, loaded)
+        with _exclusive(cache + ".lock"):
+            loaded = _read_cache(cache) if os.path.exists(cache) else None  # prepared while we waited?
+            if loaded is None:
+                loaded = _prepare_and_cache(source, root, builder, cache, log)
     if val_split:
         loaded.train, loaded.val = hold_out(loaded.train, val_split, seed)
+    return loaded
+
+
+def _prepare_and_cache(source, root, builder, cache, log):
+    builder = builder or _make_builder(source, root)
+    if not builder.is_prepared():
+        log(f"Preparing {source.describe()} with TFDS into {root} (once) ...")
+    _prepare(builder, source, root)
+    splits = {split: _read_split(builder, split) for split in readers.SPLITS}
+    if min(len(s) for s in splits.values()) == 0:
+        raise DataError(f"{source.describe()} holds no images in one of its splits.")
+    class_names = tuple(builder.info.features["label"].names)
+    if source.kind == "tfds" and len(class_names) == 10:
+        class_names = readers.CIFAR10_CLASSES
+    loaded = CifarData(splits["train"], splits["test"], class_names, source.describe())
+    skipped = getattr(getattr(builder, "image_folder", None), "skipped", None)
+    if skipped and any(skipped.values()):
+        names = [name for names in skipped.values() for name in names]
+        log(f"Skipped {len(names)} file(s) that are not images: {', '.join(names[:5])}"
+            f"{' ...' if len(names) > 5 else ''}")
+    _write_cache(cache, loaded)
     return loaded

@@ -6,11 +6,12 @@ only hands over ready batches (`batch_size=None`, no workers), so the input
 pipeline costs one gather per batch and never leaves the device.
 
 Randomness depends only on `(seed, epoch)`: `set_epoch` (called by
-`EpochSetter` at the start of every epoch) makes the order and augmentation
+`EpochSeeder` at the start of every epoch) makes the order and augmentation
 of epoch k the same whether or not the run was resumed. `rank` and
 `world_size` give each data-parallel process its own shard of every epoch.
 """
 
+import hashlib
 import math
 
 import keras
@@ -50,24 +51,26 @@ class TensorLoader(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
-    def _generator(self, device):
+    def _generator(self, device, stream, *parts):
         generator = torch.Generator(device=device)
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator.manual_seed(stream_seed(self.seed, self.epoch, stream, *parts))
         return generator
 
     def epoch_order(self):
+        """This rank's indices for the epoch: one permutation shared by all ranks, dealt out in turn."""
         count = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(count, generator=self._generator("cpu"))
+            order = torch.randperm(count, generator=self._generator("cpu", "shuffle"))
         else:
             order = torch.arange(count)
         if self.world_size > 1:
-            order = torch.cat([order, order[: self.num_examples * self.world_size - count]])[self.rank::self.world_size]
+            total = self.num_examples * self.world_size  # equal shards: wrap around to fill the last ones
+            order = order.repeat(math.ceil(total / count))[:total][self.rank::self.world_size]
         return order.to(self.device)
 
     def __iter__(self):
         order = self.epoch_order()
-        generator = self._generator(self.device) if self.augment else None
+        generator = self._generator(self.device, "augment", self.rank) if self.augment else None
         for step in range(len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
             images = self.images[index]
@@ -82,13 +85,7 @@ class TensorLoader(torch.utils.data.IterableDataset):
         return torch.utils.data.DataLoader(self, batch_size=None, num_workers=0)
 
 
-class EpochSetter(keras.callbacks.Callback):
-    """Tells loaders which epoch starts, as `DistributedSampler.set_epoch` does."""
-
-    def __init__(self, *loaders):
-        super().__init__()
-        self.loaders = loaders
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for loader in self.loaders:
-            loader.set_epoch(epoch)
+def stream_seed(*parts):
+    """A 63-bit seed for one random stream, from its parts (seed, epoch, stream name, rank ...)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -51,6 +51,13 @@ def _corrupt(what, error):
     )
 
 
+def member_name(name):
+    """An archive member's path without a leading './' or '/'."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
 def chw_rows_to_hwc(rows):
     return np.ascontiguousarray(rows.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1))
 
@@ -67,7 +74,7 @@ class _Files:
         if os.path.isfile(self.path):
             try:
                 self._tar = tarfile.open(self.path, "r:*")
-                self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers() if m.isfile()}
+                self._members = {member_name(m.name): m for m in self._tar.getmembers() if m.isfile()}
             except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
                 raise _corrupt(f"The archive {self.path}", error) from None
         return self
@@ -150,8 +157,16 @@ def _checked_label(label, name):
 
 def decode_image(data):
     """Bytes of any OpenCV-readable image -> 32x32x3 uint8 RGB, or None if not an image."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
+    if not data:
+        return None
+    try:
+        return _to_rgb32(cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED))
+    except cv2.error:
+        return None
+
+
+def _to_rgb32(image):
+    if image is None or image.size == 0 or image.ndim not in (2, 3):
         return None
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
@@ -161,8 +176,10 @@ def decode_image(data):
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     elif image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
+    elif image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    else:
+        return None
     height, width = image.shape[:2]
     if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
         shrink = height > IMAGE_SIZE or width > IMAGE_SIZE
@@ -201,7 +218,10 @@ class ImageFolder:
             try:
                 with tarfile.open(self.path, "r:*") as tar:
                     for member in tar:
-                        parts = member.name.lstrip("./")[len(root):].split("/")
+                        name = member_name(member.name)
+                        if not name.startswith(root):
+                            continue
+                        parts = name[len(root):].split("/")
                         if member.isfile() and len(parts) == 3 and parts[0] in index and not parts[1].startswith("."):
                             index[parts[0]].setdefault(parts[1], []).append(parts[2])
             except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
@@ -241,8 +261,10 @@ class ImageFolder:
         try:
             with tarfile.open(self.path, "r:*") as tar:
                 for member in tar:
-                    parts = member.name.lstrip("./")[len(root):].split("/")
-                    if member.isfile() and len(parts) == 3 and parts[0] == split and (parts[1], parts[2]) in wanted:
+                    name = member_name(member.name)
+                    parts = name[len(root):].split("/")
+                    if (member.isfile() and name.startswith(root) and len(parts) == 3 and parts[0] == split
+                            and (parts[1], parts[2]) in wanted):
                         data = tar.extractfile(member).read()
                         yield from self._example(split, parts[1], parts[2], data, labels)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as error:

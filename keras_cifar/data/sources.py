@@ -6,6 +6,7 @@ import os
 import tarfile
 import zlib
 
+from keras_cifar.data.readers import member_name
 from keras_cifar.errors import DataError
 
 CANONICAL = "cifar10"
@@ -78,7 +79,7 @@ def _detect_archive(path):
     try:
         with tarfile.open(path, "r:*") as tar:
             for count, member in enumerate(tar):
-                parts = member.name.lstrip("./").split("/")
+                parts = member_name(member.name).split("/")
                 if parts[0] in ("cifar-10-batches-py", "cifar-10-batches-bin"):
                     return DataSource("python" if parts[0].endswith("py") else "binary", path, parts[0])
                 if member.isfile() and len(parts) == 3 and parts[0] in ("train", "test"):

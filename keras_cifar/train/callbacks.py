@@ -9,6 +9,7 @@ import time
 import keras
 import torch
 
+from keras_cifar.data.loader import stream_seed
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.signals import deferred_sigint
 
@@ -18,15 +19,16 @@ class EpochSeeder(keras.callbacks.Callback):
     augmentation (through the loaders' `set_epoch`) and dropout (torch's global
     generator). A resumed run then repeats exactly what an uninterrupted one does."""
 
-    def __init__(self, seed, *loaders):
+    def __init__(self, seed, *loaders, rank=0):
         super().__init__()
         self.seed = seed
         self.loaders = loaders
+        self.rank = rank
 
     def on_epoch_begin(self, epoch, logs=None):
         for loader in self.loaders:
             loader.set_epoch(epoch)
-        torch.manual_seed(self.seed * 1_000_003 + epoch)
+        torch.manual_seed(stream_seed(self.seed, epoch, "dropout", self.rank))
 
 
 class EpochStats(keras.callbacks.Callback):

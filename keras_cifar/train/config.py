@@ -86,7 +86,7 @@ def _base_type(field):
     return {"Optional[str]": str, "Optional[int]": int}.get(str(field.type).replace("typing.", ""), field.type)
 
 
-def _coerce(name, value):
+def coerce(name, value):
     field = FIELDS[name]
     if name == "weights" and isinstance(value, str) and value.lower() in ("none", "random"):
         return None  # `--weights none`: random initial weights
@@ -127,6 +127,7 @@ def _check_ranges(config):
     from keras_cifar.models.registry import list_models, unknown_model_message
 
     require(config.model in list_models(), unknown_model_message(config.model))
+    require(0 <= config.seed < 2**32, f"`seed` must be in [0, 2**32). Received: seed={config.seed}")
     require(config.epochs >= 1, f"`epochs` must be at least 1. Received: epochs={config.epochs}")
     require(config.batch_size >= 1, f"`batch_size` must be at least 1. Received: batch_size={config.batch_size}")
     require(config.eval_batch_size >= 1,
@@ -216,7 +217,7 @@ def resolve_config(config_file=None, overrides=None):
 
 def build_config(values):
     check_keys(values, "the configuration")
-    config = RunConfig(**{key: _coerce(key, value) for key, value in values.items()})
+    config = RunConfig(**{key: coerce(key, value) for key, value in values.items()})
     _check_ranges(config)
     return config
 
@@ -226,5 +227,6 @@ def to_dict(config):
 
 
 def write_config(config, path):
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
+    from keras_cifar.train.run_dir import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

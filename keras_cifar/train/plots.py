@@ -3,7 +3,7 @@
 import csv
 import os
 
-from keras_cifar.errors import UsageError
+from keras_cifar.errors import KerasCifarError, UsageError
 
 
 def read_metrics(path):
@@ -41,5 +41,9 @@ def plot_runs(paths, output, labels=None, title=None):
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(output)
-    plt.close(figure)
+    try:
+        figure.savefig(output)
+    except (OSError, ValueError) as error:  # missing folder, unknown image format
+        raise KerasCifarError(f"Cannot write {output!r}: {error}") from None
+    finally:
+        plt.close(figure)

@@ -8,6 +8,7 @@ training ends, `summary.json`.
 
 import json
 import os
+import re
 import tempfile
 import time
 
@@ -58,8 +59,20 @@ def run_model(path):
         return None
 
 
+NAME_TIME = re.compile(r"-(\d{8}-\d{6})(?:-(\d+))?$")
+
+
+def _started(path):
+    """When a run started: the time in its folder name (then its number), else its config's mtime."""
+    match = NAME_TIME.search(os.path.basename(os.path.normpath(path)))
+    if match:
+        return (match.group(1), int(match.group(2) or 0), path)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.stat(os.path.join(path, CONFIG)).st_mtime))
+    return (stamp, 0, path)
+
+
 def list_runs(log_dir, model=None):
-    """Run folders under `log_dir`, oldest first (by creation time, then name)."""
+    """Run folders under `log_dir`, oldest first (by the start time in their names)."""
     if not os.path.isdir(log_dir):
         return []
     runs = []
@@ -67,7 +80,7 @@ def list_runs(log_dir, model=None):
         path = os.path.join(log_dir, name)
         if is_run_dir(path) and (model is None or run_model(path) == model):
             runs.append(path)
-    return sorted(runs, key=lambda p: (os.stat(os.path.join(p, CONFIG)).st_mtime, p))
+    return sorted(runs, key=_started)
 
 
 def latest_run(log_dir, model=None, require_checkpoint=True):
@@ -93,6 +106,31 @@ def resolve_checkpoint(checkpoint, log_dir):
     if not os.path.exists(checkpoint):
         raise CheckpointError(f"The checkpoint {checkpoint!r} does not exist.")
     return checkpoint
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as a process trains in it."""
+
+    def __init__(self, path):
+        self.path = path
+        self._handle = None
+
+    def __enter__(self):
+        import fcntl
+
+        self._handle = open(os.path.join(self.path, ".lock"), "a")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.close()
+            raise KerasCifarError(
+                f"Another process is training in {self.path}. Wait for it to finish (or stop it) before "
+                "resuming this run."
+            ) from None
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()  # closing releases the lock
 
 
 def atomic_write_text(path, text):

@@ -1,5 +1,6 @@
 """`fit`: trains a model with Keras `fit` into a run folder, resumable."""
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -13,14 +14,14 @@ from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
                                          OriginalTags)
 from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
-from keras_cifar.train.config import build_config, read_config_file, to_dict, write_config
+from keras_cifar.train.config import build_config, check_keys, coerce, read_config_file, to_dict, write_config
 from keras_cifar.train.device import describe_device, seed_everything, select_device, set_precision
 from keras_cifar.train.evaluation import classification_report, predict_logits
 from keras_cifar.train.optim import build_loss, build_optimizer
 from keras_cifar.train.reports import write_final_summaries
 
 # Keys a resumed run may change; the rest define the run and must stay.
-RESUMABLE_CHANGES = {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir", "mixed_precision"}
+RESUMABLE_CHANGES = {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir"}
 
 
 class Interrupted(KerasCifarError):
@@ -38,8 +39,10 @@ def resumed_config(run_path, overrides):
     """The run's saved config with the explicitly given `overrides` applied."""
     if not rd.is_run_dir(run_path) or not os.path.exists(os.path.join(run_path, rd.STATE)):
         raise CheckpointError(f"{run_path!r} is not a resumable run folder (it has no {rd.CONFIG} and {rd.STATE}).")
-    saved = read_config_file(os.path.join(run_path, rd.CONFIG))
-    changed = {k: v for k, v in overrides.items() if v is not None and k != "log_dir" and saved.get(k) != v}
+    saved = to_dict(build_config(read_config_file(os.path.join(run_path, rd.CONFIG))))
+    given = {k: v for k, v in overrides.items() if v is not None and k != "log_dir"}
+    check_keys(given, "the options")
+    changed = {k: coerce(k, v) for k, v in given.items() if coerce(k, v) != saved.get(k)}
     fixed = sorted(set(changed) - RESUMABLE_CHANGES)
     if fixed:
         raise ConfigError(
@@ -90,8 +93,8 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test):
     return callbacks, nan_guard
 
 
-def new_run_state():
-    return {"completed_epochs": 0, "checkpoint": None, "best": None, "history": []}
+def new_run_state(class_names=()):
+    return {"completed_epochs": 0, "checkpoint": None, "best": None, "history": [], "class_names": list(class_names)}
 
 
 def _check_sizes(config, data):
@@ -126,63 +129,78 @@ def _fit(config, resume_path, verbose, echo):
     echo(f"Data: {data.summary()}")
     _check_sizes(config, data)
 
-    with keras.device(device):
+    with keras.device(device), contextlib.ExitStack() as stack:
         seed_everything(config.seed)
         train_loader = TensorLoader(data.train, config.batch_size, shuffle=True, augment=config.augment,
                                     seed=config.seed, device=device)
         eval_loader = TensorLoader(data.eval, config.eval_batch_size, device=device)
         steps_per_epoch = len(train_loader)
         if resume_path:
-            state = rd.read_json(os.path.join(resume_path, rd.STATE))
-            checkpoint = os.path.join(resume_path, state["checkpoint"]) if state.get("checkpoint") else None
+            run_path = resume_path
+            stack.enter_context(rd.RunLock(run_path))
+            state = rd.read_json(os.path.join(run_path, rd.STATE))
+            checkpoint = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
             if checkpoint:
                 model = load_checkpoint(checkpoint, compile=True)
                 check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
+                model.jit_compile = config.jit == "compile"  # a run may change how it executes
             else:  # killed before the first epoch ended: start over in the same folder
                 model = build_model(config, data.num_classes)
                 compile_model(model, config, steps_per_epoch)
-            run_path = resume_path
-            write_config(config, os.path.join(run_path, rd.CONFIG))
+            if build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
+                write_config(config, os.path.join(run_path, rd.CONFIG))
             echo(f"Resuming {run_path} after epoch {state['completed_epochs']} of {config.epochs}")
         else:
             model = build_model(config, data.num_classes)
             compile_model(model, config, steps_per_epoch)
             run_path = rd.create_run_dir(config.log_dir, config.model)
+            stack.enter_context(rd.RunLock(run_path))
             write_config(config, os.path.join(run_path, rd.CONFIG))
-            state = new_run_state()
+            state = new_run_state(data.class_names)
             rd.write_json(os.path.join(run_path, rd.STATE), state)
         model.set_graph_capture(config.jit == "trace")
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
+        return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
+                      started)
 
-        callbacks, nan_guard = make_callbacks(config, run_path, state, train_loader, eval_is_test=data.val is None)
-        initial_epoch = state["completed_epochs"]
-        if initial_epoch < config.epochs:
-            try:
-                model.fit(
-                    train_loader.as_keras_input(),
-                    validation_data=eval_loader.as_keras_input(),
-                    epochs=config.epochs,
-                    initial_epoch=initial_epoch,
-                    callbacks=callbacks,
-                    verbose=verbose,
-                    shuffle=False,  # the loader shuffles
-                )
-            except KeyboardInterrupt:
-                raise Interrupted(
-                    f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
-                    f"saved in {run_path}. Resume with: python cli.py fit --resume {run_path}"
-                ) from None
-        if nan_guard.bad_step is not None:
-            epoch, step = nan_guard.bad_step
-            where = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
-            kept = (f"the last good checkpoint (epoch {state['completed_epochs']}) is kept in {run_path}"
-                    if state["checkpoint"] else f"no epoch had completed, so {run_path} holds no checkpoint")
-            raise TrainingError(
-                f"The training loss became NaN or infinite at {where}; training stopped and {kept}. "
-                "Lower the learning rate (--lr), or use --schedule cosine with warm-up."
+
+def _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo, started):
+    import torch
+
+    callbacks, nan_guard = make_callbacks(config, run_path, state, train_loader, eval_is_test=data.val is None)
+    initial_epoch = state["completed_epochs"]
+    if initial_epoch < config.epochs:
+        try:
+            model.fit(
+                train_loader.as_keras_input(),
+                validation_data=eval_loader.as_keras_input(),
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the loader shuffles
             )
-        report = classification_report(data.eval.labels, predict_logits(model, data.eval, config.eval_batch_size),
-                                       data.class_names)
+        except torch.OutOfMemoryError:
+            raise TrainingError(
+                f"Out of {device} memory at batch size {config.batch_size}. Lower --batch-size (a new run), "
+                f"or free the device and resume with: python cli.py fit --resume {run_path}"
+            ) from None
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
+                f"saved in {run_path}. Resume with: python cli.py fit --resume {run_path}"
+            ) from None
+    if nan_guard.bad_step is not None:
+        epoch, step = nan_guard.bad_step
+        where = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
+        kept = (f"the last good checkpoint (epoch {state['completed_epochs']}) is kept in {run_path}"
+                if state["checkpoint"] else f"no epoch had completed, so {run_path} holds no checkpoint")
+        raise TrainingError(
+            f"The training loss became NaN or infinite at {where}; training stopped and {kept}. "
+            "Lower the learning rate (--lr), or use --schedule cosine with warm-up."
+        )
+    report = classification_report(data.eval.labels, predict_logits(model, data.eval, config.eval_batch_size),
+                                   data.class_names)
     summary = _summary(config, state, report, data, device, run_path)
     rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
     write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
