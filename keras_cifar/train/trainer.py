@@ -119,8 +119,18 @@ def fit(config, resume_path=None, verbose=1, echo=print):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _absolute_paths(config):
+    """Local data paths as absolute paths, so `evaluate` finds the run's data from any folder."""
+    data = config.data
+    if data != "cifar10" or os.path.exists(data):
+        data = os.path.abspath(os.path.expanduser(data))
+    data_dir = os.path.abspath(os.path.expanduser(config.data_dir)) if config.data_dir else None
+    return dataclasses.replace(config, data=data, data_dir=data_dir)
+
+
 def _fit(config, resume_path, verbose, echo):
     started = time.perf_counter()
+    config = _absolute_paths(config)
     device = select_device(config.device)
     set_precision(config.mixed_precision, device)
     echo(f"Device: {describe_device(device)}")
