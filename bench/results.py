@@ -79,6 +79,10 @@ def main(results, plots):
             if improved_run:
                 runs.append(improved_run)
                 labels.append("Keras, improved recipe")
+            rerun = latest(os.path.join(results, "keras-eps1e-8", f"{model}-*"))
+            if rerun:
+                runs.insert(1, rerun)
+                labels.insert(1, "Keras, original recipe, Adam epsilon 1e-8")
             output = os.path.join(plots, f"results-{model}.png")
             plot_runs(runs, output, labels, title=f"{model} on CIFAR-10 (real data, CPU)")
             print(f"<!-- wrote {output} -->")
@@ -88,6 +92,25 @@ def main(results, plots):
         for model, k, i in improvements:
             print(f"| {model} | {pct(k['final'])} | {pct(i['final'])} | {100 * (i['final'] - k['final']):+.2f} | "
                   f"{pct(k['best'])} | {pct(i['best'])} |")
+    studies = [
+        ("resnet_lite", "Keras, seed 0, Adam epsilon 1e-7 (Keras default)",
+         os.path.join(results, "keras", "resnet_lite-*")),
+        ("resnet_lite", "Keras, seed 0, Adam epsilon 1e-8 (torch default)",
+         os.path.join(results, "keras-eps1e-8", "resnet_lite-*")),
+        ("resnet_lite", "PyTorch, seed 0", os.path.join(results, "pytorch", "resnet_lite")),
+        ("resnet_lite", "PyTorch, seed 1", os.path.join(results, "pytorch-seed1", "resnet_lite")),
+        ("cnn", "Keras, PyTorch initialisation (default)", os.path.join(results, "keras", "cnn-*")),
+        ("cnn", "Keras, Keras initialisation (`--init keras`)", os.path.join(results, "keras-init", "cnn-*")),
+        ("cnn", "PyTorch", os.path.join(results, "pytorch", "cnn")),
+    ]
+    rows = [(model, label, latest(pattern)) for model, label, pattern in studies]
+    rows = [(model, label, read(run)) for model, label, run in rows if run]
+    if rows:
+        print("\n| model | run | final | best | mean of the last 10 epochs | train accuracy, last epoch |")
+        print("|---|---|---|---|---|---|")
+        for model, label, r in rows:
+            print(f"| {model} | {label} | {pct(r['final'])} | {pct(r['best'])} | "
+                  f"{pct(statistics.mean(r['val'][-10:]))} | {pct(r['train'][-1])} |")
     short = sorted(glob.glob(os.path.join(results, "keras-short", "*-*")))
     if short:
         print("\n| model | steps | train loss per epoch | train accuracy per epoch | test accuracy per epoch |")

@@ -56,8 +56,12 @@ def test_augmentation_is_a_shifted_and_maybe_flipped_window():
     padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (4, 4, 4, 4)).permute(0, 2, 3, 1)
     flips = shifts = 0
     for index in range(len(images)):
+        def crop(dy, dx, flip, index=index):
+            window = padded[index, dy:dy + 32, dx:dx + 32]
+            return window.flip(1) if flip else window
+
         windows = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
-                   if torch.equal(out[index], (lambda w: w.flip(1) if flip else w)(padded[index, dy:dy + 32, dx:dx + 32]))]
+                   if torch.equal(out[index], crop(dy, dx, flip))]
         assert windows, f"image {index} is not a crop of the padded image"
         flips += windows[0][2]
         shifts += (windows[0][0], windows[0][1]) != (4, 4)

@@ -93,7 +93,7 @@ def test_saves_to_keras_and_reloads(name, tmp_path):
     model = kc.create_model(name, **options)
     reloaded = assert_saves_and_reloads(model, random_images(3), tmp_path)
     assert json.dumps(reloaded.get_config(), sort_keys=True) == json.dumps(model.get_config(), sort_keys=True)
-    assert [l.name for l in reloaded.layers] == [l.name for l in model.layers]
+    assert [layer.name for layer in reloaded.layers] == [layer.name for layer in model.layers]
 
 
 @pytest.mark.parametrize("name", MODELS)

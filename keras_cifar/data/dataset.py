@@ -164,7 +164,8 @@ def _make_builder(source, root):
         return tfds.builder("cifar10", data_dir=root)
     from keras_cifar.data.builder import Cifar10Local
 
-    return Cifar10Local(source, data_dir=os.path.join(root, "keras_cifar_local", f"{source.kind}-{source.fingerprint()}"))
+    folder = f"{source.kind}-{source.fingerprint()}"
+    return Cifar10Local(source, data_dir=os.path.join(root, "keras_cifar_local", folder))
 
 
 @contextlib.contextmanager

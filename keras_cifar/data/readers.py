@@ -90,7 +90,10 @@ class _Files:
         return sorted(os.listdir(os.path.join(self.path, self.prefix)))
 
     def read(self, name):
-        where = f"{self.path}:{self.prefix}/{name}" if self._tar is not None else os.path.join(self.path, self.prefix, name)
+        if self._tar is not None:
+            where = f"{self.path}:{self.prefix}/{name}"
+        else:
+            where = os.path.join(self.path, self.prefix, name)
         try:
             if self._tar is not None:
                 member = self._members[f"{self.prefix}/{name}" if self.prefix else name]

@@ -14,7 +14,8 @@ from keras_cifar.models.registry import register_model
     experiment="Task2 / Task2TB",
     description="4 convolutions, 2 max pools, 1 dense layer",
 )
-def build_cnn(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch", normalize=False, name="cnn"):
+def build_cnn(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
+              normalize=False, name="cnn"):
     validate_common(data_format, input_shape)
     inputs = raw_image_input(input_shape)
     x = preprocess(inputs, "standardize" if normalize else "unit", data_format)

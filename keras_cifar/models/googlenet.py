@@ -28,8 +28,8 @@ INCEPTION_STAGES = [
     experiment="Task2GoogleNet",
     description="GoogLeNet, 9 Inception blocks with batch norm, dropout 0.4",
 )
-def build_googlenet(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, resize_to=224, dropout=0.4,
-                    init="torch", name="googlenet"):
+def build_googlenet(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, resize_to=224,
+                    dropout=0.4, init="torch", name="googlenet"):
     """`resize_to=None` feeds the raw size to the network; the final pooling is
     global, so any input of 32x32 or more works (224 is the original)."""
     validate_common(data_format, input_shape)

@@ -29,8 +29,8 @@ LITE_BLOCK = dict(
     experiment="Task2GNbasic",
     description="3 convolutions and 2 lite Inception blocks (88 channels each)",
 )
-def build_inception_lite(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch", normalize=False,
-                         name="inception_lite"):
+def build_inception_lite(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
+                         normalize=False, name="inception_lite"):
     validate_common(data_format, input_shape)
     inputs = raw_image_input(input_shape)
     x = preprocess(inputs, "standardize" if normalize else "unit", data_format)

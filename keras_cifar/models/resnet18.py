@@ -17,8 +17,8 @@ STAGES = [(64, 1), (128, 2), (256, 2), (512, 2)]  # (filters, stride of the firs
     experiment="Task2ResNet18",
     description="torchvision ResNet18 with a 10-class head; weights='imagenet' for pretrained",
 )
-def build_resnet18(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, resize_to=224, weights=None,
-                   init="torch", name="resnet18"):
+def build_resnet18(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, resize_to=224,
+                   weights=None, init="torch", name="resnet18"):
     """`weights`: None (random), `"imagenet"` (torchvision's `ResNet18_Weights.DEFAULT`,
     downloaded once into the torch hub cache) or the path of a torchvision
     ResNet18 state dict (`.pth`). The 1000-class head is always dropped."""

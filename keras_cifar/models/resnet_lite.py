@@ -15,8 +15,8 @@ from keras_cifar.models.registry import register_model
     experiment="Task2RNbasic",
     description="3 convolutions and 2 residual blocks, no batch norm",
 )
-def build_resnet_lite(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch", normalize=False,
-                      name="resnet_lite"):
+def build_resnet_lite(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
+                      normalize=False, name="resnet_lite"):
     validate_common(data_format, input_shape)
     inputs = raw_image_input(input_shape)
     x = preprocess(inputs, "standardize" if normalize else "unit", data_format)

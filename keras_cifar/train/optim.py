@@ -72,13 +72,19 @@ def learning_rate(config, steps_per_epoch):
     return OneCycle(config.lr, total, int(round(rise)))
 
 
+# torch.optim.Adam's epsilon. Keras adds epsilon to sqrt(v) before the bias correction of v where
+# torch adds it after; the two agree once sqrt(1 - beta_2**step) is ~1 (a few thousand steps).
+# Keras's own default, 1e-7, damps the steps of weights with small gradients noticeably.
+ADAM_EPSILON = 1e-8
+
+
 def build_optimizer(config, steps_per_epoch):
     lr = learning_rate(config, steps_per_epoch)
     decay = config.weight_decay or None
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay)
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay, epsilon=ADAM_EPSILON)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay, epsilon=ADAM_EPSILON)
     return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov,
                                 weight_decay=decay)
 
