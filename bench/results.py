@@ -79,10 +79,10 @@ def main(results, plots):
             if improved_run:
                 runs.append(improved_run)
                 labels.append("Keras, improved recipe")
-            rerun = latest(os.path.join(results, "keras-eps1e-8", f"{model}-*"))
+            rerun = latest(os.path.join(results, "keras-torchadam", f"{model}-*"))
             if rerun:
                 runs.insert(1, rerun)
-                labels.insert(1, "Keras, original recipe, Adam epsilon 1e-8")
+                labels.insert(1, "Keras, original recipe, TorchAdam")
             output = os.path.join(plots, f"results-{model}.png")
             plot_runs(runs, output, labels, title=f"{model} on CIFAR-10 (real data, CPU)")
             print(f"<!-- wrote {output} -->")
@@ -93,14 +93,17 @@ def main(results, plots):
             print(f"| {model} | {pct(k['final'])} | {pct(i['final'])} | {100 * (i['final'] - k['final']):+.2f} | "
                   f"{pct(k['best'])} | {pct(i['best'])} |")
     studies = [
-        ("resnet_lite", "Keras, seed 0, Adam epsilon 1e-7 (Keras default)",
-         os.path.join(results, "keras", "resnet_lite-*")),
-        ("resnet_lite", "Keras, seed 0, Adam epsilon 1e-8 (torch default)",
+        ("resnet_lite", "Keras, seed 0, Keras's Adam (epsilon 1e-7)", os.path.join(results, "keras", "resnet_lite-*")),
+        ("resnet_lite", "Keras, seed 0, Keras's Adam with epsilon 1e-8",
          os.path.join(results, "keras-eps1e-8", "resnet_lite-*")),
+        ("resnet_lite", "Keras, seed 0, TorchAdam (torch.optim.Adam's update; the default now)",
+         os.path.join(results, "keras-torchadam", "resnet_lite-*")),
         ("resnet_lite", "PyTorch, seed 0", os.path.join(results, "pytorch", "resnet_lite")),
         ("resnet_lite", "PyTorch, seed 1", os.path.join(results, "pytorch-seed1", "resnet_lite")),
-        ("cnn", "Keras, PyTorch initialisation (default)", os.path.join(results, "keras", "cnn-*")),
-        ("cnn", "Keras, Keras initialisation (`--init keras`)", os.path.join(results, "keras-init", "cnn-*")),
+        ("cnn", "Keras, PyTorch initialisation (default), Keras's Adam (epsilon 1e-7)",
+         os.path.join(results, "keras", "cnn-*")),
+        ("cnn", "Keras, Keras initialisation (`--init keras`), Keras's Adam with epsilon 1e-8",
+         os.path.join(results, "keras-init", "cnn-*")),
         ("cnn", "PyTorch", os.path.join(results, "pytorch", "cnn")),
     ]
     rows = [(model, label, latest(pattern)) for model, label, pattern in studies]

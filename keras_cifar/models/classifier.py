@@ -65,13 +65,31 @@ class ImageClassifier(keras.Model):
         key = (training, x.dtype, x.device, x.ndim, keras.config.dtype_policy().name)
         graph = self._graphs.get(key)
         if graph is None:
+            # Tracing runs the forward once: keep its batch-norm updates out of the state,
+            # so that the first step updates the statistics once, as every later step does.
+            state = [v.value.detach().clone() for v in self.non_trainable_variables]
             with warnings.catch_warnings():
                 # torch.jit.trace is deprecated in favour of torch.compile, which
                 # cannot yet compile Keras's layer machinery without graph breaks.
                 warnings.simplefilter("ignore")
                 graph = torch.jit.trace(_Forward(self, training), (x,), check_trace=False)
+            with torch.no_grad():
+                for variable, value in zip(self.non_trainable_variables, state):
+                    variable.value.copy_(value)
             self._graphs[key] = graph
-        return graph(x)
+        outputs = graph(x)
+        if training:
+            self._detach_state()
+        return outputs
+
+    def _detach_state(self):
+        """A replayed graph writes the new batch-norm statistics with an in-place copy that
+        autograd records (the trace does not keep Keras's `no_grad` around it), which leaves
+        them attached to the step's graph: memory held from step to step, and Keras fails
+        when it next collects the variables as torch parameters. Make them leaves again."""
+        for variable in self.non_trainable_variables:
+            if variable.value.grad_fn is not None:
+                variable.value.detach_()
 
     def train_step(self, data):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)

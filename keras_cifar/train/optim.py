@@ -72,19 +72,72 @@ def learning_rate(config, steps_per_epoch):
     return OneCycle(config.lr, total, int(round(rise)))
 
 
-# torch.optim.Adam's epsilon. Keras adds epsilon to sqrt(v) before the bias correction of v where
-# torch adds it after; the two agree once sqrt(1 - beta_2**step) is ~1 (a few thousand steps).
-# Keras's own default, 1e-7, damps the steps of weights with small gradients noticeably.
-ADAM_EPSILON = 1e-8
+class _TorchAdamUpdate:
+    """torch.optim.Adam's update, `w -= lr / (1 - b1**t) * m / (sqrt(v / (1 - b2**t)) + eps)`,
+    for all variables at once with `torch._foreach_*` ops. Keras's own Adam adds epsilon to
+    sqrt(v) before the bias correction, so it takes up to twice torch's step on weights whose
+    gradients are near epsilon until the correction settles (thousands of steps)."""
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        import torch
+
+        with torch.no_grad():
+            variables = [v.value for v in trainable_variables]
+            dtype = variables[0].dtype
+            step = ops.cast(self.iterations + 1, dtype)
+            lr = ops.cast(learning_rate, dtype)
+            bias_1 = 1 - ops.power(ops.cast(self.beta_1, dtype), step)
+            bias_2_sqrt = ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step))
+            grads = [ops.cast(g, dtype) for g in grads]
+            if self.coupled_weight_decay:
+                grads = torch._foreach_add(grads, variables, alpha=self.coupled_weight_decay)
+            m_list = [self._momentums[self._get_variable_index(v)].value for v in trainable_variables]
+            v_list = [self._velocities[self._get_variable_index(v)].value for v in trainable_variables]
+            torch._foreach_mul_(m_list, self.beta_1)
+            torch._foreach_add_(m_list, grads, alpha=1 - self.beta_1)
+            torch._foreach_mul_(v_list, self.beta_2)
+            torch._foreach_addcmul_(v_list, grads, grads, value=1 - self.beta_2)
+            denominators = torch._foreach_sqrt(v_list)
+            torch._foreach_div_(denominators, bias_2_sqrt)
+            torch._foreach_add_(denominators, self.epsilon)
+            updates = torch._foreach_div(m_list, denominators)
+            torch._foreach_mul_(updates, lr / bias_1)
+            torch._foreach_sub_(variables, updates)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TorchAdam(_TorchAdamUpdate, keras.optimizers.Adam):
+    """Adam that updates exactly as `torch.optim.Adam` (epsilon 1e-8 after the bias correction;
+    weight decay as an L2 term added to the gradients, as torch's `weight_decay`)."""
+
+    def __init__(self, learning_rate=1e-3, epsilon=1e-8, weight_decay=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, epsilon=epsilon, **kwargs)
+        self.coupled_weight_decay = weight_decay or 0.0
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_decay"] = self.coupled_weight_decay or None
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TorchAdamW(_TorchAdamUpdate, keras.optimizers.AdamW):
+    """AdamW that updates exactly as `torch.optim.AdamW` (decoupled weight decay, as Keras's
+    AdamW, then torch's Adam step)."""
+
+    coupled_weight_decay = 0.0
+
+    def __init__(self, learning_rate=1e-3, epsilon=1e-8, weight_decay=0.004, **kwargs):
+        super().__init__(learning_rate=learning_rate, epsilon=epsilon, weight_decay=weight_decay, **kwargs)
 
 
 def build_optimizer(config, steps_per_epoch):
     lr = learning_rate(config, steps_per_epoch)
     decay = config.weight_decay or None
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay, epsilon=ADAM_EPSILON)
+        return TorchAdam(learning_rate=lr, weight_decay=decay)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay, epsilon=ADAM_EPSILON)
+        return TorchAdamW(learning_rate=lr, weight_decay=config.weight_decay)
     return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov,
                                 weight_decay=decay)
 
