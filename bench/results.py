@@ -114,7 +114,8 @@ def main(results, plots):
         for model, label, r in rows:
             print(f"| {model} | {label} | {pct(r['final'])} | {pct(r['best'])} | "
                   f"{pct(statistics.mean(r['val'][-10:]))} | {pct(r['train'][-1])} |")
-    short = sorted(glob.glob(os.path.join(results, "keras-short", "*-*")))
+    short = sorted(p for p in glob.glob(os.path.join(results, "keras-short", "*-*"))
+                   if os.path.isfile(os.path.join(p, "metrics.csv")))
     if short:
         print("\n| model | steps | train loss per epoch | train accuracy per epoch | test accuracy per epoch |")
         print("|---|---|---|---|---|")

@@ -14,5 +14,5 @@ run() { echo "== $*"; "$@" 2>&1 | tee -a "$OUT/short.log" | grep -E "^(Epoch|Bes
 # ImageNet download); on a GPU machine use configs/resnet18.yaml as it is.
 run $PY cli.py fit --model googlenet --epochs 2 --train-images 3200 --eval-images 1000 --data "$DATA" \
     --log-dir "$OUT/keras-short"
-run $PY cli.py fit --model resnet18 --weights none --epochs 2 --train-images 3200 --eval-images 1000 \
+run $PY cli.py fit --model resnet18 --weights none --epochs 3 --train-images 3200 --eval-images 1000 \
     --data "$DATA" --log-dir "$OUT/keras-short"

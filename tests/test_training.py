@@ -64,7 +64,7 @@ def test_optimizers_from_config():
                                              ("adamw", torch.optim.AdamW, 0.05)])
 def test_adam_updates_exactly_like_torch(name, kind, decay):
     # Gradients from 1e-9 to 1e-3, so epsilon and its place in the formula matter from step 1:
-    # Keras's own Adam would take up to twice torch's step on the small ones.
+    # Keras's own Adam would damp the steps of the small ones.
     rng = np.random.default_rng(0)
     start = rng.normal(size=(2, 64)).astype("float32")
     gradients = [(rng.normal(size=(2, 64)) * 10.0 ** rng.integers(-9, -2, size=(2, 64))).astype("float32")

@@ -75,8 +75,9 @@ def learning_rate(config, steps_per_epoch):
 class _TorchAdamUpdate:
     """torch.optim.Adam's update, `w -= lr / (1 - b1**t) * m / (sqrt(v / (1 - b2**t)) + eps)`,
     for all variables at once with `torch._foreach_*` ops. Keras's own Adam adds epsilon to
-    sqrt(v) before the bias correction, so it takes up to twice torch's step on weights whose
-    gradients are near epsilon until the correction settles (thousands of steps)."""
+    sqrt(v) before the bias correction, which in torch's terms is an epsilon of
+    eps / sqrt(1 - b2**t): 30x larger at the first step, damping the steps of weights with small
+    gradients until the correction settles (thousands of steps)."""
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         import torch
