@@ -3,11 +3,8 @@
 # shipped config through `cli.py fit`, and the same architecture with a plain PyTorch loop.
 # Usage: bash bench/reproduce.sh [DATA] [OUT]   (about 2 hours on a 2-core CPU)
 set -u
-DATA=${1:-../shared/data/cifar10-jpeg.tar.gz}
-OUT=${2:-logs/results}
-PY=${PYTHON:-python}
-mkdir -p "$OUT"
-run() { echo "== $*"; "$@" 2>&1 | tee -a "$OUT/reproduce.log" | grep -E "^(Epoch|Best|Total|final|epoch|Error)" ; }
+LOG=reproduce.log
+source "$(dirname "$0")/common.sh" "$@"
 for spec in "cnn 20 32" "resnet_lite 40 32" "inception_lite 20 16"; do
   set -- $spec
   run $PY cli.py fit --model "$1" --data "$DATA" --log-dir "$OUT/keras"

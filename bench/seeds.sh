@@ -5,11 +5,8 @@
 # (docs/RESULTS.md also lists a run of commit b1ff4e3, Keras's own Adam with torch's epsilon 1e-8.)
 # Usage: bash bench/seeds.sh [DATA] [OUT]
 set -u
-DATA=${1:-../shared/data/cifar10-jpeg.tar.gz}
-OUT=${2:-logs/results}
-PY=${PYTHON:-python}
-mkdir -p "$OUT"
-run() { echo "== $*"; "$@" 2>&1 | tee -a "$OUT/seeds.log" | grep -E "^(Best|Total|final|Error)" ; }
+LOG=seeds.log
+source "$(dirname "$0")/common.sh" "$@"
 run $PY bench/train_reference.py --model resnet_lite --data "$DATA" --epochs 40 --batch-size 32 --lr 1e-3 \
     --seed 1 --out "$OUT/pytorch-seed1/resnet_lite"
 run $PY cli.py fit --model resnet_lite --seed 0 --data "$DATA" --log-dir "$OUT/keras-torchadam"

@@ -3,11 +3,8 @@
 # and SGD 1e-3): the loss falls and accuracy leaves chance. Full runs need a GPU (docs/RESULTS.md).
 # Usage: bash bench/short.sh [DATA] [OUT]
 set -u
-DATA=${1:-../shared/data/cifar10-jpeg.tar.gz}
-OUT=${2:-logs/results}
-PY=${PYTHON:-python}
-mkdir -p "$OUT"
-run() { echo "== $*"; "$@" 2>&1 | tee -a "$OUT/short.log" | grep -E "^(Epoch|Best|Total|Error)" ; }
+LOG=short.log
+source "$(dirname "$0")/common.sh" "$@"
 # googlenet and resnet18 at the original settings on CPU: 2 (googlenet) or 3 (resnet18) epochs of 3,200
 # images (200 or 300 steps of 32),
 # evaluated on 1,000 test images. resnet18 starts from random weights here (no internet for the

@@ -67,15 +67,18 @@ class ImageClassifier(keras.Model):
         if graph is None:
             # Tracing runs the forward once: keep its batch-norm updates out of the state,
             # so that the first step updates the statistics once, as every later step does.
-            state = [v.value.detach().clone() for v in self.non_trainable_variables]
+            # The state tensors are kept once here: walking the layers for them every step
+            # would cost more Python than the small models' arithmetic.
+            object.__setattr__(self, "_state_tensors", [v.value for v in self.non_trainable_variables])
+            state = [tensor.detach().clone() for tensor in self._state_tensors]
             with warnings.catch_warnings():
                 # torch.jit.trace is deprecated in favour of torch.compile, which
                 # cannot yet compile Keras's layer machinery without graph breaks.
                 warnings.simplefilter("ignore")
                 graph = torch.jit.trace(_Forward(self, training), (x,), check_trace=False)
             with torch.no_grad():
-                for variable, value in zip(self.non_trainable_variables, state):
-                    variable.value.copy_(value)
+                for tensor, value in zip(self._state_tensors, state):
+                    tensor.copy_(value)
             self._graphs[key] = graph
         outputs = graph(x)
         if training:
@@ -87,9 +90,9 @@ class ImageClassifier(keras.Model):
         autograd records (the trace does not keep Keras's `no_grad` around it), which leaves
         them attached to the step's graph: memory held from step to step, and Keras fails
         when it next collects the variables as torch parameters. Make them leaves again."""
-        for variable in self.non_trainable_variables:
-            if variable.value.grad_fn is not None:
-                variable.value.detach_()
+        for tensor in self._state_tensors:
+            if tensor.grad_fn is not None:
+                tensor.detach_()
 
     def train_step(self, data):
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
