@@ -6,6 +6,8 @@ bench/improved.sh (their metrics.csv and summary.json files).
 
 import csv
 import glob
+import json
+import math
 import os
 import statistics
 import sys
@@ -44,67 +46,147 @@ def pct(value):
     return f"{100 * value:.2f}%"
 
 
+def seed_runs(results, model):
+    """-> {"Keras": [...], "PyTorch": [...]}: the original-recipe runs of the current code, one per seed
+    (Keras with TorchAdam from bench/seeds.sh; PyTorch seed 0 from bench/reproduce.sh, others from seeds.sh)."""
+    keras_runs = [read(p) for p in sorted(glob.glob(os.path.join(results, "seeds", "keras", f"{model}-*")))
+                  if os.path.isfile(os.path.join(p, "summary.json"))]
+    torch_paths = [os.path.join(results, "pytorch", model)]
+    torch_paths += sorted(glob.glob(os.path.join(results, "seeds", "pytorch", f"{model}-seed*")))
+    torch_runs = []
+    for path in torch_paths:
+        if os.path.isfile(os.path.join(path, "summary.json")):
+            run = read(path)
+            run["config"] = json.load(open(os.path.join(path, "summary.json")))
+            torch_runs.append(run)
+    return {"Keras": keras_runs, "PyTorch": torch_runs}
+
+
+def spread(values):
+    """'mean ± sd' in points (sd over runs; '-' for one run)."""
+    mean = 100 * statistics.mean(values)
+    return f"{mean:.2f}" + (f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
+def plot_seeds(results, model, output):
+    """Test accuracy per epoch over seeds: the mean of each framework, and its lowest-highest band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for framework, runs in seed_runs(results, model).items():
+        epochs = min(len(r["val"]) for r in runs)
+        curves = [[100 * v for v in r["val"][:epochs]] for r in runs]
+        x = range(1, epochs + 1)
+        mean = [statistics.mean(column) for column in zip(*curves)]
+        label = f"{framework}, mean of {len(runs)} seeds" if len(runs) > 1 else f"{framework}, 1 seed"
+        line, = axis.plot(x, mean, marker=".", label=label)
+        if len(runs) > 1:
+            axis.fill_between(x, [min(c) for c in zip(*curves)], [max(c) for c in zip(*curves)],
+                              color=line.get_color(), alpha=0.2, label=f"{framework}, lowest to highest run")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("test accuracy (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(f"{model}, original recipe: Keras port and PyTorch reference over seeds")
+    figure.tight_layout()
+    figure.savefig(output)
+    plt.close(figure)
+
+
+def seed_table(results, plots=None):
+    """Prints the reproduction table (the original recipe over seeds, current code); returns
+    {model: mean final accuracy of the Keras runs}."""
+    lines, keras_means = [], {}
+    for model in SMALL:
+        runs = seed_runs(results, model)
+        if not (runs["Keras"] and runs["PyTorch"]):
+            continue
+        if plots:
+            plot_seeds(results, model, os.path.join(plots, f"seeds-{model}.png"))
+        measures = {}
+        for framework, framework_runs in runs.items():
+            finals = [r["final"] for r in framework_runs]
+            bests = [r["best"] for r in framework_runs]
+            lasts = [statistics.mean(r["val"][-10:]) for r in framework_runs]
+            measures[framework] = (finals, bests, lasts)
+            seeds = ", ".join(str(r["config"].get("seed")) for r in framework_runs)
+            seconds = statistics.median(r["epoch_time"] for r in framework_runs)
+            lines.append(f"| {model} | {framework_runs[0]['epochs']} | {framework} | {seeds} | {spread(finals)} | "
+                         f"{spread(bests)} | {spread(lasts)} | {' / '.join(f'{100 * v:.2f}' for v in finals)} | "
+                         f"{seconds:.0f} |")
+        keras_means[model] = statistics.mean(measures["Keras"][0])
+        cells = []
+        for k, t in zip(measures["Keras"], measures["PyTorch"]):
+            difference = 100 * (statistics.mean(k) - statistics.mean(t))
+            error = 100 * math.sqrt(sum(statistics.variance(v) / len(v) for v in (k, t) if len(v) > 1))
+            cells.append(f"**{difference:+.2f}** ± {error:.2f}" if error else f"**{difference:+.2f}**")
+        lines.append(f"| {model} | | Keras - PyTorch | | {cells[0]} | {cells[1]} | {cells[2]} | | |")
+    if lines:
+        print("| model | epochs | framework | seeds | final | best | mean of the last 10 epochs | final per run | "
+              "median s/epoch |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(lines))
+    return keras_means
+
+
 @click.command()
 @click.option("--results", default="logs/results", show_default=True)
 @click.option("--plots", default=None, help="Folder to write the curves (PNG) into.")
 def main(results, plots):
     from keras_cifar.train.plots import plot_runs
 
-    print("| model | recipe | epochs | Keras final (best) | PyTorch final (best) | Keras - PyTorch (final) | "
+    keras_means = seed_table(results, plots)
+    print("\n| model | Keras final (best) | PyTorch final (best) | Keras - PyTorch (final) | "
           "median s/epoch Keras / PyTorch |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|")
     improvements = []
     for model in SMALL:
-        keras_run = latest(os.path.join(results, "keras", f"{model}-*"))
+        first_run = latest(os.path.join(results, "keras", f"{model}-*"))
         torch_run = os.path.join(results, "pytorch", model)
-        improved_run = latest(os.path.join(results, "keras-improved", f"{model}-*"))
-        if keras_run:
-            k = read(keras_run)
-            t = read(torch_run) if os.path.isfile(os.path.join(torch_run, "metrics.csv")) else None
+        has_torch = os.path.isfile(os.path.join(torch_run, "metrics.csv"))
+        if first_run:
+            k = read(first_run)
+            t = read(torch_run) if has_torch else None
             torch_cells = (f"{pct(t['final'])} ({pct(t['best'])})", f"{100 * (k['final'] - t['final']):+.2f}",
                            f"{k['epoch_time']:.0f} / {t['epoch_time']:.0f}") if t else ("-", "-", "-")
-            print(f"| {model} | original | {k['epochs']} | {pct(k['final'])} ({pct(k['best'])}) | {torch_cells[0]} | "
-                  f"{torch_cells[1]} | {torch_cells[2]} |")
-        if improved_run:
-            i = read(improved_run)
-            print(f"| {model} | improved | {i['epochs']} | {pct(i['final'])} ({pct(i['best'])}) | - | - | "
-                  f"{i['epoch_time']:.0f} / - |")
-            if keras_run:
-                improvements.append((model, k, i))
-        if plots and keras_run:
-            runs, labels = [keras_run], ["Keras, original recipe"]
-            if os.path.isfile(os.path.join(torch_run, "metrics.csv")):
+            print(f"| {model} | {pct(k['final'])} ({pct(k['best'])}) | {torch_cells[0]} | {torch_cells[1]} | "
+                  f"{torch_cells[2]} |")
+        improved_run = latest(os.path.join(results, "keras-improved", f"{model}-*"))
+        if improved_run and model in keras_means:
+            improvements.append((model, keras_means[model], read(improved_run)))
+        current = [r["run"] for r in seed_runs(results, model)["Keras"] if r["config"].get("seed") == 0]
+        if plots and current:
+            runs, labels = [current[0]], ["Keras port, original recipe (seed 0)"]
+            if has_torch:
                 runs.append(torch_run)
-                labels.append("PyTorch reference, original recipe")
+                labels.append("PyTorch reference, original recipe (seed 0)")
             if improved_run:
                 runs.append(improved_run)
-                labels.append("Keras, improved recipe")
-            rerun = latest(os.path.join(results, "keras-torchadam", f"{model}-*"))
-            if rerun:
-                runs.insert(1, rerun)
-                labels.insert(1, "Keras, original recipe, TorchAdam")
+                labels.append("Keras port, improved recipe")
             output = os.path.join(plots, f"results-{model}.png")
             plot_runs(runs, output, labels, title=f"{model} on CIFAR-10 (real data, CPU)")
-            print(f"<!-- wrote {output} -->")
     if improvements:
-        print("\n| model | original final | improved final | gain (points) | original best | improved best |")
+        print("\n| model | epochs | original recipe, Keras final (mean over seeds) | improved final (best) | "
+              "gain (points) | median s/epoch improved |")
         print("|---|---|---|---|---|---|")
-        for model, k, i in improvements:
-            print(f"| {model} | {pct(k['final'])} | {pct(i['final'])} | {100 * (i['final'] - k['final']):+.2f} | "
-                  f"{pct(k['best'])} | {pct(i['best'])} |")
+        for model, original, i in improvements:
+            print(f"| {model} | {i['epochs']} | {pct(original)} | {pct(i['final'])} ({pct(i['best'])}) | "
+                  f"**{100 * (i['final'] - original):+.2f}** | {i['epoch_time']:.0f} |")
     studies = [
         ("resnet_lite", "Keras, seed 0, Keras's Adam (epsilon 1e-7)", os.path.join(results, "keras", "resnet_lite-*")),
         ("resnet_lite", "Keras, seed 0, Keras's Adam with epsilon 1e-8",
          os.path.join(results, "keras-eps1e-8", "resnet_lite-*")),
-        ("resnet_lite", "Keras, seed 0, TorchAdam (torch.optim.Adam's update; the default now)",
-         os.path.join(results, "keras-torchadam", "resnet_lite-*")),
-        ("resnet_lite", "PyTorch, seed 0", os.path.join(results, "pytorch", "resnet_lite")),
-        ("resnet_lite", "PyTorch, seed 1", os.path.join(results, "pytorch-seed1", "resnet_lite")),
+        ("inception_lite", "Keras, seed 0, Keras's Adam (epsilon 1e-7)",
+         os.path.join(results, "keras", "inception_lite-*")),
         ("cnn", "Keras, PyTorch initialisation (default), Keras's Adam (epsilon 1e-7)",
          os.path.join(results, "keras", "cnn-*")),
         ("cnn", "Keras, Keras initialisation (`--init keras`), Keras's Adam with epsilon 1e-8",
          os.path.join(results, "keras-init", "cnn-*")),
-        ("cnn", "PyTorch", os.path.join(results, "pytorch", "cnn")),
+        ("cnn", "PyTorch, seed 0", os.path.join(results, "pytorch", "cnn")),
     ]
     rows = [(model, label, latest(pattern)) for model, label, pattern in studies]
     rows = [(model, label, read(run)) for model, label, run in rows if run]

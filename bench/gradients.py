@@ -1,0 +1,89 @@
+"""One step's gradients of the Keras port against PyTorch's, from the same weights and real batch.
+
+For each small model and batch, the worst relative error over the weights of the gradient of the
+cross-entropy loss against PyTorch in float64, for: the Keras port (float32), the PyTorch original
+(float32), and the PyTorch original with its weights moved by about one float32 ulp. A port that
+computed something else would stand out from the two PyTorch columns; rounding flips a max-pool
+choice between near-equal values now and then, which moves a few gradients in every column alike.
+
+    python bench/gradients.py --data ../shared/data/cifar10-jpeg.tar.gz --batches 3
+"""
+
+import copy
+import os
+import sys
+
+import click
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras_cifar  # noqa: E402,F401  (backend first)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from keras_cifar.data import load_cifar  # noqa: E402
+from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name  # noqa: E402
+from keras_cifar.torch_loop import ReferenceRun  # noqa: E402
+from keras_cifar.train.config import resolve_config  # noqa: E402
+from keras_cifar.train.trainer import build_model  # noqa: E402
+
+
+def keras_layout(gradient):
+    """A torch weight's gradient in the layout of its Keras variable."""
+    if gradient.dim() == 4:
+        return gradient.permute(2, 3, 1, 0)
+    return gradient.T if gradient.dim() == 2 else gradient
+
+
+def gradient_errors(model_name, images, labels, seed=0):
+    """-> {"keras": e, "torch": e, "torch+ulp": e}: worst relative gradient error against float64 torch."""
+    run = ReferenceRun(model_name, seed=seed)
+    exact, perturbed = copy.deepcopy(run.module).double(), copy.deepcopy(run.module)
+    noise = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for parameter in perturbed.parameters():
+            parameter.mul_(1 + 1e-7 * torch.randn(parameter.shape, generator=noise))
+    model = build_model(resolve_config(None, {"model": model_name}), 10)
+    copy_torch_weights(model, run.module)
+    inputs = run.prepare(images)
+    for module, x in ((run.module, inputs), (exact, inputs.double()), (perturbed, inputs)):
+        F.cross_entropy(module(x), labels).backward()
+    F.cross_entropy(model(images, training=True), labels).backward()
+    keras_layers = keras_layers_by_name(model)
+    errors = {"keras": 0.0, "torch": 0.0, "torch+ulp": 0.0}
+    named = zip(run.module.named_parameters(), exact.parameters(), perturbed.parameters())
+    for (path, ours32), ours64, nudged in named:
+        module_path, kind = path.rsplit(".", 1)
+        layer = keras_layers[module_path.replace(".", "_")]
+        variable = layer.kernel if kind == "weight" else layer.bias
+        truth = keras_layout(ours64.grad).float()
+        candidates = {"keras": variable.value.grad, "torch": keras_layout(ours32.grad),
+                      "torch+ulp": keras_layout(nudged.grad)}
+        for key, gradient in candidates.items():
+            errors[key] = max(errors[key], float((gradient - truth).norm() / truth.norm()))
+    return errors
+
+
+@click.command()
+@click.option("--data", default="cifar10", show_default=True)
+@click.option("--data-dir", default=None, help="Where TFDS prepares and caches data.")
+@click.option("--models", default="cnn,resnet_lite,inception_lite", show_default=True)
+@click.option("--batches", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def main(data, data_dir, models, batches, batch_size):
+    dataset = load_cifar(data, data_dir)
+    print("| model | batch | Keras float32 | PyTorch float32 | PyTorch float32, weights +1 ulp |")
+    print("|---|---|---|---|---|")
+    for model_name in models.split(","):
+        for batch in range(batches):
+            pick = np.random.default_rng(batch).permutation(len(dataset.train.labels))[:batch_size]
+            images = torch.as_tensor(dataset.train.images[pick])
+            labels = torch.as_tensor(dataset.train.labels[pick]).long()
+            errors = gradient_errors(model_name, images, labels)
+            print(f"| {model_name} | {batch} | {errors['keras']:.1e} | {errors['torch']:.1e} | "
+                  f"{errors['torch+ulp']:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The result scripts of bench/ on small real data: what docs/RESULTS.md is built from."""
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+
+from tests.conftest import REPO
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_divergence_starts_equal_and_reports_every_checkpoint(real_folder_small, data_dir):
+    from keras_cifar.data import load_cifar
+
+    divergence = load_script("divergence")
+    rows = list(divergence.diverge("cnn", load_cifar(str(real_folder_small), str(data_dir)), total_steps=2,
+                                   test_images=50, checkpoints=2))
+    assert [row["step"] for row in rows] == [0, 1, 2]
+    first, last = rows[0], rows[-1]
+    assert first["distance"]["torch"] == 0
+    assert first["distance"]["keras"] < 1e-6  # the same weights, up to float32 rounding
+    assert 1e-9 < first["distance"]["torch+ulp"] < 1e-6  # perturbed by about one ulp
+    assert first["differ"]["keras"] == 0 and first["accuracy"]["keras"] == first["accuracy"]["torch"]
+    assert 0 < last["distance"]["keras"] < 1e-3  # two equal steps: 2e-5 here; 6e-3 with Keras's own Adam
+    assert last["test_images"] == 50 and last["batch_size"] == 32
+
+
+def write_run(folder, accuracies, seed=None):
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["epoch", "loss", "accuracy", "val_accuracy", "epoch_time_s"])
+        writer.writeheader()
+        for epoch, value in enumerate(accuracies, 1):
+            writer.writerow({"epoch": epoch, "loss": 1.0, "accuracy": 0.5, "val_accuracy": value, "epoch_time_s": 1})
+    (folder / "summary.json").write_text(json.dumps({"seed": seed}))
+    if seed is not None:
+        (folder / "config.yaml").write_text(f"seed: {seed}\n")
+
+
+def test_seed_table_compares_means_over_runs(tmp_path, capsys):
+    results = load_script("results")
+    write_run(tmp_path / "pytorch" / "cnn", [0.60, 0.70], seed=0)
+    write_run(tmp_path / "seeds" / "pytorch" / "cnn-seed1", [0.60, 0.60], seed=1)
+    write_run(tmp_path / "seeds" / "keras" / "cnn-20260101-000000", [0.60, 0.66], seed=0)
+    write_run(tmp_path / "seeds" / "keras" / "cnn-20260101-010000", [0.60, 0.62], seed=1)
+    (tmp_path / "seeds" / "keras" / "cnn-20260101-020000").mkdir()  # unfinished: no summary.json
+    means = results.seed_table(str(tmp_path))
+    lines = capsys.readouterr().out.strip().splitlines()
+    keras_row = next(line for line in lines if "| Keras | 0, 1" in line)
+    torch_row = next(line for line in lines if "| PyTorch | 0, 1" in line)
+    gap_row = next(line for line in lines if "Keras - PyTorch" in line)
+    assert "| cnn | 2 | Keras | 0, 1 | 64.00 ± 2.83 |" in keras_row and "66.00 / 62.00" in keras_row
+    assert "| 0, 1 | 65.00 ± 7.07 |" in torch_row
+    # final: -1 point, standard error sqrt(2.83^2/2 + 7.07^2/2) = 5.39
+    assert gap_row.split("|")[5].strip() == "**-1.00** ± 5.39"
+    assert means == {"cnn": pytest.approx(0.64)}
+    assert results.spread([0.5]) == "50.00"
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "resnet_lite"])
+def test_keras_gradients_are_pytorch_gradients_up_to_rounding(model_name, real_folder_small, data_dir):
+    """One real batch: the Keras port's float32 gradients are as close to PyTorch's float64 ones as
+    PyTorch's own float32 gradients are (a few 1e-6). inception_lite is left out: on some batches
+    rounding flips a max-pool choice between near-equal values, in PyTorch too (bench/gradients.py)."""
+    import torch
+
+    from keras_cifar.data import load_cifar
+
+    gradients = load_script("gradients")
+    dataset = load_cifar(str(real_folder_small), str(data_dir))
+    pick = np.random.default_rng(0).permutation(len(dataset.train.labels))[:32]
+    errors = gradients.gradient_errors(model_name, torch.as_tensor(dataset.train.images[pick]),
+                                       torch.as_tensor(dataset.train.labels[pick]).long())
+    assert errors["torch"] < 2e-5 and errors["torch+ulp"] < 2e-5
+    assert 0 < errors["keras"] < 2e-5
