@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from keras_cifar.data import load_cifar  # noqa: E402
 from keras_cifar.models.convert import copy_torch_weights  # noqa: E402
-from keras_cifar.torch_loop import ReferenceRun  # noqa: E402
+from keras_cifar.torch_loop import ReferenceRun, nudge_weights  # noqa: E402
 from keras_cifar.train.config import resolve_config  # noqa: E402
 from keras_cifar.train.trainer import build_model, compile_model  # noqa: E402
 
@@ -55,10 +55,7 @@ def diverge(model_name, dataset, total_steps, test_images=2000, checkpoints=8, s
     reference = ReferenceRun(model_name, dataset.num_classes, lr=config.lr, seed=seed)
     perturbed = ReferenceRun(model_name, dataset.num_classes, lr=config.lr, seed=seed)
     perturbed.module.load_state_dict(reference.module.state_dict())
-    noise = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for parameter in perturbed.module.parameters():
-            parameter.mul_(1 + 1e-7 * torch.randn(parameter.shape, generator=noise))
+    nudge_weights(perturbed.module, seed + 1)
     model = build_model(config, dataset.num_classes)
     copy_torch_weights(model, reference.module)
     steps_per_epoch = -(-len(train_x) // config.batch_size)

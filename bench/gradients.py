@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from keras_cifar.data import load_cifar  # noqa: E402
 from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name  # noqa: E402
-from keras_cifar.torch_loop import ReferenceRun  # noqa: E402
+from keras_cifar.torch_loop import ReferenceRun, nudge_weights  # noqa: E402
 from keras_cifar.train.config import resolve_config  # noqa: E402
 from keras_cifar.train.trainer import build_model  # noqa: E402
 
@@ -40,10 +40,7 @@ def gradient_errors(model_name, images, labels, seed=0):
     """-> {"keras": e, "torch": e, "torch+ulp": e}: worst relative gradient error against float64 torch."""
     run = ReferenceRun(model_name, seed=seed)
     exact, perturbed = copy.deepcopy(run.module).double(), copy.deepcopy(run.module)
-    noise = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for parameter in perturbed.parameters():
-            parameter.mul_(1 + 1e-7 * torch.randn(parameter.shape, generator=noise))
+    nudge_weights(perturbed, seed + 1)
     model = build_model(resolve_config(None, {"model": model_name}), 10)
     copy_torch_weights(model, run.module)
     inputs = run.prepare(images)

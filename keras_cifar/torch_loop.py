@@ -72,6 +72,16 @@ class ReferenceRun:
         return loss_sum / total, correct / total
 
 
+def nudge_weights(module, seed=0, scale=1e-7):
+    """Multiplies every weight by (1 + scale * noise): about one float32 ulp at the default, to
+    show how far rounding alone carries two runs of the same code apart (bench/divergence.py)."""
+    noise = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.mul_(1 + scale * torch.randn(parameter.shape, generator=noise))
+    return module
+
+
 def train_reference(name, data, epochs, batch_size, lr, optimizer="adam", momentum=0.0, seed=0, out_dir=None,
                     resize_to="default", max_steps=None, log=print):
     """Trains the reference module of `name`; writes `metrics.csv` like a keras-cifar run."""
