@@ -2,7 +2,7 @@
 
 Three copies of a model start from the same PyTorch-initialised weights and take the same steps on
 the same real batches with the original recipe (Adam, lr 1e-3, no augmentation):
-  - `torch`: the PyTorch original (keras_cifar.reference) with torch.optim.Adam;
+  - `torch`: the PyTorch original (bench.reference) with torch.optim.Adam;
   - `torch+ulp`: the same, its weights first multiplied by (1 + 1e-7 * noise), about one float32 ulp:
     how far rounding alone carries two runs of the same code apart;
   - `keras`: the Keras port as `fit` trains it (graph capture, TorchAdam), weights copied from `torch`.
@@ -10,27 +10,23 @@ At each checkpoint it prints, against `torch`, the relative distance of the test
 of test images whose predicted class differs, plus each copy's test accuracy. If the port had a
 systematic difference, `keras` would move away from `torch` faster than `torch+ulp` does.
 
-    python bench/divergence.py --model resnet_lite --data ../shared/data/cifar10-jpeg.tar.gz --epochs 1
+    python -m bench.divergence --model resnet_lite --data ../shared/data/cifar10-jpeg.tar.gz --epochs 1
 """
 
-import os
-import sys
 import time
 
 import click
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_cifar  # noqa: F401  (backend first)
+import keras
+import torch
 
-import keras_cifar  # noqa: E402,F401  (backend first)
-import keras  # noqa: E402
-import torch  # noqa: E402
-
-from keras_cifar.data import load_cifar  # noqa: E402
-from keras_cifar.models.convert import copy_torch_weights  # noqa: E402
-from keras_cifar.torch_loop import ReferenceRun, nudge_weights  # noqa: E402
-from keras_cifar.train.config import resolve_config  # noqa: E402
-from keras_cifar.train.trainer import build_model, compile_model  # noqa: E402
+from bench.torch_loop import ReferenceRun, nudge_weights
+from keras_cifar.data import load_cifar
+from keras_cifar.models.convert import copy_torch_weights
+from keras_cifar.train.config import resolve_config
+from keras_cifar.train.trainer import build_model, compile_model
 
 
 def torch_logits(run, images, batch=500):

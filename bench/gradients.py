@@ -6,27 +6,23 @@ cross-entropy loss against PyTorch in float64, for: the Keras port (float32), th
 computed something else would stand out from the two PyTorch columns; rounding flips a max-pool
 choice between near-equal values now and then, which moves a few gradients in every column alike.
 
-    python bench/gradients.py --data ../shared/data/cifar10-jpeg.tar.gz --batches 3
+    python -m bench.gradients --data ../shared/data/cifar10-jpeg.tar.gz --batches 3
 """
 
 import copy
-import os
-import sys
 
 import click
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_cifar  # noqa: F401  (backend first)
+import torch
+import torch.nn.functional as F
 
-import keras_cifar  # noqa: E402,F401  (backend first)
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from keras_cifar.data import load_cifar  # noqa: E402
-from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name  # noqa: E402
-from keras_cifar.torch_loop import ReferenceRun, nudge_weights  # noqa: E402
-from keras_cifar.train.config import resolve_config  # noqa: E402
-from keras_cifar.train.trainer import build_model  # noqa: E402
+from bench.torch_loop import ReferenceRun, nudge_weights
+from keras_cifar.data import load_cifar
+from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name
+from keras_cifar.train.config import resolve_config
+from keras_cifar.train.trainer import build_model
 
 
 def keras_layout(gradient):

@@ -1,7 +1,7 @@
 """Tables and training curves of docs/RESULTS.md, from the runs of bench/reproduce.sh and
 bench/improved.sh (their metrics.csv and summary.json files).
 
-    python bench/results.py --results logs/results --plots docs
+    python -m bench.results --results logs/results --plots docs
 """
 
 import csv
@@ -10,11 +10,8 @@ import json
 import math
 import os
 import statistics
-import sys
 
 import click
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SMALL = ("cnn", "resnet_lite", "inception_lite")
 

@@ -39,7 +39,6 @@ DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10-jp
 
 
 def worker(spec, conn):
-    sys.path.insert(0, REPO)
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -159,7 +158,7 @@ def run_keras(spec, conn):
 def run_pytorch(spec, conn):
     import torch
 
-    from keras_cifar.torch_loop import ReferenceRun, make_loader
+    from bench.torch_loop import ReferenceRun, make_loader
 
     data, train, test = subsets(spec)
     device = "cuda" if spec["device"] in ("cuda", "auto") and torch.cuda.is_available() else "cpu"

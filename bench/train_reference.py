@@ -1,22 +1,19 @@
-"""Trains a PyTorch reference module (keras_cifar.reference) with a plain PyTorch
+"""Trains a PyTorch reference module (bench.reference) with a plain PyTorch
 loop on the same data as `cli.py fit`, writing metrics.csv for `cli.py plot`.
 
-    python bench/train_reference.py --model cnn --data ../shared/data/cifar10-jpeg.tar.gz \
+    python -m bench.train_reference --model cnn --data ../shared/data/cifar10-jpeg.tar.gz \
         --epochs 20 --batch-size 32 --lr 1e-3 --out logs/reference/cnn
 """
 
 import json
 import os
-import sys
 import time
 
 import click
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import keras_cifar  # noqa: E402,F401  (backend first)
-from keras_cifar.data import load_cifar  # noqa: E402
-from keras_cifar.torch_loop import final_and_best, train_reference  # noqa: E402
+import keras_cifar  # noqa: F401  (backend first)
+from bench.torch_loop import final_and_best, train_reference
+from keras_cifar.data import load_cifar
 
 
 @click.command()

@@ -7,26 +7,88 @@ import sys
 
 import click
 
-from keras_cifar.errors import KerasCifarError, UsageError
+from keras_cifar.errors import ConfigError, KerasCifarError, UsageError, render
 
 DEFAULT_LOG_DIR = "logs"
 
 
 def handle_errors(command):
-    """User errors end in one paragraph and an exit code, never a traceback."""
+    """User errors end in one paragraph and an exit code, never a traceback. Their messages
+    name library parameters; they are shown with this command's flags and program name."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except KerasCifarError as error:
-            click.echo(f"Error: {error}", err=True)
+            click.echo(f"Error: {for_cli(error, click.get_current_context())}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def program(ctx):
+    """How the user started the program: `python cli.py`, `keras-cifar` or `python -m keras_cifar.cli`."""
+    name = ctx.find_root().info_name or "keras-cifar"
+    return f"python {name}" if name.endswith(".py") else name
+
+
+def _options(command):
+    return {param.name: param for param in command.params if isinstance(param, click.Option)}
+
+
+def _flag_setting(option, value):
+    """`--name value` as the user would type it."""
+    import shlex
+
+    if option.is_flag and option.secondary_opts and isinstance(value, bool):
+        return option.opts[0] if value else option.secondary_opts[0]
+    if option.is_flag and isinstance(value, bool):
+        return option.opts[0] if value else None
+    return f"{option.opts[0]} {'none' if value is None else shlex.quote(str(value))}"
+
+
+def for_cli(error, ctx):
+    """The message of `error` with this command's flags for the parameters it names, and commands
+    as the user would type them. A config error about a setting that did not come from the command
+    line (but from a config file or a run's saved config) keeps the setting's key."""
+    from keras_cifar.train.config import FIELDS
+
+    options = _options(ctx.command)
+
+    def flag(name):
+        option = options.get(name)
+        if option is None:
+            return None
+        if (isinstance(error, ConfigError) and name in FIELDS
+                and ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE):
+            return None  # a key of a config file: keep it
+        return option
+
+    def parameter(name):
+        option = flag(name)
+        return option.opts[0] if option is not None else None
+
+    def setting(name, value):
+        option = flag(name)
+        return _flag_setting(option, value) if option is not None else None
+
+    def command(name, arguments):
+        subcommand = cli.commands.get(name)
+        if subcommand is None:
+            return None
+        parts = [program(ctx), name]
+        sub_options = _options(subcommand)
+        for key, value in arguments.items():
+            if key not in sub_options:
+                return None
+            parts.append(_flag_setting(sub_options[key], value) or "")
+        return " ".join(part for part in parts if part)
+
+    return render(str(error), parameter, setting, command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,59 +107,42 @@ def cli():
 # --- fit ------------------------------------------------------------------------------------------
 
 
+def _setting_option(name):
+    """The `fit` flag of RunConfig field `name`, from its annotation and metadata. No default: an
+    unset flag leaves the config file's value."""
+    from keras_cifar.train.config import FIELDS, base_type, flag_name, models_taking
+
+    meta = FIELDS[name].metadata
+    kind = base_type(name)[0]
+    flag = flag_name(name)
+    help_text = meta["help"]
+    if meta["model_specific"]:
+        help_text = f"{'/'.join(models_taking(name))} only. {help_text}"
+    if kind is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+    if meta["choices"]:
+        param_type = click.Choice(list(meta["choices"]))
+    elif meta["path"] == "dir":
+        param_type = click.Path(file_okay=False)
+    elif kind in (int, float) and (meta["min"] is not None or meta["max"] is not None):
+        ranged = click.IntRange if kind is int else click.FloatRange
+        param_type = ranged(meta["min"], meta["max"], min_open=meta["min_open"], max_open=meta["max_open"])
+    else:
+        param_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[kind]
+    return click.option(flag, name, type=param_type, default=None, help=help_text)
+
+
 def _fit_options(function):
-    options = [
-        click.option("--model", help="Model to train (see `models`). Loads configs/<model>.yaml as defaults."),
-        click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                     help="YAML config file to start from (instead of the model's default config)."),
-        click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Images per training step."),
-        click.option("--eval-batch-size", type=click.IntRange(min=1), help="Images per evaluation step."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="(Peak) learning rate."),
-        click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), help="Optimizer."),
-        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="SGD momentum."),
-        click.option("--nesterov/--no-nesterov", default=None, help="SGD with Nesterov momentum."),
-        click.option("--weight-decay", type=click.FloatRange(min=0), help="Decoupled weight decay."),
-        click.option("--schedule", type=click.Choice(["constant", "cosine", "one-cycle"]),
-                     help="Learning-rate schedule."),
-        click.option("--warmup-epochs", type=click.FloatRange(min=0),
-                     help="Warm-up length in epochs (cosine), or rise length (one-cycle; default 30%)."),
-        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), help="Label smoothing."),
-        click.option("--augment/--no-augment", default=None,
-                     help="Random 4-pixel crop and horizontal flip (off in the original configs)."),
-        click.option("--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]),
-                     help="Mixed precision: bf16 (GPU or bf16-capable CPU) or fp16 (GPU only)."),
-        click.option("--seed", type=click.IntRange(0, 2**32 - 1),
-                     help="Seed of weights, data order, augmentation and dropout."),
-        click.option("--data", help="'cifar10' (TFDS, downloaded once) or a path to a local copy: "
-                                    "cifar-10-batches-py, cifar-10-batches-bin, an image folder, or an archive."),
-        click.option("--data-dir", type=click.Path(file_okay=False),
-                     help="Where TFDS prepares and caches data (default ~/tensorflow_datasets)."),
-        click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
-                     help="Hold out this fraction of train for per-epoch validation (default 0: test)."),
-        click.option("--train-images", type=click.IntRange(min=1),
-                     help="Train on a random subset of this many images (quick runs)."),
-        click.option("--eval-images", type=click.IntRange(min=1),
-                     help="Evaluate every epoch on a random subset of this many images (quick runs)."),
-        click.option("--weights",
-                     help="resnet18 only: 'imagenet', a path to a torchvision .pth state dict, or 'none' (random)."),
-        click.option("--log-dir", type=click.Path(file_okay=False), help="Where run folders go (default logs/)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto)."),
-        click.option("--jit", type=click.Choice(["trace", "compile", "off"]),
-                     help="trace: replay a captured forward graph (default); compile: torch.compile; off: eager."),
-        click.option("--data-format", type=click.Choice(["channels_first", "channels_last"]),
-                     help="Activation layout inside the model (default channels_first: faster on torch)."),
-        click.option("--init", type=click.Choice(["torch", "keras"]),
-                     help="Initial weights: PyTorch's default initialisation (default) or Keras's."),
-        click.option("--normalize/--no-normalize", default=None,
-                     help="cnn/inception_lite/resnet_lite: standardize pixels with CIFAR-10's per-channel mean "
-                          "and std instead of only scaling to [0, 1] (off in the original configs)."),
-        click.option("--resize-to", type=click.IntRange(min=32),
-                     help="googlenet/resnet18: upscale size in pixels (default 224, as the originals)."),
-        click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_DIR]",
-                     help="Continue a run from its last completed epoch: RUN_DIR, or with no value the "
-                          "latest run (of --model if given) under --log-dir."),
-    ]
+    """Every RunConfig field as a flag (in the schema's order), plus --config and --resume."""
+    from keras_cifar.train.config import FIELDS
+
+    options = [_setting_option(name) for name in FIELDS]
+    options.insert(1, click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                                   help="YAML config file to start from (instead of the model's config)."))
+    options.append(click.option(
+        "--resume", "resume_path", is_flag=False, flag_value="latest", default=None, metavar="[RUN_DIR]",
+        help="Continue a run from its last completed epoch: RUN_DIR, or with no value the latest run (of --model "
+             "if given) under --log-dir."))
     for option in reversed(options):
         function = option(function)
     return function
@@ -106,7 +151,7 @@ def _fit_options(function):
 @cli.command()
 @_fit_options
 @handle_errors
-def fit(config_file, resume, **flags):
+def fit(config_file, resume_path, **flags):
     """Train a model with Keras `fit`, logging to TensorBoard and saving checkpoints.
 
     Settings come from the model's config in configs/ (or --config FILE); flags override them.
@@ -118,6 +163,7 @@ def fit(config_file, resume, **flags):
     from keras_cifar.train.trainer import fit as run_fit
     from keras_cifar.train.trainer import resumed_config
 
+    resume = resume_path
     if resume is None:
         config = resolve_config(config_file, flags)
         run_fit(config, verbose=_verbosity())
@@ -345,7 +391,7 @@ def plot(runs, output, labels, title):
 
 
 def main():
-    cli(prog_name="cli.py")
+    cli()  # click names the program as typed: cli.py, keras-cifar or python -m keras_cifar.cli
 
 
 if __name__ == "__main__":

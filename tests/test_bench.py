@@ -1,21 +1,16 @@
 """The result scripts of bench/ on small real data: what docs/RESULTS.md is built from."""
 
 import csv
-import importlib.util
+import importlib
 import json
 
 import numpy as np
 import pytest
 
 
-from tests.conftest import REPO
-
-
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A bench script as the module `python -m bench.<name>` runs (bench/ is a package of the checkout)."""
+    return importlib.import_module(f"bench.{name}")
 
 
 def test_divergence_starts_equal_and_reports_every_checkpoint(real_folder_small, data_dir):

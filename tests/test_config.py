@@ -1,4 +1,6 @@
-"""Config files, flags and their precedence."""
+"""Config files, flags and their precedence; the one schema of settings."""
+
+import re
 
 import pytest
 import yaml
@@ -14,6 +16,7 @@ from keras_cifar.train.config import (
     resolve_config,
     write_config,
 )
+from tests.conftest import REPO
 
 
 def test_every_model_has_a_config_with_the_original_hyperparameters():
@@ -97,3 +100,158 @@ def test_written_config_resolves_to_the_same(tmp_path):
 def test_default_config_paths():
     for model in list_models():
         assert default_config_path(model) is not None
+
+
+# --- one schema: RunConfig's fields are the flags, the validation and the docs table ---------------
+
+
+def test_fit_flags_are_generated_from_the_schema():
+    import click
+
+    from keras_cifar.cli import fit
+    from keras_cifar.train.config import CHOICES, base_type, flag_name
+
+    options = {param.name: param for param in fit.params if isinstance(param, click.Option)}
+    assert set(options) == set(FIELDS) | {"config_file", "resume_path"}
+    for name, field in FIELDS.items():
+        option = options[name]
+        kind, _ = base_type(name)
+        assert option.opts == [flag_name(name)] and option.default is None, name  # unset: the file's value
+        assert option.help.endswith(field.metadata["help"]), name
+        if kind is bool:
+            assert option.secondary_opts == ["--no-" + flag_name(name)[2:]], name
+        elif name in CHOICES:
+            assert list(option.type.choices) == list(CHOICES[name]), name
+        elif field.metadata["min"] is not None:
+            assert option.type.min == field.metadata["min"] and option.type.min_open == field.metadata["min_open"]
+            assert option.type.max == field.metadata["max"] and option.type.max_open == field.metadata["max_open"]
+        elif field.metadata["path"] == "dir":
+            assert isinstance(option.type, click.Path) and not option.type.file_okay
+    assert "resnet18 only" in options["weights"].help  # from the registry
+
+
+def test_field_types_come_from_the_annotations():
+    from keras_cifar.train.config import TYPES, base_type
+
+    assert base_type("resize_to") == (int, True) and base_type("lr") == (float, False)
+    assert base_type("weights") == (str, True) and base_type("augment") == (bool, False)
+    assert set(TYPES) == set(FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_validation_follows_the_metadata(name):
+    """Each declared choice and bound is enforced by the library, with the same words as the docs table."""
+    from keras_cifar.train.config import CHOICES, base_type, build_config, range_text
+
+    base = {"model": "resnet18" if name == "weights" else "googlenet" if name == "resize_to" else "cnn"}
+    meta = FIELDS[name].metadata
+    if name in CHOICES:
+        for choice in CHOICES[name]:
+            assert getattr(build_config({**base, name: choice}), name) == choice
+        with pytest.raises(ConfigError, match=f"`{name}` must be one of"):
+            build_config({**base, name: "no-such-choice"})
+    for bound, is_open, step in ((meta["min"], meta["min_open"], -1), (meta["max"], meta["max_open"], 1)):
+        if bound is None:
+            continue
+        if not is_open:
+            assert getattr(build_config({**base, name: bound}), name) == bound
+        outside = bound if is_open else bound + step * (1 if base_type(name)[0] is int else 1e-6)
+        with pytest.raises(ConfigError, match=f"`{name}`.* must be {re.escape(range_text(name))}"):
+            build_config({**base, name: outside})
+
+
+def test_settings_doc_is_generated_from_the_schema():
+    from keras_cifar.train.config import settings_markdown
+
+    doc = (REPO / "docs" / "SETTINGS.md").read_text()
+    assert doc == settings_markdown(), "docs/SETTINGS.md is stale: python -m keras_cifar.train.config docs/SETTINGS.md"
+    for name in FIELDS:
+        assert f"| `{name}` |" in doc
+
+
+def test_resumable_settings_are_declared_in_the_schema():
+    from keras_cifar.train.trainer import RESUMABLE_CHANGES
+
+    assert RESUMABLE_CHANGES == {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir"}
+
+
+# --- model-specific settings: declared by the registry entry -------------------------------------
+
+
+def test_model_specific_settings_are_declared_by_the_registry():
+    import inspect
+
+    from keras_cifar.models import get_model_info
+    from keras_cifar.train.config import MODEL_SPECIFIC
+
+    assert set(MODEL_SPECIFIC) == {"resize_to", "weights", "normalize"}
+    declared = set()
+    for model in list_models():
+        info = get_model_info(model)
+        assert set(info.settings) <= set(MODEL_SPECIFIC), model
+        accepted = inspect.signature(info.builder).parameters
+        # A builder keyword named like a model-specific setting must be declared, or runs could never set it.
+        assert {s for s in MODEL_SPECIFIC if s in accepted} == set(info.settings), model
+        declared |= set(info.settings)
+    assert declared == set(MODEL_SPECIFIC)
+    assert get_model_info("resnet18").settings == ("resize_to", "weights")
+    assert get_model_info("googlenet").settings == ("resize_to",)
+
+
+def test_a_new_model_declares_its_settings_in_one_place(monkeypatch, tmp_path):
+    """A model registered with `settings=` is validated and built with them, without any model name
+    in config.py or trainer.py."""
+    from keras_cifar.models import registry
+    from keras_cifar.models.cnn import build_cnn
+    from keras_cifar.train.config import build_config, model_options
+    from keras_cifar.train.trainer import build_model
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    received = {}
+
+    def build_tiny(num_classes=10, data_format="channels_first", init="torch", resize_to=None, normalize=False):
+        received.update(resize_to=resize_to, normalize=normalize)
+        return build_cnn(num_classes=num_classes, data_format=data_format, init=init, name="tiny")
+
+    registry.register_model("tiny", input_size="32x32", experiment="-", description="-",
+                            settings=("resize_to", "normalize"))(build_tiny)
+    config = build_config({"model": "tiny", "resize_to": 48, "normalize": True})
+    assert model_options(config) == {"resize_to": 48, "normalize": True}
+    build_model(config, 10)
+    assert received == {"resize_to": 48, "normalize": True}
+    assert model_options(build_config({"model": "tiny"})) == {}  # unset settings keep the builder's defaults
+    with pytest.raises(ConfigError, match="`weights` applies to resnet18 only"):
+        build_config({"model": "tiny", "weights": "imagenet"})
+    with pytest.raises(ConfigError, match="`normalize` applies to cnn, inception_lite, resnet_lite and tiny only"):
+        build_config({"model": "googlenet", "normalize": True})
+    with pytest.raises(ValueError, match="does not take"):
+        registry.register_model("broken", input_size="-", experiment="-", description="-",
+                                settings=("weights",))(build_tiny)
+
+
+def test_model_settings_reach_the_builder():
+    from keras_cifar.train.trainer import build_model
+
+    model = build_model(resolve_config(None, {"model": "googlenet", "resize_to": 64}), 10)
+    resize = [layer for layer in model.layers if "resiz" in layer.name]
+    assert resize and any(64 in tuple(layer.output.shape) for layer in resize)
+    with pytest.raises(ConfigError, match="`resize_to` applies to googlenet and resnet18 only"):
+        resolve_config(None, {"model": "cnn", "resize_to": 64})
+
+
+# --- configs ship with the package; a model without one is an error ------------------------------
+
+
+def test_configs_are_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert configs_dir().is_absolute() and (configs_dir() / "cnn.yaml").is_file()
+    assert resolve_config(None, {"model": "resnet18"}).optimizer == "sgd"
+
+
+def test_a_model_without_a_config_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_CIFAR_CONFIGS", str(tmp_path))
+    assert default_config_path("cnn") is None
+    with pytest.raises(ConfigError, match=r"The model 'cnn' has no config: .*cnn\.yaml' does not exist"):
+        resolve_config(None, {"model": "cnn"})
+    (tmp_path / "cnn.yaml").write_text("model: cnn\nepochs: 3\n")
+    assert resolve_config(None, {"model": "cnn"}).epochs == 3

@@ -276,7 +276,7 @@ def test_cifar10_without_internet_explains_and_leaves_nothing(data_dir, monkeypa
         load_cifar("cifar10", data_dir=str(data_dir), log=print)
     message = str(error.value)
     assert "Could not download or prepare CIFAR-10" in message
-    assert "--data" in message and "cifar-10-batches-py" in message
+    assert "`data='./data/cifar-10-batches-py'`" in message  # the parameter; the CLI shows --data
     assert "\n" not in message
     leftovers = [p for p in data_dir.rglob("*") if "incomplete" in p.name or p.suffix in (".npz", ".tmp")]
     assert not leftovers

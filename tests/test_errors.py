@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import keras_cifar
 from keras_cifar.cli import cli
+from keras_cifar.errors import KerasCifarError
 from tests.cli_runner import assert_clean_error, run_cli
 from tests.conftest import REPO
 
@@ -40,7 +41,7 @@ CASES = [
          "`lr` (learning rate) must be positive"),
     Case("batch-larger-than-data", "`--batch-size 1000` on 300 images",
          ["fit", "--model", "cnn", "--batch-size", "1000", "--data", "{data}", "--data-dir", "{tfds}",
-          "--log-dir", "{tmp}/logs"], 2, "larger than the 300 training images"),
+          "--log-dir", "{tmp}/logs"], 2, "larger than the 300 training images. Lower --batch-size."),
     Case("missing-config", "`--config missing.yaml`", ["fit", "--config", "{tmp}/missing.yaml"], 2,
          "does not exist"),
     Case("invalid-yaml", "config file that is not YAML", ["fit", "--config", "{tmp}/broken.yaml"], 2,
@@ -68,22 +69,26 @@ CASES = [
     Case("other-architecture", "`--resume` of a run whose checkpoint holds another model",
          ["fit", "--resume", "{tmp}/swapped"], 1, "holds a 'resnet_lite' model, not 'cnn'"),
     Case("no-runs", "`evaluate` with no run under `--log-dir`", ["evaluate", "--log-dir", "{tmp}/empty"], 1,
-         "No finished run"),
+         "Train one with python cli.py fit, or pass --checkpoint"),
     Case("nothing-to-resume", "`--resume` with no run to resume", ["fit", "--resume", "--log-dir", "{tmp}/empty"],
          2, "no run to resume"),
     Case("resume-changes-run", "`--resume RUN --lr 0.1`", ["fit", "--resume", "{run}", "--lr", "0.1"], 2,
          "Cannot change lr when resuming"),
     Case("weights-wrong-model", "`--weights imagenet --model cnn`", ["fit", "--model", "cnn", "--weights", "imagenet"],
-         2, "`weights` applies to resnet18 only"),
+         2, "--weights applies to resnet18 only. Received: --model cnn, --weights imagenet"),
+    Case("weights-wrong-model-in-file", "config file with `model: cnn` and `weights: imagenet`",
+         ["fit", "--config", "{tmp}/weights.yaml"], 2,
+         "`weights` applies to resnet18 only. Received: `model='cnn'`, `weights='imagenet'`"),
     Case("log-dir-is-a-file", "`--log-dir` that is a file",
          ["fit", "--model", "cnn", "--log-dir", "{tmp}/typo.yaml"], 2, "is a file"),
     Case("log-dir-not-writable", "`--log-dir` that cannot be created (below a file)",
          ["fit", "--model", "cnn", "--data", "{data}", "--data-dir", "{tfds}", "--log-dir", "{tmp}/typo.yaml/logs"],
          1, "Cannot create the log directory"),
     Case("no-cuda", "`--device cuda` without a GPU", ["fit", "--model", "cnn", "--device", "cuda"], 2,
-         "PyTorch sees no CUDA GPU"),
+         "--device cuda was requested, but PyTorch sees no CUDA GPU"),
     Case("fp16-on-cpu", "`--mixed-precision fp16` on a CPU",
-         ["fit", "--model", "cnn", "--device", "cpu", "--mixed-precision", "fp16"], 2, "fp16 needs a CUDA GPU"),
+         ["fit", "--model", "cnn", "--device", "cpu", "--mixed-precision", "fp16"], 2,
+         "--mixed-precision fp16 needs a CUDA GPU; on the CPU use --mixed-precision bf16"),
     Case("predict-bad-files", "`predict` on a folder of 10 images, a text file, an empty file and a missing file",
          ["predict", "{data}/test/cat", "{tmp}/typo.yaml", "{tmp}/empty.png", "{tmp}/nothing.png", "--checkpoint",
           "{run}"], 1, "3 of 13 file(s) could not be read"),
@@ -100,6 +105,7 @@ def make_inputs(tmp, data, run):
     (tmp / "typo.yaml").write_text("model: cnn\nepoch: 3\n")
     (tmp / "negative.yaml").write_text("model: cnn\nlr: -1\n")
     (tmp / "broken.yaml").write_text("model: [cnn\n")
+    (tmp / "weights.yaml").write_text("model: cnn\nweights: imagenet\n")
     (tmp / "empty").mkdir(exist_ok=True)
     (tmp / "empty.png").write_bytes(b"")
     archive = shutil.make_archive(str(tmp / "truncated"), "gztar", data)
@@ -155,6 +161,65 @@ def test_real_processes_exit_with_these_codes(inputs):
     assert_clean_error(run_cli(*fill(CASES[0].args, **inputs)), 2, CASES[0].expect)
     missing = next(case for case in CASES if case.id == "missing-checkpoint")
     assert_clean_error(run_cli(*fill(missing.args, **inputs)), 1, missing.expect)
+
+
+def test_library_errors_name_parameters_the_cli_names_flags_and_the_program(inputs, monkeypatch):
+    """The library says `device='cuda'` and `fit(resume_path=...)`; the CLI says --device cuda and the
+    command as typed: `python cli.py fit` or `keras-cifar fit`."""
+    import torch
+
+    from keras_cifar.errors import UsageError
+    from keras_cifar.train.device import select_device, set_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match=r"`device='cuda'` was requested.* Use `device='cpu'` or `device='auto'`"):
+        select_device("cuda")
+    with pytest.raises(UsageError, match=r"`mixed_precision='fp16'` needs a CUDA GPU"):
+        set_precision("fp16", "cpu")
+    with pytest.raises(KerasCifarError, match=r"Train one with `fit\(\)`, or pass `checkpoint`"):
+        from keras_cifar.train.run_dir import latest_run
+
+        latest_run(str(inputs["tmp"] / "empty"))
+    args = fill(["evaluate", "--log-dir", "{tmp}/empty"], **inputs)
+    for prog, typed in (("cli.py", "python cli.py fit"), ("keras-cifar", "keras-cifar fit"),
+                        ("python -m keras_cifar.cli", "python -m keras_cifar.cli fit")):
+        result = CliRunner().invoke(cli, args, prog_name=prog)
+        assert f"Train one with {typed}, or pass --checkpoint (a run folder" in result.stderr, result.stderr
+
+
+def test_a_model_without_a_config_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_CIFAR_CONFIGS", str(tmp_path))
+    result = invoke(["fit", "--model", "cnn"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "Error: The model 'cnn' has no config:" in result.stderr
+    assert "Pass a config file with --config" in result.stderr  # the flag, not the parameter `config_file`
+
+
+def test_cli_errors_render_parameters_as_flags():
+    from keras_cifar.cli import _flag_setting, _options, fit
+
+    options = _options(fit)
+    assert _flag_setting(options["augment"], True) == "--augment"
+    assert _flag_setting(options["augment"], False) == "--no-augment"
+    assert _flag_setting(options["weights"], None) == "--weights none"
+    assert _flag_setting(options["resume_path"], "/a b/run") == "--resume '/a b/run'"
+    assert _flag_setting(options["batch_size"], 8) == "--batch-size 8"
+
+
+def test_installed_command_names_itself(inputs):
+    """The console script of the package (`keras-cifar`), a real process: hints name `keras-cifar`."""
+    import subprocess
+
+    script = Path(sys.executable).parent / "keras-cifar"
+    if not script.is_file():
+        pytest.skip(f"no console script at {script} (install the package)")
+    result = subprocess.run([str(script), "evaluate", "--log-dir", str(inputs["tmp"] / "empty")],
+                            capture_output=True, text=True, timeout=600)
+    assert_clean_error(result, 1, "Train one with keras-cifar fit, or pass --checkpoint")
+    assert "Usage: keras-cifar" in subprocess.run([str(script), "--help"], capture_output=True, text=True,
+                                                  timeout=600).stdout
+    result = run_cli("evaluate", "--log-dir", inputs["tmp"] / "empty")
+    assert_clean_error(result, 1, "Train one with python cli.py fit, or pass --checkpoint")
 
 
 def test_predict_still_predicts_the_good_images(inputs):

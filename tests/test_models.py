@@ -1,6 +1,6 @@
 """The model zoo: exact parameter counts, numerical parity with the PyTorch
 originals, saving, in-model preprocessing. Parametrized over the registry, so a
-new model is tested for free (add its reference to keras_cifar.reference)."""
+new model is tested for free (add its reference to bench/reference.py)."""
 
 import json
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import keras_cifar as kc
-from keras_cifar import reference
+from bench import reference
 from keras_cifar.models.convert import copy_torch_weights, keras_weighted_layer_names
 from tests.conftest import random_images
 from tests.helpers import assert_saves_and_reloads, to_numpy

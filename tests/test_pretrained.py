@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import keras_cifar as kc
-from keras_cifar import reference
+from bench import reference
 from keras_cifar.errors import WeightsError
 from tests.conftest import random_images
 
@@ -58,7 +58,13 @@ def test_missing_file_explains_both_ways(tmp_path):
     with pytest.raises(WeightsError) as error:
         kc.create_model("resnet18", weights=str(tmp_path / "nope.pth"))
     message = str(error.value)
-    assert "does not exist" in message and "--weights" in message and "torch hub cache" in message
+    assert "does not exist" in message and "`weights='path/to/resnet18.pth'`" in message
+    assert "torch hub cache" in message
+    # The CLI names the flag instead of the parameter.
+    from keras_cifar.cli import fit, for_cli
+
+    context = fit.make_context("fit", ["--model", "resnet18", "--weights", str(tmp_path / "nope.pth")])
+    assert "pass its path: --weights path/to/resnet18.pth" in for_cli(error.value, context)
 
 
 def test_wrong_state_dict_is_rejected(tmp_path):
@@ -86,5 +92,5 @@ def test_imagenet_without_internet_or_cache_says_how_to_supply(monkeypatch, tmp_
     message = str(error.value)
     assert "download failed" in message
     assert str(tmp_path) in message  # where the cached file would go
-    assert "--weights path/to/resnet18.pth" in message
+    assert "`weights='path/to/resnet18.pth'`" in message
     assert "\n" not in message  # one paragraph

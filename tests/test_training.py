@@ -9,7 +9,7 @@ import torch
 from keras_cifar.train.config import resolve_config
 from keras_cifar import list_models
 from keras_cifar.models.convert import copy_torch_weights
-from keras_cifar.torch_loop import ReferenceRun
+from bench.torch_loop import ReferenceRun
 from keras_cifar.train.optim import OneCycle, SparseCrossentropy, TorchAdam, TorchAdamW, WarmupCosine, build_optimizer
 from keras_cifar.train.trainer import build_model, compile_model, fit
 
@@ -172,16 +172,14 @@ def test_val_split_evaluates_on_validation(real_folder_small, tmp_path):
 def test_run_callbacks_never_force_a_per_step_sync(tmp_path):
     """Keras converts every step's logs on the main thread when a callback that is not
     async-safe overrides a batch-end hook; the callbacks of a run must not."""
-    from keras.src.callbacks.callback_list import CallbackList
-
     from keras_cifar.data import Split, TensorLoader
+    from keras_cifar.keras_internals import callbacks_run_async
     from keras_cifar.train.trainer import make_callbacks, new_run_state
 
     loader = TensorLoader(Split(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4)), 2)
     callbacks, _ = make_callbacks(resolve_config(None, {"model": "cnn"}), str(tmp_path), new_run_state(), loader,
                                   eval_is_test=True)
-    callback_list = CallbackList(callbacks, add_history=True, add_progbar=True)
-    assert callback_list._async_train and callback_list._async_test
+    assert callbacks_run_async(callbacks)
 
 
 def test_resume_may_change_epochs_and_execution_but_not_the_run(real_folder_small, tmp_path):

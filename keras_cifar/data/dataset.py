@@ -149,8 +149,8 @@ def _remove_incomplete(builder_root):
 def _download_failed(error, root):
     return DataError(
         f"Could not download or prepare CIFAR-10 through TFDS into {root} ({type(error).__name__}: {error}). "
-        "This machine may have no internet access. Point --data at a local copy instead, for example "
-        "--data ./data/cifar-10-batches-py or --data cifar10-jpeg.tar.gz. " + layouts_message()
+        "This machine may have no internet access. Point `data` at a local copy instead, for example "
+        "`data='./data/cifar-10-batches-py'` or `data='cifar10-jpeg.tar.gz'`. " + layouts_message()
     )
 
 

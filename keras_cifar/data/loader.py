@@ -14,8 +14,9 @@ of epoch k the same whether or not the run was resumed. `rank` and
 import hashlib
 import math
 
-import keras
 import torch
+
+from keras_cifar.keras_internals import current_device
 
 
 class TensorLoader(torch.utils.data.IterableDataset):
@@ -26,7 +27,7 @@ class TensorLoader(torch.utils.data.IterableDataset):
             raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"`rank` must be in [0, world_size). Received: rank={rank}, world_size={world_size}")
-        self.device = torch.device(device or keras.src.backend.torch.core.get_device())
+        self.device = torch.device(device or current_device())
         self.images = torch.as_tensor(split.images).to(self.device)
         self.labels = torch.as_tensor(split.labels).to(self.device)
         self.batch_size = batch_size

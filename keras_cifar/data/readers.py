@@ -47,7 +47,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 def _corrupt(what, error):
     return DataError(
         f"{what} is truncated or corrupt ({type(error).__name__}: {error}). "
-        "Download or copy it again, or point --data at another copy."
+        "Download or copy it again, or point `data` at another copy."
     )
 
 

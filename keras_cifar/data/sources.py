@@ -92,7 +92,7 @@ def _detect_archive(path):
         if path.endswith((".tar", ".tar.gz", ".tgz")):
             raise DataError(
                 f"The archive {path} is truncated or corrupt ({type(error).__name__}: {error}). "
-                "Download or copy it again, or point --data at another copy."
+                "Download or copy it again, or point `data` at another copy."
             ) from None
         return None
     return None

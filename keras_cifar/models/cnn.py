@@ -13,6 +13,7 @@ from keras_cifar.models.registry import register_model
     input_size="32x32",
     experiment="Task2 / Task2TB",
     description="4 convolutions, 2 max pools, 1 dense layer",
+    settings=("normalize",),
 )
 def build_cnn(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
               normalize=False, name="cnn"):

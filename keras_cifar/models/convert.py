@@ -10,9 +10,11 @@ import numpy as np
 from keras import layers
 from torch import nn
 
+from keras_cifar.keras_internals import all_layers
+
 
 def keras_layers_by_name(model):
-    return {layer.name: layer for layer in model._flatten_layers(include_self=False, recursive=True)}
+    return {layer.name: layer for layer in all_layers(model)}
 
 
 def _numpy(tensor):
@@ -20,7 +22,7 @@ def _numpy(tensor):
 
 
 def model_data_format(model):
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model):
         if isinstance(layer, layers.Conv2D):
             return layer.data_format
     raise ValueError(f"Model {model.name!r} has no convolution.")
@@ -87,6 +89,6 @@ def copy_torch_weights(model, module, skip=()):
 def keras_weighted_layer_names(model):
     return sorted(
         layer.name
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in all_layers(model)
         if isinstance(layer, (layers.Conv2D, layers.Dense, layers.BatchNormalization))
     )

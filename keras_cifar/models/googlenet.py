@@ -27,6 +27,7 @@ INCEPTION_STAGES = [
     input_size="32x32 -> 224x224",
     experiment="Task2GoogleNet",
     description="GoogLeNet, 9 Inception blocks with batch norm, dropout 0.4",
+    settings=("resize_to",),
 )
 def build_googlenet(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, resize_to=224,
                     dropout=0.4, init="torch", name="googlenet"):

@@ -28,6 +28,7 @@ LITE_BLOCK = dict(
     input_size="32x32",
     experiment="Task2GNbasic",
     description="3 convolutions and 2 lite Inception blocks (88 channels each)",
+    settings=("normalize",),
 )
 def build_inception_lite(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
                          normalize=False, name="inception_lite"):

@@ -11,13 +11,15 @@ import math
 import keras
 from keras import layers
 
+from keras_cifar.keras_internals import all_layers
+
 INITS = ("torch", "keras")
 
 
 def weighted_layers(model):
     """Every Conv2D and Dense layer of `model`, inside custom blocks too."""
     return [
-        layer for layer in model._flatten_layers(include_self=False, recursive=True)
+        layer for layer in all_layers(model)
         if isinstance(layer, (layers.Conv2D, layers.Dense))
     ]
 

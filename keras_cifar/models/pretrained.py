@@ -19,7 +19,7 @@ def _how_to_supply(reason):
         "(ResNet18_Weights.DEFAULT), which downloads them once into the torch hub cache "
         f"({cached}) on a machine with internet access. Without "
         "internet, either copy that file into the same cache folder, or pass its path: "
-        "--weights path/to/resnet18.pth (create_model('resnet18', weights='path/to/resnet18.pth'))."
+        "`weights='path/to/resnet18.pth'`."
     )
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import difflib
+import inspect
 from typing import Callable
 
 from keras_cifar.errors import UsageError
@@ -16,15 +17,25 @@ class ModelInfo:
     input_size: str  # what the network sees after in-model preprocessing
     experiment: str  # the original script it reproduces
     description: str
+    settings: tuple = ()  # the model-specific run settings (RunConfig fields) its builder takes
 
 
-def register_model(name, *, input_size, experiment, description):
-    """Decorator: registers `builder(num_classes=..., **overrides) -> keras.Model`."""
+def register_model(name, *, input_size, experiment, description, settings=()):
+    """Decorator: registers `builder(num_classes=..., **overrides) -> keras.Model`.
+
+    `settings` names the model-specific run settings the model takes (`resize_to`, `weights`,
+    `normalize`: RunConfig fields declared `model_specific`); each must be a keyword of the
+    builder. A run passes them to the builder where set and rejects them for other models.
+    """
 
     def decorator(builder):
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = ModelInfo(name, builder, input_size, experiment, description)
+        accepted = inspect.signature(builder).parameters
+        missing = [setting for setting in settings if setting not in accepted]
+        if missing:
+            raise ValueError(f"Model {name!r} declares the settings {missing}, which its builder does not take.")
+        _REGISTRY[name] = ModelInfo(name, builder, input_size, experiment, description, tuple(settings))
         return builder
 
     return decorator

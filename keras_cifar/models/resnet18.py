@@ -16,6 +16,7 @@ STAGES = [(64, 1), (128, 2), (256, 2), (512, 2)]  # (filters, stride of the firs
     input_size="32x32 -> 224x224",
     experiment="Task2ResNet18",
     description="torchvision ResNet18 with a 10-class head; weights='imagenet' for pretrained",
+    settings=("resize_to", "weights"),
 )
 def build_resnet18(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, resize_to=224,
                    weights=None, init="torch", name="resnet18"):

@@ -14,6 +14,7 @@ from keras_cifar.models.registry import register_model
     input_size="32x32",
     experiment="Task2RNbasic",
     description="3 convolutions and 2 residual blocks, no batch norm",
+    settings=("normalize",),
 )
 def build_resnet_lite(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
                       normalize=False, name="resnet_lite"):

@@ -15,7 +15,7 @@ def serve(logdir, host="127.0.0.1", port=6006, echo=print):
         url = board.launch()
     except program.TensorBoardServerException as error:  # port in use, address not available
         raise KerasCifarError(f"TensorBoard could not start on {host}:{port}: {error.msg} "
-                              "Choose another --port (0 picks a free one).") from None
+                              "Choose another `port` (0 picks a free one).") from None
     echo(f"TensorBoard {url} (serving {logdir}; Ctrl-C stops it)")
     while True:
         time.sleep(3600)

@@ -1,13 +1,24 @@
-"""The run configuration: defaults < a YAML config file < command-line flags.
+"""The run configuration: the model's config file (or `--config FILE`) < command-line flags.
 
-Every experiment in `configs/` is one YAML file of these keys. Unknown keys
-are rejected with the list of valid ones, and every value is checked before
-anything runs. The resolved configuration is written into the run folder.
+`RunConfig` is the one schema of a run's settings. Each field declares its type (the
+annotation), its default, and in its metadata the help text, the allowed choices or range,
+whether a resumed run may change it, and whether it is a model-specific setting. From
+these alone come the `fit` flags (`keras_cifar/cli.py`), the validation here, and the
+settings table of docs/SETTINGS.md (`settings_markdown`). A model-specific setting
+(`resize_to`, `weights`, `normalize`) applies to the models whose registry entry declares it
+(`register_model(..., settings=...)`).
+
+Every experiment in `configs/` is one YAML file of these keys; the files ship inside the
+package (`keras_cifar/configs/` in an installed copy). Unknown keys are rejected with the list
+of valid ones, and every value is checked before anything runs. The resolved configuration is
+written into the run folder.
 """
 
 import dataclasses
 import difflib
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -15,87 +26,120 @@ import yaml
 
 from keras_cifar.errors import ConfigError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "one-cycle")
-PRECISIONS = ("none", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-JIT_MODES = ("trace", "compile", "off")
-DATA_FORMATS = ("channels_first", "channels_last")
-INITS = ("torch", "keras")
+
+def setting(default, help, *, choices=None, min=None, max=None, min_open=False, max_open=False, label=None,
+            path=None, none_words=(), resumable=False, model_specific=False):
+    """A RunConfig field and its metadata.
+
+    `choices`: the allowed values. `min`/`max` (with `min_open`/`max_open`): the allowed range.
+    `label`: words that follow the name in messages ("`lr` (learning rate) must be ...").
+    `path="dir"`: the flag takes a folder path. `none_words`: strings that mean None
+    (`--weights none`). `resumable`: a resumed run may change it. `model_specific`: passed to the
+    model builder of the models that declare it in the registry, rejected for the others.
+    """
+    metadata = dict(help=help, choices=tuple(choices) if choices else None, min=min, max=max,
+                    min_open=min_open, max_open=max_open, label=label, path=path, none_words=tuple(none_words),
+                    resumable=resumable, model_specific=model_specific)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
 class RunConfig:
     # --- what to train
-    model: str = "cnn"
-    weights: Optional[str] = None  # resnet18 only: None, "imagenet" or a torchvision .pth state dict
-    init: str = "torch"  # initial weights: "torch" (PyTorch's defaults, as the originals) or "keras"
-    data_format: str = "channels_first"  # layout of activations inside the model (measured faster on torch)
-    resize_to: Optional[int] = None  # googlenet/resnet18 upscale in pixels; None = the original 224
-    normalize: bool = False  # cnn/inception_lite/resnet_lite: standardize pixels per channel, not just [0, 1]
+    model: str = setting("cnn", "Model to train (see `models`); its config in configs/<model>.yaml gives the "
+                                "defaults.")
+    weights: Optional[str] = setting(
+        None, "Initial weights: 'imagenet' (torchvision's, downloaded once), a path to a torchvision .pth state "
+              "dict, or 'none' (random).", none_words=("none", "random"), model_specific=True)
+    init: str = setting("torch", "Initial weights: PyTorch's default initialisation, as the originals, or Keras's.",
+                        choices=("torch", "keras"))
+    data_format: str = setting("channels_first", "Activation layout inside the model (channels_first is faster "
+                                                 "on torch).", choices=("channels_first", "channels_last"))
+    resize_to: Optional[int] = setting(None, "Upscale size in pixels (unset: 224, as the originals).", min=32,
+                                       model_specific=True)
+    normalize: bool = setting(False, "Standardize pixels with CIFAR-10's per-channel mean and std instead of only "
+                                     "scaling to [0, 1] (off in the original configs).", model_specific=True)
     # --- data
-    data: str = "cifar10"  # "cifar10" (TFDS) or a path to a local copy
-    data_dir: Optional[str] = None  # where TFDS prepares data; None = TFDS's default (~/tensorflow_datasets)
-    val_split: float = 0.0  # fraction of train held out for per-epoch validation; 0 = evaluate on test
-    augment: bool = False  # random 4-pixel crop and horizontal flip of training images
-    train_images: Optional[int] = None  # train on a random subset of this many images (quick runs)
-    eval_images: Optional[int] = None  # evaluate on a random subset of this many images (quick runs)
+    data: str = setting("cifar10", "'cifar10' (TFDS, downloaded once) or a path to a local copy: "
+                                   "cifar-10-batches-py, cifar-10-batches-bin, an image folder, or an archive.",
+                        resumable=True)
+    data_dir: Optional[str] = setting(None, "Where TFDS prepares and caches data (unset: ~/tensorflow_datasets).",
+                                      path="dir", resumable=True)
+    val_split: float = setting(0.0, "Hold out this fraction of train for per-epoch validation (0: evaluate on "
+                                    "test).", min=0, max=1, max_open=True)
+    augment: bool = setting(False, "Random 4-pixel crop and horizontal flip of training images (off in the "
+                                   "original configs).")
+    train_images: Optional[int] = setting(None, "Train on a random subset of this many images (quick runs).",
+                                          min=1)
+    eval_images: Optional[int] = setting(None, "Evaluate every epoch on a random subset of this many images "
+                                               "(quick runs).", min=1)
     # --- optimisation
-    epochs: int = 20
-    batch_size: int = 32  # images per training step
-    eval_batch_size: int = 500  # images per evaluation step (no effect on results)
-    optimizer: str = "adam"
-    lr: float = 1e-3  # peak learning rate
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0  # decoupled weight decay (per step, times the learning rate)
-    schedule: str = "constant"  # learning-rate schedule over all training steps
-    warmup_epochs: float = 0.0  # cosine: linear warm-up length in epochs; one-cycle: rise length (0 = 30%)
-    label_smoothing: float = 0.0
+    epochs: int = setting(20, "Number of epochs.", min=1, resumable=True)
+    batch_size: int = setting(32, "Images per training step.", min=1)
+    eval_batch_size: int = setting(500, "Images per evaluation step (no effect on results).", min=1,
+                                   resumable=True)
+    optimizer: str = setting("adam", "Optimizer (adam and adamw step as torch.optim's).",
+                             choices=("adam", "adamw", "sgd"))
+    lr: float = setting(1e-3, "(Peak) learning rate.", min=0, min_open=True, label="learning rate")
+    momentum: float = setting(0.9, "SGD momentum.", min=0, max=1, max_open=True)
+    nesterov: bool = setting(False, "SGD with Nesterov momentum.")
+    weight_decay: float = setting(0.0, "Decoupled weight decay (per step, times the learning rate).", min=0)
+    schedule: str = setting("constant", "Learning-rate schedule over all training steps.",
+                            choices=("constant", "cosine", "one-cycle"))
+    warmup_epochs: float = setting(0.0, "Warm-up length in epochs (cosine), or rise length (one-cycle; 0: 30% of "
+                                        "the steps). At most `epochs`.", min=0)
+    label_smoothing: float = setting(0.0, "Label smoothing.", min=0, max=1, max_open=True)
     # --- execution
-    seed: int = 0  # seeds weights, shuffling, augmentation and dropout
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    mixed_precision: str = "none"  # "bf16" (GPU, or CPUs with bf16 support) or "fp16" (GPU only)
-    jit: str = "trace"  # "trace": replay a captured forward graph; "compile": torch.compile; "off": eager
-    log_dir: str = "logs"  # run folders are created inside
+    seed: int = setting(0, "Seed of weights, data order, augmentation and dropout.", min=0, max=2**32 - 1)
+    device: str = setting("auto", "Device (auto: cuda when available, else cpu).", choices=("auto", "cpu", "cuda"),
+                          resumable=True)
+    mixed_precision: str = setting("none", "Mixed precision: bf16 (GPU or bf16-capable CPU) or fp16 (GPU only).",
+                                   choices=("none", "bf16", "fp16"))
+    jit: str = setting("trace", "trace: replay a captured forward graph; compile: torch.compile; off: eager.",
+                       choices=("trace", "compile", "off"), resumable=True)
+    log_dir: str = setting("logs", "Where run folders go (default logs/, in the working folder).", path="dir")
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(RunConfig)}
-CHOICES = {
-    "optimizer": OPTIMIZERS,
-    "schedule": SCHEDULES,
-    "mixed_precision": PRECISIONS,
-    "device": DEVICES,
-    "jit": JIT_MODES,
-    "data_format": DATA_FORMATS,
-    "init": INITS,
-}
+TYPES = typing.get_type_hints(RunConfig)
+CHOICES = {name: field.metadata["choices"] for name, field in FIELDS.items() if field.metadata["choices"]}
+MODEL_SPECIFIC = tuple(name for name, field in FIELDS.items() if field.metadata["model_specific"])
+RESUMABLE = frozenset(name for name, field in FIELDS.items() if field.metadata["resumable"])
+
+
+def base_type(name):
+    """(type, optional) of a field from its annotation: `Optional[int]` -> (int, True)."""
+    hint = TYPES[name]
+    if typing.get_origin(hint) in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"RunConfig.{name}: only Optional[T] unions are supported, not {hint}.")
+        return args[0], True
+    return hint, False
 
 
 def valid_keys_message():
     return "Valid keys: " + ", ".join(FIELDS) + "."
 
 
-def _type_name(field):
-    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
-        _base_type(field).__name__, str(field.type)
-    )
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _base_type(field):
-    return {"Optional[str]": str, "Optional[int]": int}.get(str(field.type).replace("typing.", ""), field.type)
+def _type_name(name):
+    kind = base_type(name)[0]
+    return _TYPE_NAMES.get(kind, kind.__name__)
 
 
 def coerce(name, value):
+    """`value` as the type of field `name` (YAML and flags give strings, ints for floats, ...)."""
     field = FIELDS[name]
-    if name == "weights" and isinstance(value, str) and value.lower() in ("none", "random"):
+    kind, optional = base_type(name)
+    if isinstance(value, str) and value.lower() in field.metadata["none_words"]:
         return None  # `--weights none`: random initial weights
-    optional = "Optional" in str(field.type)
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"`{name}` needs a value ({_type_name(field)}).")
-    kind = _base_type(field)
+        raise ConfigError(f"`{name}` needs a value ({_type_name(name)}).")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -113,46 +157,88 @@ def coerce(name, value):
     elif kind is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"`{name}` must be {_type_name(field)}. Received: {name}={value!r}")
+    else:
+        raise TypeError(f"RunConfig.{name}: no coercion for {kind}.")
+    raise ConfigError(f"`{name}` must be {_type_name(name)}. Received: `{name}={value!r}`")
 
 
-def _check_ranges(config):
+def _number(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def range_text(name):
+    """The allowed range of a field in words, or None: "at least 1", "positive", "in [0, 1)"."""
+    meta = FIELDS[name].metadata
+    low, high = meta["min"], meta["max"]
+    if low is not None and high is not None:
+        return f"in {'(' if meta['min_open'] else '['}{_number(low)}, {_number(high)}{')' if meta['max_open'] else ']'}"
+    if low is not None:
+        if meta["min_open"]:
+            return "positive" if low == 0 else f"greater than {_number(low)}"
+        return f"at least {_number(low)}"
+    if high is not None:
+        return f"{'below' if meta['max_open'] else 'at most'} {_number(high)}"
+    return None
+
+
+def _in_range(name, value):
+    meta = FIELDS[name].metadata
+    low, high = meta["min"], meta["max"]
+    if low is not None and (value < low or (meta["min_open"] and value == low)):
+        return False
+    if high is not None and (value > high or (meta["max_open"] and value == high)):
+        return False
+    return True
+
+
+def _join(words):
+    words = list(words)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def models_taking(name):
+    """The registered models whose registry entry declares the model-specific setting `name`."""
+    from keras_cifar.models.registry import get_model_info, list_models
+
+    return [model for model in list_models() if name in get_model_info(model).settings]
+
+
+def _check_values(config):
+    """Every check that the schema declares, then the few that relate fields to each other."""
+    from keras_cifar.models.registry import get_model_info, list_models, unknown_model_message
+
     def require(condition, message):
         if not condition:
             raise ConfigError(message)
 
-    for name, choices in CHOICES.items():
+    for name, field in FIELDS.items():
         value = getattr(config, name)
-        require(value in choices, f"`{name}` must be one of {', '.join(choices)}. Received: {name}={value!r}")
-    from keras_cifar.models.registry import list_models, unknown_model_message
-
+        if value is None:
+            continue
+        choices = field.metadata["choices"]
+        require(choices is None or value in choices,
+                f"`{name}` must be one of {', '.join(choices or ())}. Received: `{name}={value!r}`")
+        label = f" ({field.metadata['label']})" if field.metadata["label"] else ""
+        require(_in_range(name, value), f"`{name}`{label} must be {range_text(name)}. Received: `{name}={value!r}`")
     require(config.model in list_models(), unknown_model_message(config.model))
-    require(0 <= config.seed < 2**32, f"`seed` must be in [0, 2**32). Received: seed={config.seed}")
-    require(config.epochs >= 1, f"`epochs` must be at least 1. Received: epochs={config.epochs}")
-    require(config.batch_size >= 1, f"`batch_size` must be at least 1. Received: batch_size={config.batch_size}")
-    require(config.eval_batch_size >= 1,
-            f"`eval_batch_size` must be at least 1. Received: eval_batch_size={config.eval_batch_size}")
-    require(config.lr > 0, f"`lr` (learning rate) must be positive. Received: lr={config.lr}")
-    require(0 <= config.momentum < 1, f"`momentum` must be in [0, 1). Received: momentum={config.momentum}")
-    require(config.weight_decay >= 0, f"`weight_decay` must be >= 0. Received: weight_decay={config.weight_decay}")
-    require(0 <= config.label_smoothing < 1,
-            f"`label_smoothing` must be in [0, 1). Received: label_smoothing={config.label_smoothing}")
-    require(0 <= config.val_split < 1,
-            f"`val_split` must be a fraction in [0, 1). Received: val_split={config.val_split}")
-    require(0 <= config.warmup_epochs <= config.epochs,
-            f"`warmup_epochs` must be in [0, epochs]. Received: warmup_epochs={config.warmup_epochs}")
-    for key in ("train_images", "eval_images"):
-        value = getattr(config, key)
-        require(value is None or value >= 1, f"`{key}` must be at least 1. Received: {key}={value}")
-    require(config.resize_to is None or config.resize_to >= 32,
-            f"`resize_to` must be at least 32 pixels. Received: resize_to={config.resize_to}")
-    require(config.resize_to is None or config.model in ("googlenet", "resnet18"),
-            f"`resize_to` applies to googlenet and resnet18 only. Received: model={config.model!r}")
-    require(not config.normalize or config.model in ("cnn", "inception_lite", "resnet_lite"),
-            f"`normalize` applies to cnn, inception_lite and resnet_lite (googlenet and resnet18 always map "
-            f"pixels to [-1, 1]). Received: model={config.model!r}")
-    require(config.weights is None or config.model == "resnet18",
-            f"`weights` applies to resnet18 only. Received: model={config.model!r}, weights={config.weights!r}")
+    require(config.warmup_epochs <= config.epochs,
+            f"`warmup_epochs` must be in [0, epochs]. Received: `warmup_epochs={config.warmup_epochs!r}`, "
+            f"`epochs={config.epochs!r}`")
+    takes = get_model_info(config.model).settings
+    for name in MODEL_SPECIFIC:
+        value = getattr(config, name)
+        if value != FIELDS[name].default and name not in takes:
+            models = models_taking(name)
+            require(False, f"`{name}` applies to {_join(models) if models else 'no model'} only. "
+                           f"Received: `model={config.model!r}`, `{name}={value!r}`")
+
+
+def model_options(config):
+    """The model-specific settings of `config` that its model's builder takes, where set."""
+    from keras_cifar.models.registry import get_model_info
+
+    return {name: getattr(config, name) for name in get_model_info(config.model).settings
+            if getattr(config, name) != FIELDS[name].default}
 
 
 def read_config_file(path):
@@ -186,17 +272,35 @@ def check_keys(values, where):
 
 
 def configs_dir():
-    """`configs/` of the checkout (or KERAS_CIFAR_CONFIGS)."""
-    return Path(os.environ.get("KERAS_CIFAR_CONFIGS") or Path(__file__).resolve().parents[2] / "configs")
+    """The folder of the experiment configs, found from any working directory:
+
+    1. `KERAS_CIFAR_CONFIGS`, if set;
+    2. `keras_cifar/configs/` inside the installed package (a wheel or sdist install: the build
+       maps the top-level `configs/` there, see pyproject.toml);
+    3. `configs/` beside the package (a checkout, installed editable or not at all).
+    """
+    if os.environ.get("KERAS_CIFAR_CONFIGS"):
+        return Path(os.environ["KERAS_CIFAR_CONFIGS"])
+    return _configs_beside(Path(__file__).resolve().parents[1])
+
+
+def _configs_beside(package):
+    """`package/configs` where the build put it, else the checkout's `configs/` next to `package`."""
+    packaged = package / "configs"
+    return packaged if packaged.is_dir() else package.parent / "configs"
 
 
 def default_config_path(model):
+    """The model's config file, or None when it has none."""
     path = configs_dir() / f"{model}.yaml"
     return path if path.is_file() else None
 
 
 def resolve_config(config_file=None, overrides=None):
-    """Defaults < `config_file` (or the model's file in configs/) < `overrides` (None values ignored)."""
+    """`config_file` (or the model's file in configs/) < `overrides` (None values ignored).
+
+    Every registered model has a config file; a model without one is an error, never silent
+    defaults (the defaults of RunConfig are not any experiment's recipe)."""
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     check_keys(overrides, "the options")
     values = {}
@@ -209,8 +313,13 @@ def resolve_config(config_file=None, overrides=None):
         if model not in list_models():
             raise ConfigError(unknown_model_message(model))
         default_path = default_config_path(model)
-        if default_path is not None:
-            values.update(read_config_file(default_path))
+        if default_path is None:
+            raise ConfigError(
+                f"The model {model!r} has no config: {str(configs_dir() / f'{model}.yaml')!r} does not exist. "
+                f"Pass a config file with `config_file` (any YAML of the keys of configs/*.yaml), or reinstall "
+                f"keras-cifar if its configs are missing."
+            )
+        values.update(read_config_file(default_path))
     values.update(overrides)
     return build_config(values)
 
@@ -218,7 +327,7 @@ def resolve_config(config_file=None, overrides=None):
 def build_config(values):
     check_keys(values, "the configuration")
     config = RunConfig(**{key: coerce(key, value) for key, value in values.items()})
-    _check_ranges(config)
+    _check_values(config)
     return config
 
 
@@ -230,3 +339,78 @@ def write_config(config, path):
     from keras_cifar.train.run_dir import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+# --- the settings table of docs/SETTINGS.md --------------------------------------------------------
+
+
+def flag_name(name):
+    return "--" + name.replace("_", "-")
+
+
+def _allowed(name):
+    field = FIELDS[name]
+    kind, optional = base_type(name)
+    parts = []
+    if field.metadata["choices"]:
+        parts.append(", ".join(f"`{choice}`" for choice in field.metadata["choices"]))
+    elif kind is bool:
+        parts.append("`true`, `false`")
+    else:
+        meta = field.metadata
+        low, high = meta["min"], meta["max"]
+        if low is not None and high is not None:
+            bounds = f" in {'(' if meta['min_open'] else '['}{_number(low)}, {_number(high)}{')' if meta['max_open'] else ']'}"
+        elif low is not None:
+            bounds = f" {'>' if meta['min_open'] else '>='} {_number(low)}"
+        elif high is not None:
+            bounds = f" {'<' if meta['max_open'] else '<='} {_number(high)}"
+        else:
+            bounds = ""
+        parts.append({int: "integer", float: "number", str: "string"}[kind] + bounds)
+    if optional:
+        parts.append("unset" + (f" (also {', '.join(repr(w) for w in field.metadata['none_words'])})"
+                                if field.metadata["none_words"] else ""))
+    return " or ".join(parts)
+
+
+def settings_markdown():
+    """The settings table of docs/SETTINGS.md, generated from RunConfig and the model registry."""
+    def cell(text):
+        return str(text).replace("|", "\\|")
+
+    lines = [
+        "# Settings",
+        "",
+        "Every setting of a run: a key of the YAML files in `configs/` (and of `--config FILE`), and the",
+        "`fit` flag that overrides it. A run starts from its model's config (`configs/<model>.yaml`); the",
+        "defaults below fill only keys that a config file leaves out. Model-specific settings apply to the",
+        "models listed and are rejected for the others. Resumable settings may change when a run is",
+        "resumed (`fit --resume`); the others define the run.",
+        "",
+        "Generated from `RunConfig` in `keras_cifar/train/config.py`, the one place a setting is declared",
+        "(`python -m keras_cifar.train.config docs/SETTINGS.md` rewrites this file; a test checks it).",
+        "",
+        "| key | flag | values | default | description |",
+        "|---|---|---|---|---|",
+    ]
+    for name, field in FIELDS.items():
+        kind = base_type(name)[0]
+        flag = f"`{flag_name(name)}`/`--no-{name.replace('_', '-')}`" if kind is bool else f"`{flag_name(name)}`"
+        default = "unset" if field.default is None else f"`{yaml.safe_dump(field.default).splitlines()[0]}`"
+        notes = []
+        if field.metadata["model_specific"]:
+            notes.append(f"Only for {', '.join(f'`{m}`' for m in models_taking(name))}.")
+        if field.metadata["resumable"]:
+            notes.append("Resumable.")
+        description = " ".join([field.metadata["help"]] + notes)
+        lines.append(f"| `{name}` | {flag} | {cell(_allowed(name))} | {cell(default)} | {cell(description)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    import keras_cifar  # noqa: F401  (registers the models)
+
+    Path(sys.argv[1] if len(sys.argv) > 1 else "docs/SETTINGS.md").write_text(settings_markdown())

@@ -11,8 +11,8 @@ def select_device(requested):
     cuda = torch.cuda.is_available()
     if requested == "cuda" and not cuda:
         raise UsageError(
-            "--device cuda was requested, but PyTorch sees no CUDA GPU on this machine "
-            f"(torch {torch.__version__}). Use --device cpu or --device auto."
+            "`device='cuda'` was requested, but PyTorch sees no CUDA GPU on this machine "
+            f"(torch {torch.__version__}). Use `device='cpu'` or `device='auto'`."
         )
     if requested == "auto":
         return "cuda" if cuda else "cpu"
@@ -31,7 +31,8 @@ POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"
 def set_precision(mixed_precision, device):
     if mixed_precision == "fp16" and not device.startswith("cuda"):
         raise UsageError(
-            "--mixed-precision fp16 needs a CUDA GPU; on the CPU use --mixed-precision bf16 or none."
+            "`mixed_precision='fp16'` needs a CUDA GPU; on the CPU use `mixed_precision='bf16'` or "
+            "`mixed_precision='none'`."
         )
     keras.mixed_precision.set_global_policy(POLICIES[mixed_precision])
     if device.startswith("cuda"):

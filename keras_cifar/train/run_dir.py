@@ -2,7 +2,7 @@
 
 A run folder holds `config.yaml` (the resolved configuration), TensorBoard
 event files (the folder itself, `train/` and `validation/`), `best.keras`,
-`last.keras`, `metrics.csv`, `state.json` (what `--resume` needs) and, once
+`last.keras`, `metrics.csv`, `state.json` (what resuming needs) and, once
 training ends, `summary.json`.
 """
 
@@ -33,7 +33,7 @@ def create_run_dir(log_dir, model):
     except OSError as error:
         raise KerasCifarError(f"Cannot create the log directory {log_dir!r}: {error.strerror}.") from None
     if not os.access(log_dir, os.W_OK | os.X_OK):
-        raise KerasCifarError(f"The log directory {log_dir!r} is not writable. Choose another with --log-dir.")
+        raise KerasCifarError(f"The log directory {log_dir!r} is not writable. Choose another `log_dir`.")
     base = os.path.join(log_dir, f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
     for attempt in range(1000):
         path = base if attempt == 0 else f"{base}-{attempt}"
@@ -88,8 +88,8 @@ def latest_run(log_dir, model=None, require_checkpoint=True):
     if not runs:
         what = f"run of {model!r}" if model else "run"
         raise CheckpointError(
-            f"No finished {what} with a checkpoint under {log_dir!r}. Train one with `python cli.py fit`, "
-            "or pass --checkpoint PATH (a run folder or a .keras file)."
+            f"No finished {what} with a checkpoint under {log_dir!r}. Train one with `fit()`, "
+            "or pass `checkpoint` (a run folder or a .keras file)."
         )
     return runs[-1]
 

@@ -14,14 +14,15 @@ from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
                                          OriginalTags)
 from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
-from keras_cifar.train.config import build_config, check_keys, coerce, read_config_file, to_dict, write_config
+from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
+                                      to_dict, write_config)
 from keras_cifar.train.device import describe_device, seed_everything, select_device, set_precision
 from keras_cifar.train.evaluation import classification_report, predict_logits
 from keras_cifar.train.optim import build_loss, build_optimizer
 from keras_cifar.train.reports import write_final_summaries
 
-# Keys a resumed run may change; the rest define the run and must stay.
-RESUMABLE_CHANGES = {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir"}
+# Keys a resumed run may change (declared `resumable` in RunConfig); the rest define the run and must stay.
+RESUMABLE_CHANGES = RESUMABLE
 
 
 class Interrupted(KerasCifarError):
@@ -58,14 +59,9 @@ def resumed_config(run_path, overrides):
 
 
 def build_model(config, num_classes):
-    options = dict(num_classes=num_classes, data_format=config.data_format, init=config.init)
-    if config.resize_to is not None:
-        options["resize_to"] = config.resize_to
-    if config.weights is not None:
-        options["weights"] = config.weights
-    if config.normalize:
-        options["normalize"] = True
-    return create_model(config.model, **options)
+    """The model of `config`, with the model-specific settings its registry entry declares, where set."""
+    return create_model(config.model, num_classes=num_classes, data_format=config.data_format, init=config.init,
+                        **model_options(config))
 
 
 def compile_model(model, config, steps_per_epoch):
@@ -100,7 +96,8 @@ def new_run_state(class_names=()):
 def _check_sizes(config, data):
     if config.batch_size > len(data.train):
         raise UsageError(
-            f"The batch size {config.batch_size} is larger than the {len(data.train)} training images."
+            f"The batch size {config.batch_size} is larger than the {len(data.train)} training images. "
+            "Lower `batch_size`."
         )
 
 
@@ -192,13 +189,13 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
             )
         except torch.OutOfMemoryError:
             raise TrainingError(
-                f"Out of {device} memory at batch size {config.batch_size}. Lower --batch-size (a new run), "
-                f"or free the device and resume with: python cli.py fit --resume {run_path}"
+                f"Out of {device} memory at batch size {config.batch_size}. Lower `batch_size` (a new run), "
+                f"or free the device and resume with: `fit(resume_path={run_path!r})`"
             ) from None
         except KeyboardInterrupt:
             raise Interrupted(
                 f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
-                f"saved in {run_path}. Resume with: python cli.py fit --resume {run_path}"
+                f"saved in {run_path}. Resume with: `fit(resume_path={run_path!r})`"
             ) from None
     if nan_guard.bad_step is not None:
         epoch, step = nan_guard.bad_step
@@ -207,7 +204,7 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 if state["checkpoint"] else f"no epoch had completed, so {run_path} holds no checkpoint")
         raise TrainingError(
             f"The training loss became NaN or infinite at {where}; training stopped and {kept}. "
-            "Lower the learning rate (--lr), or use --schedule cosine with warm-up."
+            "Lower the learning rate (`lr`), or use `schedule='cosine'` with warm-up (`warmup_epochs`)."
         )
     report = classification_report(data.eval.labels, predict_logits(model, data.eval, config.eval_batch_size),
                                    data.class_names)

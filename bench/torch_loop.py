@@ -3,7 +3,7 @@ scripts trained them: DataLoader with shuffling, ToTensor-style scaling per
 batch, cross-entropy, Adam or SGD, the test set evaluated after every epoch.
 
 It is the yardstick of the benchmarks (`bench/throughput.py`) and of the
-reproduction runs (`bench/train_reference.py`): what a user would write
+reproduction runs (`python -m bench.train_reference`): what a user would write
 without keras-cifar.
 """
 
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from keras_cifar import reference
+from bench import reference
 from keras_cifar.train.callbacks import write_metrics_csv
 
 

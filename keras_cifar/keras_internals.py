@@ -1,0 +1,253 @@
+"""Every Keras internal that keras-cifar relies on, in one place.
+
+Checked against **keras 3.15.1**, the release pinned in pyproject.toml (`keras>=3.15.1,<3.16`).
+Keras promises nothing about these names between releases: `tests/test_keras_internals.py` checks
+that each one below still exists in the installed Keras, and that every `keras.src` import in the
+code is listed here, so an upgrade fails loudly in the tests instead of quietly in training.
+
+Upgrading Keras: raise the pin, run `python -m pytest -q tests/test_keras_internals.py`, then the
+parity and training tests (`tests/test_models.py`, `tests/test_training.py`), which compare the
+results of the code that uses these internals with PyTorch's.
+
+Where a public API does the same job, the code uses it and the entry says which; the wrappers
+below (`all_layers`, `has_fixed_seed`, `compute_loss`, `loss_tracker`, `slot_variables`,
+`optimizer_variables`, `optimizer_learning_rate`, `callbacks_run_async`, `current_device`) are what
+modules should call instead of reaching into Keras themselves.
+"""
+
+import dataclasses
+
+import keras
+
+KERAS_VERSION = "3.15.1"  # the release these entries were checked against
+KERAS_REQUIREMENT = "keras>=3.15.1,<3.16"  # as in pyproject.toml
+
+
+@dataclasses.dataclass(frozen=True)
+class Internal:
+    name: str  # how the code spells it
+    used_by: tuple  # files of this repository
+    purpose: str  # what it is for
+    public_alternative: str  # "" when Keras has none
+
+
+INTERNALS = (
+    Internal(
+        "keras.src.trainers.data_adapters.data_adapter_utils.unpack_x_y_sample_weight",
+        ("keras_cifar/models/classifier.py",),
+        "Splits a batch into (x, y, sample_weight) in the custom train/test/predict steps.",
+        "keras.utils.unpack_x_y_sample_weight (the same function, exported; use it).",
+    ),
+    Internal(
+        "keras.Model._compute_loss",
+        ("keras_cifar/models/classifier.py",),
+        "The loss of a step in the custom train/test steps, as Keras's own steps compute it "
+        "(compiled loss plus layer losses, with the `training` flag).",
+        "keras.Model.compute_loss(x, y, y_pred, sample_weight, training=...): public; `_compute_loss` only "
+        "adds support for subclasses whose compute_loss lacks `training` (see `compute_loss` below).",
+    ),
+    Internal(
+        "keras.Model._loss_tracker",
+        ("keras_cifar/models/classifier.py",),
+        "The Mean metric behind the `loss` log: the custom steps update it as Keras's own steps do, so "
+        "`loss` in the logs, the progress bar and the checkpoints means what it means in Keras.",
+        "none for Keras's own tracker; a model may keep its own keras.metrics.Mean and list it in `metrics`.",
+    ),
+    Internal(
+        "keras.Layer._flatten_layers",
+        ("keras_cifar/models/classifier.py", "keras_cifar/models/init.py", "keras_cifar/models/convert.py"),
+        "Every layer of a model, including the sub-layers inside the custom blocks (InceptionBlock, "
+        "ResidualBlock): weight initialisation, weight copies by name, the fixed-seed check.",
+        "none recursive: keras.Model.layers lists the top level only (see `all_layers` below).",
+    ),
+    Internal(
+        "keras.random.SeedGenerator._initial_seed",
+        ("keras_cifar/models/classifier.py",),
+        "Whether a random layer (Dropout) was given a fixed seed, which graph capture would freeze.",
+        "none (SeedGenerator.get_config()['seed'] reads the same attribute; see `has_fixed_seed` below).",
+    ),
+    Internal(
+        "keras.optimizers.Optimizer._backend_update_step",
+        ("keras_cifar/train/optim.py",),
+        "Overridden by TorchAdam/TorchAdamW to apply torch.optim.Adam's update to all variables at once "
+        "with torch._foreach_* ops.",
+        "keras.optimizers.Optimizer.update_step(gradient, variable, learning_rate): public, but per "
+        "variable (one Python call per weight and step: slower on small models).",
+    ),
+    Internal(
+        "keras.optimizers.Adam._momentums",
+        ("keras_cifar/train/optim.py",),
+        "Adam's first-moment slot variables, updated in place by TorchAdam/TorchAdamW.",
+        "none by role: Optimizer.variables lists every slot flat (see `slot_variables` below).",
+    ),
+    Internal(
+        "keras.optimizers.Adam._velocities",
+        ("keras_cifar/train/optim.py",),
+        "Adam's second-moment slot variables, updated in place by TorchAdam/TorchAdamW.",
+        "none by role (see `slot_variables` below).",
+    ),
+    Internal(
+        "keras.optimizers.Adam._velocity_hats",
+        (),
+        "Adam's AMSGrad maxima of the second moments (with amsgrad=True), reached through `slot_variables`.",
+        "none by role (see `slot_variables` below).",
+    ),
+    Internal(
+        "keras.optimizers.SGD.momentums",
+        (),
+        "SGD's momentum buffers (public name, undocumented), reached through `slot_variables`.",
+        "none by role (see `slot_variables` below).",
+    ),
+    Internal(
+        "keras.optimizers.Optimizer._get_variable_index",
+        ("keras_cifar/train/optim.py",),
+        "The slot index of a trainable variable.",
+        "none (see `slot_variables` below).",
+    ),
+    Internal(
+        "keras.optimizers.Optimizer._trainable_variables",
+        (),
+        "The variables an optimizer was built for, in order (`apply` without variables), through "
+        "`optimizer_variables`.",
+        "none (Optimizer.variables holds the optimizer's own state, not the model's weights).",
+    ),
+    Internal(
+        "keras.optimizers.Optimizer._learning_rate",
+        (),
+        "The learning rate as set: a schedule, a callable, or the variable of a constant, through "
+        "`optimizer_learning_rate`.",
+        "Optimizer.learning_rate: public, but evaluates a schedule at the current step (a device read).",
+    ),
+    Internal(
+        "keras.callbacks.Callback.async_safe",
+        ("keras_cifar/train/callbacks.py",),
+        "Class attribute read by CallbackList: True lets EpochTensorBoard's batch hooks run in Keras's "
+        "callback thread, so no step waits for a host-device synchronisation.",
+        "none (an undocumented protocol of keras.callbacks.CallbackList).",
+    ),
+    Internal(
+        "keras.callbacks.CallbackList._async_train",
+        ("tests/test_training.py",),
+        "Whether Keras dispatches training batch hooks asynchronously for a list of callbacks (what "
+        "the test of the callbacks of a run checks; see `callbacks_run_async` below).",
+        "none.",
+    ),
+    Internal(
+        "keras.callbacks.CallbackList._async_test",
+        ("tests/test_training.py",),
+        "The same for evaluation batch hooks.",
+        "none.",
+    ),
+)
+
+# Replaced by public APIs (no longer used; kept here so nobody reintroduces them):
+#   keras.src.backend.torch.core.get_device  ->  `current_device()` below (keras.ops places new
+#       tensors on the device of the enclosing `keras.device` scope).
+#   keras.src.callbacks.callback_list.CallbackList  ->  keras.callbacks.CallbackList.
+
+
+# --- wrappers: call these instead of the internals ---------------------------------------------
+
+
+def all_layers(model):
+    """Every layer inside `model` (not the model itself), sub-layers of custom layers included."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def has_fixed_seed(layer):
+    """True when `layer` draws random numbers from a SeedGenerator given a fixed seed."""
+    seed_generator = getattr(layer, "seed_generator", None)
+    return seed_generator is not None and seed_generator._initial_seed is not None
+
+
+def compute_loss(model, x, y, y_pred, sample_weight=None, training=True):
+    """The loss of a step, as Keras's own train/test steps compute it."""
+    return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+
+def loss_tracker(model):
+    """The Mean metric behind the `loss` log of `fit` and `evaluate` (set by `compile`)."""
+    return model._loss_tracker
+
+
+# Slot roles and the attributes Keras keeps them in: Adam and AdamW (`_momentums`, `_velocities`,
+# `_velocity_hats` with amsgrad), SGD with momentum (`momentums`).
+_SLOT_ATTRIBUTES = {"momentum": ("_momentums", "momentums"), "velocity": ("_velocities",),
+                    "velocity_hat": ("_velocity_hats",)}
+
+
+def slot_variables(optimizer, variable):
+    """The optimizer's slot variables of `variable` by role, as Keras variables: Adam and AdamW
+    {"momentum", "velocity"} (plus "velocity_hat" with amsgrad), SGD with momentum {"momentum"}."""
+    index = optimizer._get_variable_index(variable)
+    slots = {}
+    for role, attributes in _SLOT_ATTRIBUTES.items():
+        for attribute in attributes:
+            values = getattr(optimizer, attribute, None)
+            if values:
+                slots[role] = values[index]
+                break
+    return slots
+
+
+def optimizer_variables(optimizer):
+    """The trainable variables `optimizer` was built for, in order."""
+    return list(optimizer._trainable_variables)
+
+
+def optimizer_learning_rate(optimizer):
+    """The learning rate as set: a LearningRateSchedule, a callable, or the Keras variable of a
+    constant rate (without evaluating a schedule)."""
+    return optimizer._learning_rate
+
+
+def callbacks_run_async(callbacks):
+    """Whether Keras would run the training and evaluation batch hooks of `callbacks` in its
+    callback thread (no per-step host synchronisation)."""
+    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=True)
+    return callback_list._async_train and callback_list._async_test
+
+
+def current_device():
+    """The torch device Keras places new tensors on: that of the enclosing `keras.device(...)`
+    scope, else Keras's default (cuda when available). Public API only."""
+    return keras.ops.zeros(()).device
+
+
+unpack_x_y_sample_weight = keras.utils.unpack_x_y_sample_weight  # public; for the custom steps
+
+
+def optimizer_learning_rate(optimizer):
+    """The optimizer's learning rate as given: a LearningRateSchedule or a Keras variable (the
+    public `optimizer.learning_rate` evaluates a schedule at the current step)."""
+    return optimizer._learning_rate
+
+
+def optimizer_variables(optimizer):
+    """The trainable variables the optimizer was built on, in slot order."""
+    return optimizer._trainable_variables
+
+
+def slot_variables(optimizer, variable):
+    """The optimizer's slot variables of `variable` by role: momentum, velocity, velocity_hat."""
+    index = optimizer._get_variable_index(variable)
+    slots = {}
+    for role, attribute in (("momentum", "_momentums"), ("velocity", "_velocities"),
+                            ("velocity_hat", "_velocity_hats"), ("momentum", "momentums")):
+        values = getattr(optimizer, attribute, None)
+        if values:
+            slots[role] = values[index]
+    return slots
+
+
+def mean_metric_state(metric):
+    """The torch tensors (total, count) of a keras.metrics.Mean, which the lean steps update in
+    place: `result()` is total / count, as after `update_state`."""
+    return metric.total.value, metric.count.value
+
+
+def disable_async_dispatch(callback_list):
+    """Makes a keras.callbacks.CallbackList call every hook in the training thread: Keras would
+    otherwise start a thread pool and hand it every step's batch hooks, which on a 2-core CPU
+    costs more than a small model's step (measured in docs/PERFORMANCE.md)."""
+    callback_list._async_train = callback_list._async_test = callback_list._async_predict = False

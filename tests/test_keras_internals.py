@@ -1,0 +1,174 @@
+"""The Keras internals of keras_cifar/keras_internals.py exist in the installed Keras, the list is
+complete, and the pin in pyproject.toml is the release the list was checked against."""
+
+import importlib
+import inspect
+import re
+from importlib import metadata
+
+import keras
+import numpy as np
+import pytest
+
+from keras_cifar import keras_internals as ki
+from tests.conftest import REPO
+
+
+def sample_objects():
+    """Instances on which Keras sets the instance attributes of the list."""
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="adam", loss="mse")
+    adam = keras.optimizers.Adam(amsgrad=True)
+    adam.build(model.trainable_variables)
+    return {
+        "keras.Model": model,
+        "keras.optimizers.Adam": adam,
+        "keras.optimizers.Optimizer": adam,
+        "keras.random.SeedGenerator": keras.random.SeedGenerator(1),
+        "keras.callbacks.CallbackList": keras.callbacks.CallbackList([]),
+        "keras.Layer": model,
+        "keras.optimizers.SGD": _built(keras.optimizers.SGD(momentum=0.9), model),
+    }
+
+
+def _built(optimizer, model):
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def resolve(name, samples):
+    """The object `name` designates in the installed Keras; raises AttributeError/ImportError if gone."""
+    parts = name.split(".")
+    if parts[:2] == ["keras", "src"]:
+        for end in range(len(parts), 1, -1):  # the longest importable module prefix
+            try:
+                obj = importlib.import_module(".".join(parts[:end]))
+            except ImportError:
+                continue
+            for attribute in parts[end:]:
+                obj = getattr(obj, attribute)
+            return obj
+        raise ImportError(name)
+    owner_name, attribute = ".".join(parts[:-1]), parts[-1]
+    owner = keras
+    for part in parts[1:-1]:
+        owner = getattr(owner, part)
+    if attribute == "async_safe":  # a protocol: CallbackList reads it from each callback
+        source = inspect.getsource(keras.callbacks.CallbackList)
+        assert 'getattr(cbk, "async_safe", False)' in source, "CallbackList no longer reads `async_safe`"
+        return True
+    if hasattr(owner, attribute):
+        return getattr(owner, attribute)
+    return getattr(samples[owner_name], attribute)  # an instance attribute
+
+
+def test_pinned_keras_is_the_checked_release():
+    assert keras.__version__ == metadata.version("keras")
+    assert keras.__version__.split(".")[:2] == ki.KERAS_VERSION.split(".")[:2], (
+        f"keras {keras.__version__} is installed; keras_cifar/keras_internals.py was checked against "
+        f"{ki.KERAS_VERSION}. Check every entry, then update KERAS_VERSION and the pin.")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.findall(r'"keras[<>=~!][^"]*"', pyproject) == [f'"{ki.KERAS_REQUIREMENT}"']
+
+
+@pytest.mark.parametrize("internal", ki.INTERNALS, ids=[i.name for i in ki.INTERNALS])
+def test_every_listed_internal_exists(internal):
+    assert resolve(internal.name, sample_objects()) is not None
+    assert internal.purpose and internal.public_alternative, "say what it is for and whether Keras has a public way"
+    for path in internal.used_by:
+        assert (REPO / path).is_file(), path
+
+
+def _code_files():
+    for folder in ("keras_cifar", "bench", "tests"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if path.name not in ("keras_internals.py", "test_keras_internals.py"):
+                yield path
+
+
+def _keras_private_names():
+    """Private attribute names that Keras defines on the classes (and sample instances) this project touches."""
+    names = set()
+    objects = list(sample_objects().values()) + [keras.Model, keras.Layer, keras.optimizers.Adam,
+                                                 keras.optimizers.SGD, keras.callbacks.Callback,
+                                                 keras.callbacks.TensorBoard, keras.callbacks.CallbackList,
+                                                 keras.random.SeedGenerator, keras.Variable]
+    for obj in objects:
+        names.update(n for n in dir(obj) if n.startswith("_") and not n.startswith("__"))
+        names.update(n for n in getattr(obj, "__dict__", {}) if n.startswith("_") and not n.startswith("__"))
+    return names
+
+
+def test_every_use_of_keras_internals_is_listed():
+    """`keras.src` imports and accesses to Keras's private attributes anywhere in the code must be in
+    the list, with the file that uses them: the list is where an upgrade starts."""
+    listed = {i.name.rsplit(".", 1)[-1]: i for i in ki.INTERNALS}
+    listed_src = [i.name for i in ki.INTERNALS if i.name.startswith("keras.src")]
+    private = _keras_private_names()
+    problems = []
+    for path in _code_files():
+        relative = path.relative_to(REPO).as_posix()
+        text = path.read_text()
+        for match in re.finditer(r"keras\.src(?:\.\w+)+", text):
+            used = match.group(0)
+            if not any(name == used or name.startswith(used + ".") for name in listed_src):
+                problems.append(f"{relative}: {used} is not listed")
+        # `obj._name` and methods `def _name` (overrides) whose name is private to Keras.
+        for attribute in set(re.findall(r"(?:\.|^[ \t]+def )(_[a-z]\w*)\b", text, re.M)) & private:
+            if attribute not in listed:
+                problems.append(f"{relative}: Keras's private `{attribute}` is not listed")
+            elif relative not in listed[attribute].used_by:
+                problems.append(f"{relative}: uses `{attribute}` but is not in its used_by")
+    assert not problems, "\n".join(problems)
+
+
+def test_wrappers_do_what_they_say():
+    class Hook(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    class SafeHook(Hook):
+        async_safe = True
+
+    assert ki.callbacks_run_async([]) and ki.callbacks_run_async([SafeHook()])
+    assert not ki.callbacks_run_async([Hook()])
+
+    inputs = keras.Input((4,))
+    block = keras.Sequential([keras.layers.Dense(3, name="inner"), keras.layers.Dropout(0.5, seed=1)])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(block(inputs)))
+    names = [layer.name for layer in ki.all_layers(model)]
+    assert "inner" in names and "head" in names and model.name not in names
+    assert [ki.has_fixed_seed(layer) for layer in ki.all_layers(model) if layer.name.startswith("dropout")] == [True]
+    assert not ki.has_fixed_seed(keras.layers.Dropout(0.5))
+
+    model.compile(optimizer="adam", loss="mse")
+    x, y = np.ones((2, 4), "float32"), np.zeros((2, 2), "float32")
+    y_pred = model(x)
+    loss = ki.compute_loss(model, x, y, y_pred)
+    assert float(keras.ops.convert_to_numpy(loss)) == pytest.approx(float(np.mean(keras.ops.convert_to_numpy(y_pred) ** 2)), rel=1e-6)
+    assert ki.loss_tracker(model).name == "loss"
+
+    weights = model.trainable_variables
+    own = {id(v) for v in weights}
+    for optimizer, roles in ((keras.optimizers.Adam(), {"momentum", "velocity"}),
+                             (keras.optimizers.Adam(amsgrad=True), {"momentum", "velocity", "velocity_hat"}),
+                             (keras.optimizers.AdamW(), {"momentum", "velocity"}),
+                             (keras.optimizers.SGD(momentum=0.9), {"momentum"}),
+                             (keras.optimizers.SGD(), set())):
+        optimizer.build(weights)
+        state = {id(v) for v in optimizer.variables}
+        for weight in weights:
+            slots = ki.slot_variables(optimizer, weight)
+            assert set(slots) == roles, optimizer
+            assert all(tuple(s.shape) == tuple(weight.shape) and id(s) in state and id(s) not in own
+                       for s in slots.values())
+        assert [id(v) for v in ki.optimizer_variables(optimizer)] == [id(v) for v in weights]
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5)
+    assert ki.optimizer_learning_rate(keras.optimizers.SGD(learning_rate=schedule)) is schedule
+    constant = ki.optimizer_learning_rate(keras.optimizers.SGD(learning_rate=0.25))
+    assert float(keras.ops.convert_to_numpy(constant.value)) == 0.25
+
+    assert ki.unpack_x_y_sample_weight((1, 2)) == (1, 2, None)
+    with keras.device("cpu"):
+        assert ki.current_device().type == "cpu"
