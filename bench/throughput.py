@@ -11,12 +11,20 @@ Variants:
   keras-tensors    the same model and callbacks, fed by Keras's own adapter from tensors
                    already in memory (`fit(x, y, batch_size=...)`)
   keras-tfdata     (--tfdata) the same, fed a tf.data pipeline straight from TFDS
-  pytorch          the reference module in a plain PyTorch loop: DataLoader over the same
-                   images, ToTensor-style scaling, Adam, `.item()` per step as the originals
+  tidy             the yardstick: the reference module in a tidy plain PyTorch loop
+                   (bench.torch_loop.TidyRun): data as one tensor on the device, batches by
+                   indexing, its fastest memory format and optimizer implementation (probed),
+                   `.item()` per step, the test set evaluated under no_grad
+  pytorch          the reference module in the original scripts' loop: DataLoader over a
+                   TensorDataset, ToTensor-style scaling per batch, Adam, `.item()` per step
 
-    python bench/throughput.py                       # the table of docs/PERFORMANCE.md
-    python bench/throughput.py --levers --models cnn # what each lever gives
-    python bench/throughput.py --device cuda --models cnn,resnet_lite,inception_lite,googlenet,resnet18
+After the images/s table, `bench.epochs` measures end-to-end seconds per epoch of the real
+`cli.py fit` (training, evaluation, checkpoints, logs) against the tidy loop (`--no-epochs`
+skips it).
+
+    python -m bench.throughput                       # the tables of docs/PERFORMANCE.md
+    python -m bench.throughput --levers --models cnn # what each lever gives
+    python -m bench.throughput --device cuda --models cnn,resnet_lite,inception_lite,googlenet,resnet18
 """
 
 import multiprocessing
@@ -47,6 +55,8 @@ def worker(spec, conn):
     try:
         if spec["kind"] == "pytorch":
             run_pytorch(spec, conn)
+        elif spec["kind"] == "tidy":
+            run_tidy(spec, conn)
         else:
             run_keras(spec, conn)
     except Exception as error:  # report, do not hang the parent
@@ -165,11 +175,6 @@ def run_pytorch(spec, conn):
     resize_to = spec.get("resize_to") or "default"
     run = ReferenceRun(spec["model"], data.num_classes, *PYTORCH_OPTIMIZER[spec["model"]], resize_to=resize_to,
                        device=device)
-    if spec.get("torch_channels_last"):
-        run.module = run.module.to(memory_format=torch.channels_last)
-        run.optimizer = type(run.optimizer)(run.module.parameters(), **run.optimizer.defaults)
-        prepare = run.prepare
-        run.prepare = lambda images: prepare(images).contiguous(memory_format=torch.channels_last)
     train_loader = make_loader(train, spec["batch"], shuffle=True)
     test_loader = make_loader(test, 500, shuffle=False)
     for _ in range(spec["rounds"] + 1):
@@ -183,6 +188,31 @@ def run_pytorch(spec, conn):
         run.evaluate(test_loader)
         if device == "cuda":
             torch.cuda.synchronize()
+        conn.send(("segment", train_end - start, time.perf_counter() - train_end))
+    report_memory(conn)
+
+
+def run_tidy(spec, conn):
+    import torch
+
+    from bench.torch_loop import fastest_tidy_run
+    from keras_cifar.train.device import set_precision
+
+    data, train, test = subsets(spec)
+    device = "cuda" if spec["device"] in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+    set_precision("none", device)  # TF32 and cuDNN autotuning on a GPU, as the product
+    optimizer, lr = PYTORCH_OPTIMIZER[spec["model"]]
+    run = fastest_tidy_run(spec["model"], train, test, spec["batch"], optimizer, lr,
+                           device=device,
+                           resize_to=spec.get("resize_to") or "default")
+    for _ in range(spec["rounds"] + 1):
+        conn.recv()
+        start = time.perf_counter()
+        run.train_epoch()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        train_end = time.perf_counter()
+        run.evaluate()
         conn.send(("segment", train_end - start, time.perf_counter() - train_end))
     report_memory(conn)
 
@@ -245,28 +275,27 @@ def base_spec(args, model, kind, label, **extra):
 def main_table(args):
     rows = []
     for model in args["models"]:
-        kinds = [("keras", "keras"), ("pytorch", "pytorch"), ("keras-tensors", "keras-tensors")]
-        if args["tfdata"]:
-            kinds.append(("keras-tfdata", "keras-tfdata"))
-        specs = [base_spec(args, model, kind, label) for kind, label in kinds]
-        print(f"{model}: {', '.join(label for _, label in kinds)}", file=sys.stderr, flush=True)
+        kinds = ["keras", "tidy", "pytorch", "keras-tensors"] + (["keras-tfdata"] if args["tfdata"] else [])
+        specs = [base_spec(args, model, kind, kind) for kind in kinds]
+        print(f"{model}: {', '.join(kinds)}", file=sys.stderr, flush=True)
         results = measure(specs, args["rounds"])
         train_images = args["steps"] * ORIGINAL_BATCH[model]
         eval_images = specs[0]["eval_images"]
-        keras, torch_ = results["keras"], results["pytorch"]
+        keras, tidy = results["keras"], results["tidy"]
         row = {
-            "model": model, "device": args["device_name"], "batch": ORIGINAL_BATCH[model],
+            "model": model, "batch": ORIGINAL_BATCH[model],
             "keras": images_per_second(keras["train"], train_images),
-            "pytorch": images_per_second(torch_["train"], train_images),
+            "tidy": images_per_second(tidy["train"], train_images),
+            "pytorch": images_per_second(results["pytorch"]["train"], train_images),
             "keras_eval": images_per_second(keras["eval"], eval_images),
-            "pytorch_eval": images_per_second(torch_["eval"], eval_images),
+            "tidy_eval": images_per_second(tidy["eval"], eval_images),
             "tensors": images_per_second(results["keras-tensors"]["train"], train_images),
-            "rss": keras["rss"], "torch_rss": torch_["rss"], "gpu": keras["gpu"],
+            "rss": keras["rss"], "tidy_rss": tidy["rss"], "gpu": keras["gpu"], "tidy_gpu": tidy["gpu"],
         }
         if args["tfdata"]:
             row["tfdata"] = images_per_second(results["keras-tfdata"]["train"], train_images)
         rows.append(row)
-        print(f"  {model}: Keras {row['keras']:.0f} img/s, PyTorch {row['pytorch']:.0f} img/s", file=sys.stderr,
+        print(f"  {model}: Keras {row['keras']:.0f} img/s, tidy PyTorch {row['tidy']:.0f} img/s", file=sys.stderr,
               flush=True)
     print_main(rows, args)
     return rows
@@ -275,18 +304,19 @@ def main_table(args):
 def print_main(rows, args):
     print(f"\nTraining and inference images/s, median of {args['rounds']} interleaved rounds of {args['steps']} "
           f"steps; {args['threads']} threads; {args['device_name']}")
-    header = ("| model | device | batch | Keras img/s | PyTorch img/s | ratio | Keras eval img/s | PyTorch eval img/s "
-              "| eval ratio | Keras on in-memory tensors img/s | TFDS-fed / in-memory | Keras peak RSS MiB "
-              "| PyTorch peak RSS MiB | peak GPU MiB |")
+    print("ratio = Keras / tidy PyTorch (> 1: Keras is faster)")
+    header = ("| model | batch | Keras img/s | tidy PyTorch img/s | ratio | original-scripts PyTorch (DataLoader) img/s "
+              "| Keras eval img/s | tidy eval img/s | eval ratio | Keras fed in-memory tensors img/s "
+              "| Keras peak RSS MiB | tidy peak RSS MiB | Keras / tidy peak GPU MiB |")
     extra = " Keras on tf.data img/s |" if args["tfdata"] else ""
     print(header + extra)
     print("|" + "---|" * (header.count("|") - 1 + (1 if extra else 0)))
     for r in rows:
-        gpu = f"{r['gpu']:.0f}" if r["gpu"] is not None else "-"
-        line = (f"| {r['model']} | {r['device']} | {r['batch']} | {r['keras']:.0f} | {r['pytorch']:.0f} | "
-                f"{r['keras'] / r['pytorch']:.2f} | {r['keras_eval']:.0f} | {r['pytorch_eval']:.0f} | "
-                f"{r['keras_eval'] / r['pytorch_eval']:.2f} | {r['tensors']:.0f} | {r['keras'] / r['tensors']:.2f} | "
-                f"{r['rss']:.0f} | {r['torch_rss']:.0f} | {gpu} |")
+        gpu = f"{r['gpu']:.0f} / {r['tidy_gpu']:.0f}" if r["gpu"] is not None else "-"
+        line = (f"| {r['model']} | {r['batch']} | {r['keras']:.0f} | {r['tidy']:.0f} | {r['keras'] / r['tidy']:.2f} | "
+                f"{r['pytorch']:.0f} | {r['keras_eval']:.0f} | {r['tidy_eval']:.0f} | "
+                f"{r['keras_eval'] / r['tidy_eval']:.2f} | {r['tensors']:.0f} | {r['rss']:.0f} | {r['tidy_rss']:.0f} "
+                f"| {gpu} |")
         if args["tfdata"]:
             line += f" {r['tfdata']:.0f} |"
         print(line, flush=True)
@@ -300,8 +330,8 @@ LEVERS = [
     ("sync every step", {"sync_each_step": True}, "a callback overriding on_train_batch_end"),
     ("bf16", {"config": {"mixed_precision": "bf16"}}, "mixed_bfloat16 policy"),
     ("1 thread", {"threads": 1}, "torch.set_num_threads(1)"),
-    ("pytorch", {"kind": "pytorch"}, "the plain loop (contiguous NCHW)"),
-    ("pytorch channels_last", {"kind": "pytorch", "torch_channels_last": True}, "plain loop, NHWC memory format"),
+    ("tidy", {"kind": "tidy"}, "tidy plain PyTorch loop, its fastest memory format and optimizer"),
+    ("pytorch", {"kind": "pytorch"}, "the original scripts' DataLoader loop (contiguous NCHW)"),
 ]
 
 
@@ -322,10 +352,10 @@ def lever_table(args):
         results = measure(specs, args["rounds"])
         train_images = args["steps"] * ORIGINAL_BATCH[model]
         base = images_per_second(results["keras (defaults)"]["train"], train_images)
-        torch_base = images_per_second(results["pytorch"]["train"], train_images)
+        torch_base = images_per_second(results["tidy"]["train"], train_images)
         print(f"\nLevers for {model} (batch {ORIGINAL_BATCH[model]}, {args['device_name']}), median of "
               f"{args['rounds']} rounds of {args['steps']} steps")
-        print("| variant | what | train img/s | vs Keras defaults | vs plain PyTorch |")
+        print("| variant | what | train img/s | vs Keras defaults | vs tidy PyTorch |")
         print("|---|---|---|---|---|")
         notes = {label: note for label, _, note in LEVERS}
         notes["torch.compile"] = "jit_compile=True: Keras wraps the train step in torch.compile"
@@ -367,8 +397,10 @@ def memory_check(args):
 @click.option("--levers", is_flag=True, help="Measure the levers instead of the main table.")
 @click.option("--compile", "compile_", is_flag=True, help="With --levers: also torch.compile (slow to start).")
 @click.option("--memory/--no-memory", default=True, help="Also measure peak RSS of a full 1-epoch fit.")
+@click.option("--epochs/--no-epochs", "epochs", default=True,
+              help="Also measure end-to-end seconds per epoch of `cli.py fit` against the tidy loop (bench.epochs).")
 def main(models, steps, rounds, eval_images, data, data_dir, device, threads, resize_to, tfdata, levers, compile_,
-         memory):
+         memory, epochs):
     import platform
 
     import torch
@@ -384,6 +416,11 @@ def main(models, steps, rounds, eval_images, data, data_dir, device, threads, re
         lever_table(args)
     else:
         main_table(args)
+    if epochs and not levers:
+        from bench import epochs as end_to_end
+
+        rows = [end_to_end.measure(model, ORIGINAL_BATCH[model], data, args["device"]) for model in args["models"]]
+        end_to_end.print_table(rows, end_to_end.machine_name(args["device"]))
     if memory and not levers:
         memory_check(args)
 

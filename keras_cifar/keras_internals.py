@@ -33,51 +33,38 @@ class Internal:
 
 INTERNALS = (
     Internal(
-        "keras.src.trainers.data_adapters.data_adapter_utils.unpack_x_y_sample_weight",
-        ("keras_cifar/models/classifier.py",),
-        "Splits a batch into (x, y, sample_weight) in the custom train/test/predict steps.",
-        "keras.utils.unpack_x_y_sample_weight (the same function, exported; use it).",
-    ),
-    Internal(
         "keras.Model._compute_loss",
         ("keras_cifar/models/classifier.py",),
-        "The loss of a step in the custom train/test steps, as Keras's own steps compute it "
-        "(compiled loss plus layer losses, with the `training` flag).",
+        "The loss of a step in the generic train/test steps (sample weights, other compiled losses), as "
+        "Keras's own steps compute it (compiled loss plus layer losses, with the `training` flag).",
         "keras.Model.compute_loss(x, y, y_pred, sample_weight, training=...): public; `_compute_loss` only "
         "adds support for subclasses whose compute_loss lacks `training` (see `compute_loss` below).",
     ),
     Internal(
         "keras.Model._loss_tracker",
         ("keras_cifar/models/classifier.py",),
-        "The Mean metric behind the `loss` log: the custom steps update it as Keras's own steps do, so "
-        "`loss` in the logs, the progress bar and the checkpoints means what it means in Keras.",
+        "The Mean metric behind the `loss` log: the steps update it (the lean step in place, through "
+        "`mean_metric_state`), so `loss` in the logs means what it means in Keras.",
         "none for Keras's own tracker; a model may keep its own keras.metrics.Mean and list it in `metrics`.",
     ),
     Internal(
         "keras.Layer._flatten_layers",
-        ("keras_cifar/models/classifier.py", "keras_cifar/models/init.py", "keras_cifar/models/convert.py"),
+        ("keras_cifar/models/classifier.py", "keras_cifar/models/graph_capture.py", "keras_cifar/models/init.py",
+         "keras_cifar/models/convert.py"),
         "Every layer of a model, including the sub-layers inside the custom blocks (InceptionBlock, "
         "ResidualBlock): weight initialisation, weight copies by name, the fixed-seed check.",
         "none recursive: keras.Model.layers lists the top level only (see `all_layers` below).",
     ),
     Internal(
         "keras.random.SeedGenerator._initial_seed",
-        ("keras_cifar/models/classifier.py",),
+        ("keras_cifar/models/graph_capture.py",),
         "Whether a random layer (Dropout) was given a fixed seed, which graph capture would freeze.",
         "none (SeedGenerator.get_config()['seed'] reads the same attribute; see `has_fixed_seed` below).",
     ),
     Internal(
-        "keras.optimizers.Optimizer._backend_update_step",
-        ("keras_cifar/train/optim.py",),
-        "Overridden by TorchAdam/TorchAdamW to apply torch.optim.Adam's update to all variables at once "
-        "with torch._foreach_* ops.",
-        "keras.optimizers.Optimizer.update_step(gradient, variable, learning_rate): public, but per "
-        "variable (one Python call per weight and step: slower on small models).",
-    ),
-    Internal(
         "keras.optimizers.Adam._momentums",
         ("keras_cifar/train/optim.py",),
-        "Adam's first-moment slot variables, updated in place by TorchAdam/TorchAdamW.",
+        "Adam's first-moment slot variables, which torch.optim's update of TorchAdam/TorchAdamW updates in place.",
         "none by role: Optimizer.variables lists every slot flat (see `slot_variables` below).",
     ),
     Internal(
@@ -119,24 +106,68 @@ INTERNALS = (
         "Optimizer.learning_rate: public, but evaluates a schedule at the current step (a device read).",
     ),
     Internal(
-        "keras.callbacks.Callback.async_safe",
-        ("keras_cifar/train/callbacks.py",),
-        "Class attribute read by CallbackList: True lets EpochTensorBoard's batch hooks run in Keras's "
-        "callback thread, so no step waits for a host-device synchronisation.",
-        "none (an undocumented protocol of keras.callbacks.CallbackList).",
-    ),
-    Internal(
         "keras.callbacks.CallbackList._async_train",
-        ("tests/test_training.py",),
-        "Whether Keras dispatches training batch hooks asynchronously for a list of callbacks (what "
-        "the test of the callbacks of a run checks; see `callbacks_run_async` below).",
-        "none.",
+        ("keras_cifar/train/callbacks.py",),
+        "Set False (with `_async_test`, `_async_predict`) by RunCallbacks through `disable_async_dispatch`: "
+        "Keras would otherwise hand every step's batch hooks to a thread pool, which costs a small "
+        "model more than its step on a 2-core CPU, and convert the logs to Python numbers there.",
+        "none: the `async_safe` protocol only chooses the thread; no public switch turns it off.",
     ),
     Internal(
         "keras.callbacks.CallbackList._async_test",
-        ("tests/test_training.py",),
+        ("keras_cifar/train/callbacks.py",),
         "The same for evaluation batch hooks.",
         "none.",
+    ),
+    Internal(
+        "keras.callbacks.CallbackList._async_predict",
+        ("keras_cifar/train/callbacks.py",),
+        "The same for prediction batch hooks.",
+        "none.",
+    ),
+    Internal(
+        "keras.callbacks.CallbackList._executor",
+        ("tests/test_step.py",),
+        "The thread pool of asynchronous dispatch: None when RunCallbacks ran a whole `fit` in the "
+        "training thread (what the test checks).",
+        "none.",
+    ),
+    Internal(
+        "keras.metrics.Mean.total",
+        ("keras_cifar/models/classifier.py",),
+        "The running sum of a Mean metric (the loss and accuracy trackers), added to in place on the device "
+        "by the lean steps, through `mean_metric_state`.",
+        "Mean.update_state: public, but converts and reduces through Keras ops (Python per step).",
+    ),
+    Internal(
+        "keras.metrics.Mean.count",
+        ("keras_cifar/models/classifier.py",),
+        "The running count of a Mean metric, likewise.",
+        "Mean.update_state (see `total`).",
+    ),
+)
+
+# torch's private pieces (torch is pinned exactly in pyproject.toml), by the same rules:
+TORCH_INTERNALS = (
+    Internal(
+        "torch._amp_foreach_non_finite_check_and_unscale_",
+        ("keras_cifar/train/optim.py",),
+        "Unscales the gradients and flags infinities on the device in one kernel (TorchLossScaleOptimizer, "
+        "float16): what torch.amp.GradScaler.unscale_ calls.",
+        "torch.amp.GradScaler: public, but keeps its own scale state, not Keras's checkpointed variables.",
+    ),
+    Internal(
+        "torch._amp_update_scale_",
+        ("keras_cifar/train/optim.py",),
+        "Grows or backs off the loss scale on the device (what GradScaler.update calls).",
+        "torch.amp.GradScaler (see above).",
+    ),
+    Internal(
+        "torch.optim.Optimizer.found_inf",
+        ("keras_cifar/train/optim.py",),
+        "Attribute that torch's fused Adam/AdamW/SGD read in `step()` to skip a step on the device "
+        "(set by GradScaler.step).",
+        "torch.amp.GradScaler.step (see above).",
     ),
 )
 
@@ -201,13 +232,6 @@ def optimizer_learning_rate(optimizer):
     return optimizer._learning_rate
 
 
-def callbacks_run_async(callbacks):
-    """Whether Keras would run the training and evaluation batch hooks of `callbacks` in its
-    callback thread (no per-step host synchronisation)."""
-    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=True)
-    return callback_list._async_train and callback_list._async_test
-
-
 def current_device():
     """The torch device Keras places new tensors on: that of the enclosing `keras.device(...)`
     scope, else Keras's default (cuda when available). Public API only."""
@@ -215,29 +239,6 @@ def current_device():
 
 
 unpack_x_y_sample_weight = keras.utils.unpack_x_y_sample_weight  # public; for the custom steps
-
-
-def optimizer_learning_rate(optimizer):
-    """The optimizer's learning rate as given: a LearningRateSchedule or a Keras variable (the
-    public `optimizer.learning_rate` evaluates a schedule at the current step)."""
-    return optimizer._learning_rate
-
-
-def optimizer_variables(optimizer):
-    """The trainable variables the optimizer was built on, in slot order."""
-    return optimizer._trainable_variables
-
-
-def slot_variables(optimizer, variable):
-    """The optimizer's slot variables of `variable` by role: momentum, velocity, velocity_hat."""
-    index = optimizer._get_variable_index(variable)
-    slots = {}
-    for role, attribute in (("momentum", "_momentums"), ("velocity", "_velocities"),
-                            ("velocity_hat", "_velocity_hats"), ("momentum", "momentums")):
-        values = getattr(optimizer, attribute, None)
-        if values:
-            slots[role] = values[index]
-    return slots
 
 
 def mean_metric_state(metric):

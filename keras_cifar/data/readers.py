@@ -14,7 +14,6 @@ import pickle
 import tarfile
 import zlib
 
-import cv2
 import numpy as np
 
 from keras_cifar.errors import DataError
@@ -160,6 +159,8 @@ def _checked_label(label, name):
 
 def decode_image(data):
     """Bytes of any OpenCV-readable image -> 32x32x3 uint8 RGB, or None if not an image."""
+    import cv2  # here, not at import: training from arrays (and the GPU check) needs no OpenCV
+
     if not data:
         return None
     try:
@@ -169,6 +170,8 @@ def decode_image(data):
 
 
 def _to_rgb32(image):
+    import cv2
+
     if image is None or image.size == 0 or image.ndim not in (2, 3):
         return None
     if image.dtype == np.uint16:

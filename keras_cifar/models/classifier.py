@@ -1,119 +1,189 @@
-"""`ImageClassifier`: the functional model class of the zoo, with an optional
-captured forward graph for training and inference steps.
+"""`ImageClassifier`: the functional model class of the zoo, with a lean training step and an
+optional captured forward graph.
 
-Keras runs a functional model layer by layer through `Layer.__call__`, which
-costs tens of microseconds of Python per layer and per step: more than the
-arithmetic of a small CIFAR network on a CPU. With graph capture on, the first
-batch of each kind (training or inference, dtype, device) is traced once with
-`torch.jit.trace` through the model's own Keras `__call__`, and later steps
-replay that graph: the same torch ops on the same variables, so losses,
-gradients, batch-norm statistics and dropout are those of eager Keras.
+Keras runs a functional model layer by layer through `Layer.__call__`, which costs tens of
+microseconds of Python per layer and per step, and its generic train step adds the same again in
+loss reduction, metric objects and the optimizer's bookkeeping: more than the arithmetic of a
+small CIFAR network on a CPU, and on a GPU a host synchronisation wherever a Python number
+becomes a tensor. This class keeps Keras's `fit`, callbacks, checkpoints and compile API, and
+makes each step cost what a plain PyTorch loop costs:
+
+- the forward pass replays a graph captured once (`graph_capture.ForwardGraphs`) through the
+  model's own Keras layers: the same torch ops on the same variables;
+- the loss is the compiled loss's per-example `call` averaged in torch, the loss and accuracy are
+  accumulated in place on the device, and the logs are device tensors (read only by whoever
+  needs a number);
+- the optimizer is one of `keras_cifar.train.optim`'s, whose update is torch.optim's fused one.
+
+Anything outside that plan (sample weights, other compiled metrics or losses, regularisers)
+takes Keras's generic path, which computes the same numbers more slowly.
 """
 
 import warnings
 
 import keras
 import torch
-from keras.src.trainers.data_adapters import data_adapter_utils
 
+from keras_cifar import keras_internals
+from keras_cifar.models.graph_capture import ForwardGraphs, capturable
 from keras_cifar.models.layers import PACKAGE
 
-
-class _Forward(torch.nn.Module):
-    def __init__(self, model, training):
-        super().__init__()
-        self.model = model
-        self.training_flag = training
-
-    def forward(self, x):
-        return self.model(x, training=self.training_flag)
+ACCURACY = "accuracy"
 
 
-def _capturable(model):
-    """Seeded random layers draw their seed as a Python int: a trace would freeze it."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        seed_generator = getattr(layer, "seed_generator", None)
-        if seed_generator is not None and seed_generator._initial_seed is not None:
-            return False
-    return True
+class _StepPlan:
+    """What a lean step needs, gathered once per `fit` (walking the layers costs Python)."""
+
+    def __init__(self, model):
+        self.parameters = [variable.value for variable in model.trainable_weights]
+        self.trainable_weights = model.trainable_weights
+        self.loss_total, self.loss_count = keras_internals.mean_metric_state(keras_internals.loss_tracker(model))
+        accuracy = model.accuracy_tracker
+        self.correct, self.seen = keras_internals.mean_metric_state(accuracy) if accuracy else (None, None)
+        self.lean = model.lean_step_applies()
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ImageClassifier(keras.Model):
     """A functional CIFAR classifier: raw RGB images in (0..255), logits out.
 
-    `set_graph_capture(True)` makes `fit`, `evaluate` and `predict` replay a
-    traced graph of the forward pass instead of calling the layers one by
-    one. It is a runtime setting, not saved with the model.
+    `set_graph_capture(True)` makes `fit`, `evaluate` and `predict` replay a captured graph of the
+    forward pass instead of calling the layers one by one. It is a runtime setting, not saved with
+    the model. `compile(metrics=["accuracy"])` tracks accuracy with the classifier's own metric
+    (integer labels against logits), updated on the device without Keras's metric machinery.
     """
 
+    # --- compile and metrics
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        own_accuracy = metrics is not None and list(metrics) == [ACCURACY]
+        super().compile(optimizer=optimizer, loss=loss, metrics=None if own_accuracy else metrics, **kwargs)
+        tracker = keras.metrics.Mean(name=ACCURACY) if own_accuracy else None
+        object.__setattr__(self, "_accuracy_tracker", tracker)  # untracked: not a layer weight
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and self.accuracy_tracker is not None:
+            config["metrics"] = [ACCURACY]  # what reloading must compile again
+        return config
+
+    def compile_from_config(self, config):
+        """What `keras.saving.load_model(..., compile=True)` calls (Keras skips it for models
+        that override `compile` unless they override this too)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)  # so that the saved optimizer state loads
+
+    @property
+    def accuracy_tracker(self):
+        return self.__dict__.get("_accuracy_tracker")
+
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        return metrics + [self.accuracy_tracker] if self.accuracy_tracker is not None else metrics
+
+    def lean_step_applies(self):
+        """True when the lean step computes exactly what Keras's generic step would."""
+        from keras_cifar.train.optim import SparseCrossentropy
+
+        return (isinstance(self.loss, SparseCrossentropy)
+                and self.metrics == [keras_internals.loss_tracker(self), self.accuracy_tracker]
+                and not self.losses
+                and not any(getattr(layer, "activity_regularizer", None)
+                            for layer in keras_internals.all_layers(self)))
+
+    # --- graph capture
+
     def set_graph_capture(self, enabled):
-        if enabled and not _capturable(self):
+        if enabled and not capturable(self):
             warnings.warn(f"{self.name}: a layer has a fixed random seed; running without graph capture.",
                           stacklevel=2)
             enabled = False
-        object.__setattr__(self, "_graph_capture", bool(enabled))
-        object.__setattr__(self, "_graphs", {})
+        object.__setattr__(self, "_graphs", ForwardGraphs(self) if enabled else None)
 
     @property
     def graph_capture(self):
-        return getattr(self, "_graph_capture", False)
+        return self.__dict__.get("_graphs") is not None
 
     def forward_step(self, x, training):
-        if not self.graph_capture or not isinstance(x, torch.Tensor):
+        graphs = self.__dict__.get("_graphs")
+        if graphs is None or not isinstance(x, torch.Tensor):
             return self(x, training=training)
-        key = (training, x.dtype, x.device, x.ndim, keras.config.dtype_policy().name)
-        graph = self._graphs.get(key)
-        if graph is None:
-            # Tracing runs the forward once: keep its batch-norm updates out of the state,
-            # so that the first step updates the statistics once, as every later step does.
-            # The state tensors are kept once here: walking the layers for them every step
-            # would cost more Python than the small models' arithmetic.
-            object.__setattr__(self, "_state_tensors", [v.value for v in self.non_trainable_variables])
-            state = [tensor.detach().clone() for tensor in self._state_tensors]
-            with warnings.catch_warnings():
-                # torch.jit.trace is deprecated in favour of torch.compile, which
-                # cannot yet compile Keras's layer machinery without graph breaks.
-                warnings.simplefilter("ignore")
-                graph = torch.jit.trace(_Forward(self, training), (x,), check_trace=False)
-            with torch.no_grad():
-                for tensor, value in zip(self._state_tensors, state):
-                    tensor.copy_(value)
-            self._graphs[key] = graph
-        outputs = graph(x)
-        if training:
-            self._detach_state()
-        return outputs
+        return graphs(x, training)
 
-    def _detach_state(self):
-        """A replayed graph writes the new batch-norm statistics with an in-place copy that
-        autograd records (the trace does not keep Keras's `no_grad` around it), which leaves
-        them attached to the step's graph: memory held from step to step, and Keras fails
-        when it next collects the variables as torch parameters. Make them leaves again."""
-        for tensor in self._state_tensors:
-            if tensor.grad_fn is not None:
-                tensor.detach_()
+    # --- steps
+
+    def make_train_function(self, force=False):
+        object.__setattr__(self, "_plan", None)  # trainable weights or compile settings may have changed
+        return super().make_train_function(force)
+
+    def make_test_function(self, force=False):
+        object.__setattr__(self, "_plan", None)
+        return super().make_test_function(force)
+
+    def _step_plan(self):
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan = _StepPlan(self)
+            object.__setattr__(self, "_plan", plan)
+        return plan
 
     def train_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        plan = self._step_plan()
+        if not plan.lean or sample_weight is not None:
+            return self._generic_train_step(x, y, sample_weight)
+        y_pred = self.forward_step(x, training=True)
+        y = torch.as_tensor(y, device=y_pred.device)  # the same tensor when it already is one
+        loss = self.loss.call(y, y_pred).mean()
+        for parameter in plan.parameters:
+            parameter.grad = None
+        self.optimizer.scale_loss(loss).backward()
+        self.optimizer.apply([parameter.grad for parameter in plan.parameters], plan.trainable_weights)
+        return self._track(plan, loss, y, y_pred)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        plan = self._step_plan()
+        y_pred = self.forward_step(x, training=False)
+        if not plan.lean or sample_weight is not None:
+            loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight, training=False)
+            keras_internals.loss_tracker(self).update_state(loss, sample_weight=x.shape[0])
+            self._update_accuracy(plan, y, y_pred)
+            return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        y = torch.as_tensor(y, device=y_pred.device)
+        return self._track(plan, self.loss.call(y, y_pred).mean(), y, y_pred)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.forward_step(x, training=False)
+
+    def _track(self, plan, loss, y, y_pred):
+        """Accumulates the loss and accuracy in place, on the device; -> the running means."""
+        count = y_pred.shape[0]
+        plan.loss_total.add_(loss.detach() * count)
+        plan.loss_count.add_(count)
+        self._update_accuracy(plan, y, y_pred)
+        return {"loss": plan.loss_total / plan.loss_count, ACCURACY: plan.correct / plan.seen}
+
+    def _update_accuracy(self, plan, y, y_pred):
+        if plan.correct is not None:
+            y = torch.as_tensor(y, device=y_pred.device)
+            plan.correct.add_((y_pred.detach().argmax(-1) == y.reshape(-1)).sum())
+            plan.seen.add_(y_pred.shape[0])
+
+    def _generic_train_step(self, x, y, sample_weight):
+        """Keras's own train step (what `keras.Model.train_step` does on torch), with the
+        captured forward and the classifier's accuracy."""
+        plan = self._step_plan()
         y_pred = self.forward_step(x, training=True)
         self.zero_grad()
-        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-        self._loss_tracker.update_state(loss, sample_weight=x.shape[0])
-        loss = self.optimizer.scale_loss(loss)
-        loss.backward()
+        loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight, training=True)
+        keras_internals.loss_tracker(self).update_state(loss, sample_weight=x.shape[0])
+        self.optimizer.scale_loss(loss).backward()
         trainable_weights = self.trainable_weights[:]
         with torch.no_grad():
             self.optimizer.apply([v.value.grad for v in trainable_weights], trainable_weights)
+        self._update_accuracy(plan, y, y_pred)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        y_pred = self.forward_step(x, training=False)
-        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
-        self._loss_tracker.update_state(loss, sample_weight=x.shape[0])
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def predict_step(self, data):
-        x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
-        return self.forward_step(x, training=False)

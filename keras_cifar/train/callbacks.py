@@ -9,6 +9,7 @@ import time
 import keras
 import torch
 
+from keras_cifar import keras_internals
 from keras_cifar.data.loader import stream_seed
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.signals import deferred_sigint
@@ -47,28 +48,46 @@ class EpochStats(keras.callbacks.Callback):
 class NaNGuard(keras.callbacks.Callback):
     """Stops training at the first step whose loss is NaN or infinite.
 
-    `async_safe`: Keras may run it in its callback thread, so the training
-    loop never waits for the loss to reach the host."""
+    The loss never leaves the device for this: each step records there the first step whose
+    running loss is not finite (the running mean is finite until a step's loss is not), and the
+    host reads that record at most every `check_seconds` and at the end of each epoch. A
+    diverging run stops within seconds, and no step waits for the device."""
 
-    async_safe = True
-
-    def __init__(self):
+    def __init__(self, check_seconds=5.0):
         super().__init__()
+        self.check_seconds = check_seconds
         self.epoch = 0
         self.bad_step = None  # (epoch, step), 1-based, of the first non-finite loss
+        self._first_bad = None
+        self._last_check = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self._first_bad = None
+        self._last_check = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            step = (self.epoch + 1, batch + 1)
-            if self.bad_step is None or step < self.bad_step:
-                self.bad_step = step
-            self.model.stop_training = True
+        if loss is None:
+            return
+        if not torch.is_tensor(loss):
+            loss = torch.tensor(float(loss))
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+        self._first_bad = torch.where((self._first_bad < 0) & ~torch.isfinite(loss), batch, self._first_bad)
+        if time.monotonic() - self._last_check >= self.check_seconds:
+            self._check()
+
+    def _check(self):
+        self._last_check = time.monotonic()
+        if self._first_bad is not None and self.bad_step is None:
+            step = int(self._first_bad)  # the one host synchronisation, every check_seconds
+            if step >= 0:
+                self.bad_step = (self.epoch + 1, step + 1)
+                self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        self._check()
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss) and self.bad_step is None:
             self.bad_step = (epoch + 1, None)
@@ -156,17 +175,86 @@ def _replace_with_link(source, target):
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
-    """Keras's TensorBoard callback, logging per epoch, marked `async_safe`.
-
-    Keras runs batch-end callbacks on the main thread, converting the step's logs to
-    Python numbers (a host-device synchronisation on a GPU), as soon as one callback
-    overrides `on_train_batch_end`, and TensorBoard does. With `update_freq="epoch"` its
-    batch hooks only count steps, so they can run in Keras's callback thread instead."""
-
-    async_safe = True
+    """Keras's TensorBoard callback, logging per epoch. With `update_freq="epoch"` its batch hooks
+    write nothing; they only count steps, so the training step hands them no logs."""
 
     def __init__(self, log_dir):
         super().__init__(log_dir=log_dir, write_graph=False, update_freq="epoch")
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, None)
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(batch, None)
+
+
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar (`verbose=1`: live, `2`: a line per epoch) that reads the step's
+    logs, a host synchronisation on a GPU, only when it redraws: at most every `interval` s."""
+
+    def __init__(self, interval=0.5):
+        super().__init__()
+        self.interval = interval
+        self._drawn = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._readable(logs))
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(batch, self._readable(logs))
+
+    def _readable(self, logs):
+        """The logs as numbers when the bar redraws, else none (the bar then only counts the step)."""
+        if self.verbose != 1 or not logs or time.monotonic() - self._drawn < self.interval:
+            return None
+        self._drawn = time.monotonic()
+        return {key: float(value) for key, value in logs.items()}
+
+
+BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
+               "on_predict_batch_begin", "on_predict_batch_end")
+
+
+class RunCallbacks(keras.callbacks.CallbackList):
+    """Keras's CallbackList without its per-step costs: the batch hooks go, in the training thread,
+    only to the callbacks that define them, with the step's logs as the step returned them
+    (device tensors, not converted to Python numbers: no host synchronisation). Epoch, train and
+    test hooks are Keras's own, with Python numbers.
+
+    `fit` takes it as it is; give it what `fit` would: `model`, `epochs`, `steps`, `verbose`."""
+
+    def __init__(self, callbacks, *, model, epochs, steps, verbose):
+        callbacks = list(callbacks)
+        if verbose:
+            callbacks.append(ProgressBar())
+        super().__init__(callbacks, add_history=True, add_progbar=False, model=model, epochs=epochs, steps=steps,
+                         verbose=verbose)
+        keras_internals.disable_async_dispatch(self)
+        self._hooks = {name: [getattr(callback, name) for callback in self.callbacks
+                              if getattr(type(callback), name) is not getattr(keras.callbacks.Callback, name)]
+                       for name in BATCH_HOOKS}
+
+    def _dispatch(self, name, batch, logs):
+        for hook in self._hooks[name]:
+            hook(batch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._dispatch("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._dispatch("on_train_batch_end", batch, logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._dispatch("on_test_batch_begin", batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._dispatch("on_test_batch_end", batch, logs)
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._dispatch("on_predict_batch_begin", batch, logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._dispatch("on_predict_batch_end", batch, logs)
 
 
 class OriginalTags(keras.callbacks.Callback):

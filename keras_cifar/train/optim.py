@@ -1,15 +1,35 @@
-"""Optimizers, learning-rate schedules and the loss, built from a RunConfig."""
+"""Optimizers, learning-rate schedules and the loss, built from a RunConfig.
+
+The optimizers are Keras optimizers (their state lives in Keras variables, saved in every
+checkpoint and restored on resume) whose update is torch.optim's own, fused into one kernel on
+devices where torch has one: the same update as the PyTorch originals, at the speed of the plain
+loop, and without the host synchronisations of Keras's per-step Python (tensors made from Python
+numbers, a learning rate read back as a float).
+"""
 
 import math
 
 import keras
+import torch
 from keras import ops
 
+from keras_cifar import keras_internals
 from keras_cifar.models.layers import PACKAGE
 
 
+class _PythonSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule whose value is a Python function of the step (`value_at`): the training step
+    reads it from a host-side step counter without touching the device."""
+
+    def value_at(self, step):
+        raise NotImplementedError
+
+    def __call__(self, step):
+        return ops.convert_to_tensor(self.value_at(int(ops.convert_to_numpy(step))), "float32")
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupCosine(_PythonSchedule):
     """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
 
     def __init__(self, peak, total_steps, warmup_steps=0):
@@ -17,19 +37,18 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
 
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warm = self.peak * (step + 1) / max(self.warmup_steps, 1)
-        progress = ops.clip((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
-        cosine = 0.5 * self.peak * (1 + ops.cos(math.pi * progress))
-        return ops.where(step < self.warmup_steps, warm, cosine)
+    def value_at(self, step):
+        if step < self.warmup_steps:
+            return self.peak * (step + 1) / max(self.warmup_steps, 1)
+        progress = min(max((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0), 1.0)
+        return 0.5 * self.peak * (1 + math.cos(math.pi * progress))
 
     def get_config(self):
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+class OneCycle(_PythonSchedule):
     """PyTorch's `OneCycleLR` (cosine annealing): from `peak / div_factor` up to
     `peak` over the first `rise_steps`, then down to `peak / (div_factor * final_div_factor)`."""
 
@@ -40,17 +59,16 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self.div_factor = div_factor
         self.final_div_factor = final_div_factor
 
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
+    def value_at(self, step):
         start = self.peak / self.div_factor
         end = start / self.final_div_factor
 
         def anneal(low, high, fraction):  # cosine from `low` (fraction 0) to `high` (fraction 1)
-            return high + (low - high) * 0.5 * (1 + ops.cos(math.pi * ops.clip(fraction, 0.0, 1.0)))
+            return high + (low - high) * 0.5 * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
 
-        rising = anneal(start, self.peak, step / max(self.rise_steps, 1))
-        falling = anneal(self.peak, end, (step - self.rise_steps) / max(self.total_steps - self.rise_steps, 1))
-        return ops.where(step < self.rise_steps, rising, falling)
+        if step < self.rise_steps:
+            return anneal(start, self.peak, step / max(self.rise_steps, 1))
+        return anneal(self.peak, end, (step - self.rise_steps) / max(self.total_steps - self.rise_steps, 1))
 
     def get_config(self):
         return {
@@ -60,8 +78,6 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             "div_factor": self.div_factor,
             "final_div_factor": self.final_div_factor,
         }
-
-
 def learning_rate(config, steps_per_epoch):
     total = config.epochs * steps_per_epoch
     if config.schedule == "constant":
@@ -72,93 +88,234 @@ def learning_rate(config, steps_per_epoch):
     return OneCycle(config.lr, total, int(round(rise)))
 
 
-class _TorchAdamUpdate:
-    """torch.optim.Adam's update, `w -= lr / (1 - b1**t) * m / (sqrt(v / (1 - b2**t)) + eps)`,
-    for all variables at once with `torch._foreach_*` ops. Keras's own Adam adds epsilon to
-    sqrt(v) before the bias correction, which in torch's terms is an epsilon of
-    eps / sqrt(1 - b2**t): 30x larger at the first step, damping the steps of weights with small
-    gradients until the correction settles (thousands of steps)."""
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        import torch
 
-        with torch.no_grad():
-            variables = [v.value for v in trainable_variables]
-            dtype = variables[0].dtype
-            step = ops.cast(self.iterations + 1, dtype)
-            lr = ops.cast(learning_rate, dtype)
-            bias_1 = 1 - ops.power(ops.cast(self.beta_1, dtype), step)
-            bias_2_sqrt = ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step))
-            grads = [ops.cast(g, dtype) for g in grads]
-            if self.coupled_weight_decay:
-                grads = torch._foreach_add(grads, variables, alpha=self.coupled_weight_decay)
-            m_list = [self._momentums[self._get_variable_index(v)].value for v in trainable_variables]
-            v_list = [self._velocities[self._get_variable_index(v)].value for v in trainable_variables]
-            torch._foreach_mul_(m_list, self.beta_1)
-            torch._foreach_add_(m_list, grads, alpha=1 - self.beta_1)
-            torch._foreach_mul_(v_list, self.beta_2)
-            torch._foreach_addcmul_(v_list, grads, grads, value=1 - self.beta_2)
-            denominators = torch._foreach_sqrt(v_list)
-            torch._foreach_div_(denominators, bias_2_sqrt)
-            torch._foreach_add_(denominators, self.epsilon)
-            updates = torch._foreach_div(m_list, denominators)
-            torch._foreach_mul_(updates, lr / bias_1)
-            torch._foreach_sub_(variables, updates)
+class _TorchStep:
+    """A torch.optim optimizer over the torch tensors of a list of Keras variables, with a
+    host-side copy of the step count (read from the device once, when it is made)."""
+
+    def __init__(self, optimizer, parameters, iterations, fused):
+        self.optimizer = optimizer
+        self.parameters = parameters
+        self.iterations = iterations
+        self.fused = fused
+
+
+class _TorchOptimUpdate:
+    """Mixin for a Keras optimizer: `apply` runs `torch_class`'s update on the Keras variables.
+
+    torch's optimizer state aliases the Keras slot variables (updated in place), so checkpoints,
+    `--resume` and `get_config` stay Keras's. The step count is kept on the host as well, so a
+    schedule's learning rate is a Python number and a constant one stays a device tensor: the
+    update never waits for the device."""
+
+    torch_class = None
+
+    def _check_supported(self):
+        unsupported = [name for name in ("clipnorm", "clipvalue", "global_clipnorm", "gradient_accumulation_steps",
+                                         "loss_scale_factor", "use_ema") if getattr(self, name, None)]
+        if unsupported:
+            raise ValueError(f"{type(self).__name__} applies torch.optim's update and does not support "
+                             f"{', '.join(unsupported)}. Received: " +
+                             ", ".join(f"{name}={getattr(self, name)!r}" for name in unsupported))
+
+    def torch_hyperparameters(self):
+        raise NotImplementedError
+
+    def torch_state(self, variable, iterations, fused):
+        """torch's per-parameter state for `variable`, made of the Keras slot variables' tensors."""
+        raise NotImplementedError
+
+    def _torch_step(self, variables):
+        steps = self.__dict__.setdefault("_torch_steps", {})
+        key = tuple(id(variable) for variable in variables)
+        step = steps.get(key)
+        if step is None:
+            parameters = [variable.value for variable in variables]
+            fused = all(parameter.device.type in ("cpu", "cuda") for parameter in parameters)
+            iterations = int(keras.ops.convert_to_numpy(self.iterations))  # once, not every step
+            optimizer = self.torch_class(parameters, lr=0.0, fused=fused or None, foreach=None if fused else True,
+                                         **self.torch_hyperparameters())
+            for variable, parameter in zip(variables, parameters):
+                optimizer.state[parameter].update(self.torch_state(variable, iterations, fused))
+            step = steps[key] = _TorchStep(optimizer, parameters, iterations, fused)
+        return step
+
+    def _learning_rate_now(self, step):
+        schedule = keras_internals.optimizer_learning_rate(self)
+        if isinstance(schedule, _PythonSchedule):
+            return schedule.value_at(step.iterations)
+        value = schedule(self.iterations) if callable(schedule) else schedule.value
+        return value if step.fused else float(value)  # torch's foreach update takes a tensor only if capturable
+
+    def apply(self, grads, trainable_variables=None, found_inf=None):
+        """`found_inf` (a device tensor, 1 where a gradient was not finite) skips the update on the
+        device, as torch's GradScaler does: the step count on the device counts applied updates,
+        the host's (and so the schedule) every step, as with torch's schedulers."""
+        if trainable_variables is None:
+            trainable_variables = keras_internals.optimizer_variables(self)
+        else:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name):
+                    self.build(trainable_variables)
+                self.built = True
+        step = self._torch_step(trainable_variables)
+        for parameter, grad in zip(step.parameters, grads):
+            if parameter.grad is not grad:
+                parameter.grad = grad
+        step.optimizer.param_groups[0]["lr"] = self._learning_rate_now(step)
+        if found_inf is not None and not step.fused:
+            raise ValueError(f"{type(self).__name__}: skipping non-finite updates needs torch's fused optimizer, "
+                             f"which {step.parameters[0].device} lacks.")
+        step.optimizer.found_inf = found_inf  # read by torch's fused update
+        step.optimizer.step()
+        if found_inf is None:
+            self.iterations.value.add_(1)
+        else:
+            self.iterations.value.add_(1 - found_inf.to(self.iterations.value.dtype))
+        step.iterations += 1
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self.__dict__.pop("_torch_steps", None)  # the step count changed: read it again
+
+
+class _TorchAdamUpdate(_TorchOptimUpdate):
+    def torch_hyperparameters(self):
+        return dict(betas=(self.beta_1, self.beta_2), eps=self.epsilon, amsgrad=self.amsgrad,
+                    weight_decay=self.torch_weight_decay)
+
+    def torch_state(self, variable, iterations, fused):
+        slots = keras_internals.slot_variables(self, variable)
+        state = {"exp_avg": slots["momentum"].value, "exp_avg_sq": slots["velocity"].value,
+                 # torch counts steps per parameter, on the device for its fused update
+                 "step": torch.tensor(float(iterations), dtype=torch.float32,
+                                      device=variable.value.device if fused else "cpu")}
+        if self.amsgrad:
+            state["max_exp_avg_sq"] = slots["velocity_hat"].value
+        return state
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TorchAdam(_TorchAdamUpdate, keras.optimizers.Adam):
     """Adam that updates exactly as `torch.optim.Adam` (epsilon 1e-8 after the bias correction;
-    weight decay as an L2 term added to the gradients, as torch's `weight_decay`)."""
+    weight decay as an L2 term added to the gradients, as torch's `weight_decay`). Keras's own
+    Adam adds epsilon to sqrt(v) before the bias correction, which in torch's terms is an epsilon
+    of eps / sqrt(1 - b2**t): 30x larger at the first step, damping the steps of weights with small
+    gradients until the correction settles (thousands of steps)."""
+
+    torch_class = torch.optim.Adam
 
     def __init__(self, learning_rate=1e-3, epsilon=1e-8, weight_decay=None, **kwargs):
         super().__init__(learning_rate=learning_rate, epsilon=epsilon, **kwargs)
-        self.coupled_weight_decay = weight_decay or 0.0
+        self.torch_weight_decay = weight_decay or 0.0
+        self._check_supported()
 
     def get_config(self):
         config = super().get_config()
-        config["weight_decay"] = self.coupled_weight_decay or None
+        config["weight_decay"] = self.torch_weight_decay or None
         return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TorchAdamW(_TorchAdamUpdate, keras.optimizers.AdamW):
-    """AdamW that updates exactly as `torch.optim.AdamW` (decoupled weight decay, as Keras's
-    AdamW, then torch's Adam step)."""
+    """AdamW that updates exactly as `torch.optim.AdamW` (decoupled weight decay, as Keras's AdamW,
+    then torch's Adam step)."""
 
-    coupled_weight_decay = 0.0
+    torch_class = torch.optim.AdamW
 
     def __init__(self, learning_rate=1e-3, epsilon=1e-8, weight_decay=0.004, **kwargs):
         super().__init__(learning_rate=learning_rate, epsilon=epsilon, weight_decay=weight_decay, **kwargs)
+        self._check_supported()
+
+    @property
+    def torch_weight_decay(self):
+        return self.weight_decay
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
+    """SGD that updates exactly as `torch.optim.SGD`: momentum buffer `b = m * b + g`, step
+    `w -= lr * b` (Nesterov: `w -= lr * (g + m * b)`), weight decay as an L2 term added to the
+    gradients. Keras's SGD scales the buffer by the learning rate instead, which differs from
+    torch's whenever the learning rate changes."""
+
+    torch_class = torch.optim.SGD
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
+        self.torch_weight_decay = weight_decay or 0.0
+        self._check_supported()
+
+    def torch_hyperparameters(self):
+        return dict(momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.torch_weight_decay)
+
+    def torch_state(self, variable, iterations, fused):
+        if not self.momentum:
+            return {}
+        return {"momentum_buffer": keras_internals.slot_variables(self, variable)["momentum"].value}
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_decay"] = self.torch_weight_decay or None
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TorchLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling for float16 (the same variables, schedule and checkpoint
+    format) without its host synchronisations: the gradients are unscaled and checked for
+    infinities on the device, the inner optimizer's fused update skips a non-finite step on the
+    device, and the scale is updated there (torch's GradScaler kernels). Keras's own decides
+    with `ops.cond`, which reads the verdict back to the host every step."""
+
+    def apply(self, grads, trainable_variables=None):
+        if not isinstance(self.inner_optimizer, _TorchOptimUpdate):
+            return super().apply(grads, trainable_variables)
+        if not self.built:
+            with keras.name_scope(self.name):
+                self.build(trainable_variables)
+            self.built = True
+        present = [grad for grad in grads if grad is not None]
+        found_inf = torch.zeros((), device=present[0].device)
+        inverse_scale = self.dynamic_scale.value.double().reciprocal().float()
+        torch._amp_foreach_non_finite_check_and_unscale_(present, found_inf, inverse_scale)
+        self.inner_optimizer.apply(grads, trainable_variables, found_inf=found_inf)
+        torch._amp_update_scale_(self.dynamic_scale.value, self.step_counter.value, found_inf, 2.0, 0.5,
+                                 self.dynamic_growth_steps)
 
 
 def build_optimizer(config, steps_per_epoch):
+    optimizer = _build_optimizer(config, steps_per_epoch)
+    if config.mixed_precision == "fp16":  # what Keras's compile would wrap it in, without host syncs
+        return TorchLossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _build_optimizer(config, steps_per_epoch):
     lr = learning_rate(config, steps_per_epoch)
     decay = config.weight_decay or None
     if config.optimizer == "adam":
         return TorchAdam(learning_rate=lr, weight_decay=decay)
     if config.optimizer == "adamw":
         return TorchAdamW(learning_rate=lr, weight_decay=config.weight_decay)
-    return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov,
-                                weight_decay=decay)
+    return TorchSGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SparseCrossentropy(keras.losses.Loss):
-    """Cross-entropy of logits against integer labels, with PyTorch's label
-    smoothing: `(1 - s) * nll(label) + s * mean over classes of nll(class)`."""
+    """Cross-entropy of logits against integer labels, with PyTorch's label smoothing
+    (`(1 - s) * nll(label) + s * mean over classes of nll(class)`), computed in float32 by
+    torch's own kernel."""
 
     def __init__(self, label_smoothing=0.0, name="sparse_crossentropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        labels = ops.expand_dims(ops.cast(ops.reshape(y_true, (-1,)), "int32"), -1)
-        nll = -ops.squeeze(ops.take_along_axis(log_probs, labels, axis=-1), -1)
-        if not self.label_smoothing:
-            return nll
-        return (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(log_probs, axis=-1)
+        return torch.nn.functional.cross_entropy(y_pred.float(), y_true.reshape(-1).long(), reduction="none",
+                                                 label_smoothing=self.label_smoothing)
 
     def get_config(self):
         config = super().get_config()

@@ -12,7 +12,7 @@ from keras_cifar.errors import CheckpointError, ConfigError, KerasCifarError, Tr
 from keras_cifar.models import create_model
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
-                                         OriginalTags)
+                                         OriginalTags, RunCallbacks)
 from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
 from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
                                       to_dict, write_config)
@@ -183,7 +183,8 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 validation_data=eval_loader.as_keras_input(),
                 epochs=config.epochs,
                 initial_epoch=initial_epoch,
-                callbacks=callbacks,
+                callbacks=RunCallbacks(callbacks, model=model, epochs=config.epochs, steps=len(train_loader),
+                                       verbose=verbose),
                 verbose=verbose,
                 shuffle=False,  # the loader shuffles
             )

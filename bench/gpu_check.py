@@ -1,0 +1,302 @@
+"""The GPU check: is every path of keras-cifar correct and fast on this CUDA GPU?
+
+    python -m bench.gpu_check                 # all checks, about 5 minutes on one GPU
+    python -m bench.gpu_check --models cnn    # fewer rows
+    python -m bench.gpu_check --device cpu --steps 8 --resize-to 32  # a smoke run without a GPU
+
+It needs only torch, torchvision, keras and pyyaml (synthetic data: no TensorFlow, no downloads;
+resnet18 starts from random weights), and prints one table: for each model and precision,
+training images/s and peak GPU memory of `fit`'s step, the same step in plain PyTorch beside it
+(channels_last, fused Adam or SGD, torch.autocast and GradScaler where the product uses mixed
+precision), and four checks:
+
+- host syncs/step: synchronisations in 20 steady-state steps of `fit` with the run's callbacks,
+  counted by `torch.cuda.set_sync_debug_mode` in the driver and by `bench.host_syncs` in Python;
+  must be 0;
+- capture vs eager: over 20 training steps, the largest difference between a step with the
+  captured forward and the same step in eager Keras from the same weights, optimizer state, batch
+  and dropout seed, relative to the largest weight (cuDNN deterministic, TF32 off for this
+  comparison); must stay within rounding (1e-5 in float32, 1e-2 in mixed precision);
+- GPU -> CPU checkpoint: a `.keras` file saved on the GPU, reloaded on the CPU, gives the same
+  logits (relative 1e-3 in float32, 3e-2 in mixed precision);
+- the row runs without error (out of memory included).
+
+It exits with status 1 when any check fails. bf16 rows are skipped on GPUs without bf16.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import click
+import numpy as np
+import torch
+
+import keras_cifar  # noqa: F401  (selects Keras's torch backend first)
+import keras  # noqa: E402
+
+from bench import reference  # noqa: E402
+from bench.host_syncs import HostSyncCounter  # noqa: E402
+from keras_cifar.data.dataset import Split  # noqa: E402
+from keras_cifar.data.loader import TensorLoader  # noqa: E402
+from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks  # noqa: E402
+from keras_cifar.train.config import resolve_config  # noqa: E402
+from keras_cifar.train.device import set_precision  # noqa: E402
+from keras_cifar.train.trainer import build_model, compile_model  # noqa: E402
+
+PRECISIONS = ("none", "bf16", "fp16")
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+TOLERANCE = {"capture": {"none": 1e-5, "bf16": 1e-2, "fp16": 1e-2}, "reload": {"none": 1e-3, "bf16": 3e-2, "fp16": 3e-2}}
+ORIGINAL = {"cnn": ("adam", 1e-3), "inception_lite": ("adam", 1e-3), "resnet_lite": ("adam", 1e-3),
+            "googlenet": ("adam", 1e-4), "resnet18": ("sgd", 1e-3)}
+
+
+def synthetic(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count))
+
+
+def product_config(model, precision, device, batch_size, resize_to=None):
+    overrides = dict(model=model, mixed_precision=precision, device=device, batch_size=batch_size)
+    if model == "resnet18":
+        overrides["weights"] = "none"  # no download here
+    if resize_to and model in ("googlenet", "resnet18"):
+        overrides["resize_to"] = resize_to
+    return resolve_config(None, overrides)
+
+
+def synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Window(keras.callbacks.Callback):
+    """Counts host synchronisations from the start of step `first` to the start of step `last`."""
+
+    def __init__(self, device, first, last):
+        super().__init__()
+        self.device, self.first, self.last = device, first, last
+        self.python = HostSyncCounter()
+        self.driver = 0
+        self._stack = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.first:
+            self._stack = contextlib.ExitStack()
+            self._stack.enter_context(self.python)
+            if self.device.startswith("cuda"):
+                self._caught = self._stack.enter_context(warnings.catch_warnings(record=True))
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode(1)  # warn on every synchronising CUDA call
+        elif batch == self.last and self._stack is not None:
+            if self.device.startswith("cuda"):
+                torch.cuda.set_sync_debug_mode(0)
+                self.driver = sum("synchroniz" in str(w.message) for w in self._caught)
+            self._stack.close()
+            self._stack = None
+
+
+def fit_steps(model, loader, steps, callbacks=()):
+    """Runs `fit` for one epoch of `steps` steps with the run's step callbacks."""
+    base = [EpochSeeder(0, loader), EpochStats(), NaNGuard(check_seconds=float("inf")), *callbacks]
+    model.fit(loader.as_keras_input(), epochs=1, verbose=0, shuffle=False,
+              callbacks=RunCallbacks(base, model=model, epochs=1, steps=len(loader), verbose=0))
+
+
+def product_row(model_name, precision, device, batch_size, steps, resize_to):
+    row = {}
+    config = product_config(model_name, precision, device, batch_size, resize_to)
+    set_precision(config.mixed_precision, device)
+    with keras.device(device):
+        model = build_model(config, 10)
+        loader = TensorLoader(synthetic(batch_size * steps), batch_size, shuffle=True, seed=0, device=device)
+        compile_model(model, config, len(loader))
+        model.set_graph_capture(True)
+        window = Window(device, first=3, last=min(23, steps - 1))
+        fit_steps(model, loader, steps, [window])  # warm-up: capture, autotuning; and the sync count
+        row["syncs"] = (window.driver + window.python.total) / (window.last - window.first)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        synchronize(device)
+        start = time.perf_counter()
+        fit_steps(model, loader, steps)
+        synchronize(device)
+        row["images_per_s"] = steps * batch_size / (time.perf_counter() - start)
+        row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
+        row["reload"] = checkpoint_roundtrip(model, device)
+    row["capture"] = capture_vs_eager(config, device, batch_size)
+    return row
+
+
+def checkpoint_roundtrip(model, device):
+    images = torch.as_tensor(synthetic(16, seed=3).images)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        here = keras.ops.convert_to_numpy(model(images.to(device), training=False)).astype("float64")
+        with keras.device("cpu"):
+            there = keras.saving.load_model(path)
+            there_logits = keras.ops.convert_to_numpy(there(images, training=False)).astype("float64")
+    return float(np.abs(here - there_logits).max() / max(np.abs(here).max(), 1e-12))
+
+
+@contextlib.contextmanager
+def deterministic(device):
+    if not device.startswith("cuda"):
+        yield
+        return
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved
+
+
+def capture_vs_eager(config, device, batch_size, steps=20):
+    """The largest difference between a captured and an eager training step taken from the same
+    weights, optimizer state and dropout seed, over `steps` steps (relative to the largest
+    weight). Each step starts both models from the captured model's state, so the rounding of one
+    step is measured, not how far the chaos of training carries two runs apart."""
+    data = synthetic(batch_size * steps, seed=1)
+    images = torch.as_tensor(data.images).to(device)
+    labels = torch.as_tensor(data.labels).to(device)
+    worst = 0.0
+    with deterministic(device), keras.device(device):
+        models = []
+        for captured in (True, False):
+            model = build_model(config, 10)
+            compile_model(model, config, steps)
+            model.set_graph_capture(captured)
+            models.append(model)
+        captured_model, eager_model = models
+        eager_model.set_weights(captured_model.get_weights())
+        for step in range(steps):
+            batch = slice(step * batch_size, (step + 1) * batch_size)
+            if step:
+                eager_model.set_weights(captured_model.get_weights())
+                for mine, theirs in zip(eager_model.optimizer.variables, captured_model.optimizer.variables):
+                    mine.assign(theirs)
+            for model in (captured_model, eager_model):
+                torch.manual_seed(step)  # the same dropout masks
+                model.train_on_batch(images[batch], labels[batch])
+            after = [captured_model.get_weights(), eager_model.get_weights()]
+            largest = max(float(np.abs(w).max()) for w in after[1])
+            worst = max(worst, max(float(np.abs(a - b).max()) for a, b in zip(*after)) / largest)
+    return worst
+
+
+def torch_row(model_name, precision, device, batch_size, steps, resize_to):
+    """The same training step in plain PyTorch, as a careful user would write it on this device."""
+    optimizer_name, lr = ORIGINAL[model_name]
+    module = reference.create_reference(model_name).to(device, memory_format=torch.channels_last)
+    fused = {"fused": True} if device.startswith("cuda") else {}
+    optimizer = (torch.optim.Adam(module.parameters(), lr=lr, **fused) if optimizer_name == "adam"
+                 else torch.optim.SGD(module.parameters(), lr=lr, **fused))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    try:
+        scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")
+    except (AttributeError, TypeError):  # torch before 2.3
+        scaler = torch.cuda.amp.GradScaler(enabled=precision == "fp16")
+    data = synthetic(batch_size * steps, seed=2)
+    images = torch.as_tensor(data.images).to(device)
+    labels = torch.as_tensor(data.labels).to(device)
+
+    def step(index):
+        batch = images[index * batch_size:(index + 1) * batch_size]
+        size = resize_to if resize_to and model_name in ("googlenet", "resnet18") else "default"
+        x = reference.preprocess_nchw(batch, model_name, size).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(module(x), labels[index * batch_size:(index + 1) * batch_size])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for index in range(min(5, steps)):
+        step(index)
+    synchronize(device)
+    start = time.perf_counter()
+    for index in range(steps):
+        step(index)
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def check_row(model_name, precision, device, batch_size, steps, resize_to=None):
+    row = {"model": model_name, "precision": precision}
+    if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        return dict(row, skipped="this GPU has no bf16")
+    if precision == "fp16" and not device.startswith("cuda"):
+        return dict(row, skipped="fp16 needs a GPU")
+    try:
+        row.update(product_row(model_name, precision, device, batch_size, steps, resize_to))
+        row["torch_images_per_s"] = torch_row(model_name, precision, device, batch_size, steps, resize_to)
+    except OUT_OF_MEMORY:
+        return dict(row, error="out of GPU memory", failed=["memory"])
+    except Exception as error:  # a broken path is a failed check, reported in the table
+        return dict(row, error=f"{type(error).__name__}: {error}"[:200], failed=["error"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    failed = []
+    if row["syncs"] != 0:
+        failed.append("syncs")
+    if not row["capture"] <= TOLERANCE["capture"][precision]:
+        failed.append("capture")
+    if not row["reload"] <= TOLERANCE["reload"][precision]:
+        failed.append("reload")
+    return dict(row, failed=failed)
+
+
+def print_table(rows, device_name):
+    print(f"\nGPU check on {device_name}; torch {torch.__version__}, keras {keras.__version__}")
+    print("| model | precision | keras-cifar img/s | plain PyTorch img/s | ratio | peak GPU MiB | host syncs/step "
+          "| capture vs eager | GPU->CPU reload | result |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['model']} | {r['precision']} | - | - | - | - | - | - | - | skipped: {r['skipped']} |")
+        elif "error" in r:
+            print(f"| {r['model']} | {r['precision']} | - | - | - | - | - | - | - | FAILED: {r['error']} |")
+        else:
+            verdict = "ok" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
+            print(f"| {r['model']} | {r['precision']} | {r['images_per_s']:.0f} | {r['torch_images_per_s']:.0f} | "
+                  f"{r['images_per_s'] / r['torch_images_per_s']:.2f} | {r['peak_mib']:.0f} | {r['syncs']:g} | "
+                  f"{r['capture']:.1e} | {r['reload']:.1e} | {verdict} |", flush=True)
+
+
+@click.command()
+@click.option("--models", default="cnn,googlenet,resnet18", show_default=True)
+@click.option("--precisions", default=",".join(PRECISIONS), show_default=True)
+@click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N, or cpu for a smoke run.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="The originals' batch size.")
+@click.option("--steps", type=int, default=60, show_default=True, help="Training steps per measurement.")
+@click.option("--resize-to", type=int, default=None,
+              help="googlenet/resnet18 input size (default: their 224; a CPU smoke run takes 32).")
+def main(models, precisions, device, batch_size, steps, resize_to):
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"No CUDA GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}).")
+    if steps < 5:
+        raise SystemExit(f"--steps must be at least 5. Received: --steps {steps}")
+    device_name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
+    rows = []
+    for model_name in models.split(","):
+        for precision in precisions.split(","):
+            print(f"{model_name} {precision} ...", file=sys.stderr, flush=True)
+            rows.append(check_row(model_name, precision, device, batch_size, steps, resize_to))
+    print_table(rows, device_name)
+    failed = [r for r in rows if r.get("failed")]
+    if failed:
+        print(f"\n{len(failed)} of {len(rows)} rows failed a check.")
+        sys.exit(1)
+    print(f"\nAll {len(rows)} rows passed.")
+
+
+if __name__ == "__main__":
+    main()

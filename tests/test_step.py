@@ -1,0 +1,178 @@
+"""The training step: no host synchronisation in steady state, the lean step equal to Keras's
+generic one, and the run's callback list that hands batch hooks device tensors."""
+
+import contextlib
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from bench.host_syncs import HostSyncCounter
+from keras_cifar.data import Split, TensorLoader
+from keras_cifar.train.callbacks import EpochTensorBoard, NaNGuard, RunCallbacks
+from keras_cifar.train.config import resolve_config
+from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
+
+
+def random_split(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count))
+
+
+class CountSteps(keras.callbacks.Callback):
+    """Counts host synchronisations from the start of training step `first` to the start of
+    step `first + steps` (data loading, the step and every batch hook in between)."""
+
+    def __init__(self, first, steps):
+        super().__init__()
+        self.first, self.last = first, first + steps
+        self.counter = HostSyncCounter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.first:
+            self.counter.__enter__()
+        elif batch == self.last:
+            self.counter.__exit__(None, None, None)
+
+
+STEP_CASES = [
+    ("cnn", {}),
+    ("resnet_lite", {"optimizer": "adamw", "weight_decay": 0.05, "schedule": "one-cycle", "augment": True,
+                     "label_smoothing": 0.1, "normalize": True}),
+    ("googlenet", {"resize_to": 32, "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
+                   "schedule": "cosine", "warmup_epochs": 1}),
+]
+
+
+@pytest.mark.parametrize("model_name,overrides", STEP_CASES, ids=[case[0] for case in STEP_CASES])
+def test_steady_state_training_step_makes_no_host_sync(model_name, overrides, tmp_path):
+    """20 steps of `fit` with the run's callbacks (progress written per epoch, as in a log file):
+    no value read back to the host and no tensor made from Python numbers. On a GPU each would
+    stall the step until the device caught up."""
+    config = resolve_config(None, {"model": model_name, "batch_size": 8, "epochs": 1, **overrides})
+    loader = TensorLoader(random_split(8 * 26), config.batch_size, shuffle=True, augment=config.augment, seed=0)
+    model = build_model(config, 10)
+    compile_model(model, config, len(loader))
+    model.set_graph_capture(True)
+    callbacks, nan_guard = make_callbacks(config, str(tmp_path), new_run_state(), loader, eval_is_test=True)
+    nan_guard.check_seconds = float("inf")  # its periodic read (every 5 s) is not a per-step one
+    window = CountSteps(first=3, steps=20)
+    model.fit(loader.as_keras_input(), epochs=1, verbose=0, shuffle=False,
+              callbacks=RunCallbacks(callbacks + [window], model=model, epochs=1, steps=len(loader), verbose=2))
+    assert window.counter.total == 0, dict(window.counter.calls)
+
+
+def test_host_sync_counter_sees_what_keras_generic_step_does(tmp_path):
+    """The counter is not blind: Keras's stock step with a Keras SGD reads the learning rate back."""
+    config = resolve_config(None, {"model": "cnn", "batch_size": 8, "epochs": 1})
+    loader = TensorLoader(random_split(8 * 26), config.batch_size)
+    model = build_model(config, 10)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    window = CountSteps(first=3, steps=20)
+    model.fit(loader.as_keras_input(), epochs=1, verbose=0, callbacks=[window])
+    assert window.counter.total >= 20, dict(window.counter.calls)
+
+
+def _twins(config):
+    first = build_model(config, 10)
+    second = build_model(config, 10)
+    second.set_weights(first.get_weights())
+    for model in (first, second):
+        compile_model(model, config, steps_per_epoch=10)
+        model.set_graph_capture(True)
+    return first, second
+
+
+@pytest.mark.parametrize("overrides", [{}, {"label_smoothing": 0.1, "optimizer": "sgd", "momentum": 0.9}])
+def test_lean_step_equals_keras_generic_step(overrides, monkeypatch):
+    """The lean step (loss `call` averaged in torch, metrics accumulated in place) takes the same
+    steps and reports the same loss and accuracy as Keras's generic loss and metric path."""
+    config = resolve_config(None, {"model": "resnet_lite", **overrides})
+    lean, generic = _twins(config)
+    monkeypatch.setattr(type(generic), "lean_step_applies",
+                        lambda self: False if self is generic else True)
+    split = random_split(96, seed=1)
+    for step in range(3):
+        batch = slice(32 * step, 32 * (step + 1))
+        lean_logs = lean.train_on_batch(split.images[batch], split.labels[batch], return_dict=True)
+        generic_logs = generic.train_on_batch(split.images[batch], split.labels[batch], return_dict=True)
+        assert lean_logs["loss"] == pytest.approx(generic_logs["loss"], rel=1e-6)
+        assert lean_logs["accuracy"] == pytest.approx(generic_logs["accuracy"], abs=1e-7)
+    assert lean._step_plan().lean and not generic._step_plan().lean
+    for a, b in zip(lean.get_weights(), generic.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    lean_eval = lean.evaluate(split.images, split.labels, batch_size=50, return_dict=True, verbose=0)
+    generic_eval = generic.evaluate(split.images, split.labels, batch_size=50, return_dict=True, verbose=0)
+    assert lean_eval["loss"] == pytest.approx(generic_eval["loss"], rel=1e-6)
+    assert lean_eval["accuracy"] == generic_eval["accuracy"]
+
+
+def test_sample_weights_take_the_generic_step():
+    config = resolve_config(None, {"model": "cnn"})
+    model, twin = _twins(config)
+    split = random_split(32, seed=2)
+    weights = np.zeros(32, "float32")
+    weights[:8] = 1.0
+    logs = model.train_on_batch(split.images, split.labels, sample_weight=weights, return_dict=True)
+    twin_logs = twin.train_on_batch(split.images[:8], split.labels[:8], return_dict=True)
+    # Keras's sum_over_batch_size: the weighted sum over all 32 images, divided by 32
+    assert logs["loss"] == pytest.approx(twin_logs["loss"] * 8 / 32, rel=1e-5)
+
+
+def test_run_callbacks_hand_batch_hooks_device_tensors_in_the_training_thread(tmp_path):
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(type(logs["loss"]))
+
+    config = resolve_config(None, {"model": "cnn", "batch_size": 8})
+    loader = TensorLoader(random_split(32), 8)
+    model = build_model(config, 10)
+    compile_model(model, config, len(loader))
+    board = EpochTensorBoard(str(tmp_path))
+    callbacks = RunCallbacks([NaNGuard(), board, Probe()], model=model, epochs=1, steps=len(loader), verbose=2)
+    assert [hook.__self__ for hook in callbacks._hooks["on_train_batch_end"]][:3] == callbacks.callbacks[:3]
+    model.fit(loader.as_keras_input(), epochs=1, verbose=2, callbacks=callbacks)
+    assert seen == [torch.Tensor] * 4
+    assert callbacks._executor is None  # no thread pool was started
+
+
+def test_nan_guard_finds_the_first_bad_step_on_the_device():
+    guard = NaNGuard(check_seconds=float("inf"))
+    guard.set_model(type("M", (), {"stop_training": False})())
+    guard.on_epoch_begin(2)
+    for batch, loss in enumerate([1.0, 2.0, float("nan"), 3.0, float("inf")]):
+        guard.on_train_batch_end(batch, {"loss": torch.tensor(loss)})
+    assert guard.bad_step is None  # not read yet: no synchronisation until a check
+    guard.on_epoch_end(2, {"loss": float("nan")})
+    assert guard.bad_step == (3, 3) and guard.model.stop_training
+
+
+def test_loss_scaling_without_host_syncs_equals_keras_loss_scaling():
+    """fp16's dynamic loss scaling, done on the device, follows Keras's LossScaleOptimizer step for
+    step: unscaled updates, a skipped update and a halved scale on an infinite gradient, a
+    doubled scale after `dynamic_growth_steps` finite ones."""
+    from keras_cifar.train.optim import TorchAdam, TorchLossScaleOptimizer
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, 5)).astype("float32")
+    ours_var, keras_var = keras.Variable(start.copy()), keras.Variable(start.copy())
+    ours = TorchLossScaleOptimizer(TorchAdam(1e-2), initial_scale=64.0, dynamic_growth_steps=3)
+    reference = keras.optimizers.LossScaleOptimizer(TorchAdam(1e-2), initial_scale=64.0, dynamic_growth_steps=3)
+    scales, counter = [], HostSyncCounter()
+    for step in range(8):
+        gradient = torch.tensor(rng.normal(size=(3, 5)).astype("float32") * 64.0 * 2.0 ** (step // 3))
+        if step == 4:
+            gradient[1, 2] = np.inf
+        with counter if step else contextlib.nullcontext():  # the first call builds the optimizer
+            ours.apply([gradient.clone()], [ours_var])
+        reference.apply([gradient.clone()], [keras_var])
+        scales.append((float(ours.dynamic_scale.numpy()), float(reference.dynamic_scale.numpy())))
+        np.testing.assert_allclose(ours_var.numpy(), keras_var.numpy(), rtol=1e-6, atol=1e-7)
+    assert [a for a, _ in scales] == [b for _, b in scales]
+    assert scales[2][0] == 128.0 and scales[4][0] == 64.0  # grew after 3 finite steps, halved on inf
+    assert int(ours.iterations.numpy()) == int(reference.iterations.numpy()) == 7  # the inf step was skipped
+    assert counter.total == 0, dict(counter.calls)
