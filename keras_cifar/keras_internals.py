@@ -11,7 +11,8 @@ results of the code that uses these internals with PyTorch's.
 
 Where a public API does the same job, the code uses it and the entry says which; the wrappers
 below (`all_layers`, `has_fixed_seed`, `compute_loss`, `loss_tracker`, `slot_variables`,
-`optimizer_variables`, `optimizer_learning_rate`, `callbacks_run_async`, `current_device`) are what
+`optimizer_variables`, `optimizer_learning_rate`, `callbacks_run_async`, `current_device`,
+`set_batch_norm_moments`, `batch_norm_reduction_axes`) are what
 modules should call instead of reaching into Keras themselves.
 """
 
@@ -140,6 +141,22 @@ INTERNALS = (
         "Mean.update_state: public, but converts and reduces through Keras ops (Python per step).",
     ),
     Internal(
+        "keras.layers.BatchNormalization._moments",
+        ("keras_cifar/train/distributed.py",),
+        "The batch moments of a training step. `--sync-bn` replaces it on each BatchNormalization layer of "
+        "the model being trained (an instance attribute, through `set_batch_norm_moments`) with moments over "
+        "the global batch, summed across ranks by an autograd-aware all-reduce.",
+        "none on torch: `BatchNormalization(synchronized=True)` raises NotImplementedError on the torch "
+        "backend in 3.15, and keras.distribution is unavailable there.",
+    ),
+    Internal(
+        "keras.layers.BatchNormalization._reduction_axes",
+        ("keras_cifar/train/distributed.py",),
+        "The axes a BatchNormalization layer reduces over (all but its `axis`), set in `build`; read by the "
+        "synchronized moments (through `batch_norm_reduction_axes`).",
+        "layer.axis (public): the complement over the input rank gives the same axes.",
+    ),
+    Internal(
         "keras.metrics.Mean.count",
         ("keras_cifar/models/classifier.py",),
         "The running count of a Mean metric, likewise.",
@@ -252,3 +269,19 @@ def disable_async_dispatch(callback_list):
     otherwise start a thread pool and hand it every step's batch hooks, which on a 2-core CPU
     costs more than a small model's step (measured in docs/PERFORMANCE.md)."""
     callback_list._async_train = callback_list._async_test = callback_list._async_predict = False
+
+
+def is_batch_norm(layer):
+    """True for Keras's BatchNormalization layers (public API)."""
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def set_batch_norm_moments(layer, moments):
+    """Makes the BatchNormalization `layer` compute its training moments with `moments(inputs, mask)`
+    -> (mean, variance), instead of its own `_moments` (this layer only, for this process)."""
+    object.__setattr__(layer, "_moments", moments)
+
+
+def batch_norm_reduction_axes(layer):
+    """The axes the built BatchNormalization `layer` reduces over."""
+    return list(layer._reduction_axes)

@@ -30,7 +30,13 @@ def sample_objects():
         "keras.Layer": model,
         "keras.optimizers.SGD": _built(keras.optimizers.SGD(momentum=0.9), model),
         "keras.metrics.Mean": keras.metrics.Mean(),
+        "keras.layers.BatchNormalization": _built_layer(keras.layers.BatchNormalization(), (None, 4)),
     }
+
+
+def _built_layer(layer, shape):
+    layer.build(shape)
+    return layer
 
 
 def _built(optimizer, model):
@@ -175,6 +181,11 @@ def test_wrappers_do_what_they_say():
     assert float(keras.ops.convert_to_numpy(constant.value)) == 0.25
 
     assert ki.unpack_x_y_sample_weight((1, 2)) == (1, 2, None)
+    norm = _built_layer(keras.layers.BatchNormalization(axis=1), (None, 3, 5, 5))
+    assert ki.is_batch_norm(norm) and ki.batch_norm_reduction_axes(norm) == [0, 2, 3]
+    ki.set_batch_norm_moments(norm, lambda inputs, mask: (keras.ops.zeros((3,)), keras.ops.ones((3,))))
+    out = norm(np.full((2, 3, 5, 5), 7.0, "float32"), training=True)  # normalised with mean 0, variance 1
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), 7.0 / np.sqrt(1 + norm.epsilon), rtol=1e-6)
     with keras.device("cpu"):
         assert ki.current_device().type == "cpu"
 

@@ -8,7 +8,9 @@ pipeline costs one gather per batch and never leaves the device.
 Randomness depends only on `(seed, epoch)`: `set_epoch` (called by
 `EpochSeeder` at the start of every epoch) makes the order and augmentation
 of epoch k the same whether or not the run was resumed. `rank` and
-`world_size` give each data-parallel process its own shard of every epoch.
+`world_size` give each data-parallel process its own shard of every epoch: equal shards for
+training (every rank takes the same number of steps; the last examples wrap around), or, with
+`even_shards=False` (evaluation), disjoint shards that together hold every example exactly once.
 """
 
 import hashlib
@@ -21,7 +23,7 @@ from keras_cifar.keras_internals import current_device
 
 class TensorLoader(torch.utils.data.IterableDataset):
     def __init__(self, split, batch_size, *, shuffle=False, augment=False, seed=0, drop_remainder=False,
-                 device=None, rank=0, world_size=1):
+                 device=None, rank=0, world_size=1, even_shards=True):
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
@@ -37,12 +39,16 @@ class TensorLoader(torch.utils.data.IterableDataset):
         self.drop_remainder = drop_remainder
         self.rank = rank
         self.world_size = world_size
+        self.even_shards = even_shards
         self.epoch = 0
 
     @property
     def num_examples(self):
-        """Examples this rank sees per epoch (shards are equal: the last examples wrap around)."""
-        return math.ceil(len(self.labels) / self.world_size)
+        """Examples this rank sees per epoch: with `even_shards`, the same on every rank (the last
+        examples wrap around); without, its share of the examples, each counted once."""
+        if self.even_shards:
+            return math.ceil(len(self.labels) / self.world_size)
+        return len(range(self.rank, len(self.labels), self.world_size))
 
     def __len__(self):
         if self.drop_remainder:
@@ -64,7 +70,9 @@ class TensorLoader(torch.utils.data.IterableDataset):
             order = torch.randperm(count, generator=self._generator("cpu", "shuffle"))
         else:
             order = torch.arange(count)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.even_shards:
+            order = order[self.rank::self.world_size]
+        elif self.world_size > 1:
             total = self.num_examples * self.world_size  # equal shards: wrap around to fill the last ones
             order = order.repeat(math.ceil(total / count))[:total][self.rank::self.world_size]
         return order.to(self.device)

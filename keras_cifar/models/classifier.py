@@ -17,6 +17,12 @@ makes each step cost what a plain PyTorch loop costs:
 
 Anything outside that plan (sample weights, other compiled metrics or losses, regularisers)
 takes Keras's generic path, which computes the same numbers more slowly.
+
+Data-parallel training (`keras_cifar.train.distributed`, under torchrun) hooks in at three
+points, all explicit here and absent in a single process: around `backward()` (the gradients
+are averaged across ranks while the backward pass runs), and in `get_metrics_result` at the end
+of a training epoch or an evaluation (metric totals summed over the ranks, batch-norm moving
+statistics averaged) before any callback reads the logs.
 """
 
 import warnings
@@ -112,6 +118,29 @@ class ImageClassifier(keras.Model):
             return self(x, training=training)
         return graphs(x, training)
 
+    # --- data parallelism
+
+    def set_data_parallel(self, parallel):
+        """`parallel`: a `distributed.DataParallel` (or None: a single process). A runtime setting."""
+        object.__setattr__(self, "_parallel", parallel)
+
+    @property
+    def data_parallel(self):
+        return self.__dict__.get("_parallel")
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        object.__setattr__(self, "_metrics_reduced", False)
+
+    def get_metrics_result(self):
+        """The metrics; in a data-parallel run reduced over the ranks first, once per epoch or
+        evaluation (every rank calls this at the same points, so the collective matches)."""
+        parallel = self.__dict__.get("_parallel")
+        if parallel is not None and not self.__dict__.get("_metrics_reduced", False):
+            object.__setattr__(self, "_metrics_reduced", True)
+            parallel.reduce_metrics(self.metrics)
+        return super().get_metrics_result()
+
     # --- steps
 
     def make_train_function(self, force=False):
@@ -139,7 +168,12 @@ class ImageClassifier(keras.Model):
         loss = self.loss.call(y, y_pred).mean()
         for parameter in plan.parameters:
             parameter.grad = None
+        parallel = self.__dict__.get("_parallel")
+        if parallel is not None:
+            parallel.before_backward()
         self.optimizer.scale_loss(loss).backward()
+        if parallel is not None:
+            parallel.after_backward()
         self.optimizer.apply([parameter.grad for parameter in plan.parameters], plan.trainable_weights)
         return self._track(plan, loss, y, y_pred)
 
@@ -181,7 +215,12 @@ class ImageClassifier(keras.Model):
         self.zero_grad()
         loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight, training=True)
         keras_internals.loss_tracker(self).update_state(loss, sample_weight=x.shape[0])
+        parallel = self.__dict__.get("_parallel")
+        if parallel is not None:
+            parallel.before_backward()
         self.optimizer.scale_loss(loss).backward()
+        if parallel is not None:
+            parallel.after_backward()
         trainable_weights = self.trainable_weights[:]
         with torch.no_grad():
             self.optimizer.apply([v.value.grad for v in trainable_weights], trainable_weights)

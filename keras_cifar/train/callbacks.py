@@ -51,11 +51,18 @@ class NaNGuard(keras.callbacks.Callback):
     The loss never leaves the device for this: each step records there the first step whose
     running loss is not finite (the running mean is finite until a step's loss is not), and the
     host reads that record at most every `check_seconds` and at the end of each epoch. A
-    diverging run stops within seconds, and no step waits for the device."""
+    diverging run stops within seconds, and no step waits for the device.
 
-    def __init__(self, check_seconds=5.0):
+    In a data-parallel run (`all_ranks`: a function giving the earliest bad step over the ranks,
+    a collective) the record is read every `check_steps` steps instead, the same steps on every
+    rank, and reduced over the ranks: every rank stops at the same step, none is left waiting in
+    a collective that the others skipped."""
+
+    def __init__(self, check_seconds=5.0, check_steps=None, all_ranks=None):
         super().__init__()
         self.check_seconds = check_seconds
+        self.check_steps = check_steps
+        self.all_ranks = all_ranks
         self.epoch = 0
         self.bad_step = None  # (epoch, step), 1-based, of the first non-finite loss
         self._first_bad = None
@@ -75,13 +82,17 @@ class NaNGuard(keras.callbacks.Callback):
         if self._first_bad is None:
             self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
         self._first_bad = torch.where((self._first_bad < 0) & ~torch.isfinite(loss), batch, self._first_bad)
-        if time.monotonic() - self._last_check >= self.check_seconds:
+        if self.check_steps:
+            if (batch + 1) % self.check_steps == 0:
+                self._check()
+        elif time.monotonic() - self._last_check >= self.check_seconds:
             self._check()
 
     def _check(self):
         self._last_check = time.monotonic()
         if self._first_bad is not None and self.bad_step is None:
-            step = int(self._first_bad)  # the one host synchronisation, every check_seconds
+            first_bad = self._first_bad if self.all_ranks is None else self.all_ranks(self._first_bad)
+            step = int(first_bad)  # the one host synchronisation, every check_seconds (or check_steps)
             if step >= 0:
                 self.bad_step = (self.epoch + 1, step + 1)
                 self.model.stop_training = True

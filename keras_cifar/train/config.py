@@ -75,7 +75,8 @@ class RunConfig:
                                                "(quick runs).", min=1)
     # --- optimisation
     epochs: int = setting(20, "Number of epochs.", min=1, resumable=True)
-    batch_size: int = setting(32, "Images per training step.", min=1)
+    batch_size: int = setting(32, "Images per training step on each process: under torchrun with N processes "
+                                  "the global batch is N x batch_size (the learning rate is not rescaled).", min=1)
     eval_batch_size: int = setting(500, "Images per evaluation step (no effect on results).", min=1,
                                    resumable=True)
     optimizer: str = setting("adam", "Optimizer (adam and adamw step as torch.optim's).",
@@ -97,6 +98,10 @@ class RunConfig:
                                    choices=("none", "bf16", "fp16"))
     jit: str = setting("trace", "trace: replay a captured forward graph; compile: torch.compile; off: eager.",
                        choices=("trace", "compile", "off"), resumable=True)
+    sync_bn: bool = setting(False, "Under torchrun: batch-norm statistics over the global batch of all processes "
+                                   "(turns graph capture off). No effect in a single process.")
+    dist_timeout: float = setting(300.0, "Under torchrun: seconds after which a stopped or hung process ends the "
+                                         "job, naming its rank.", min=0, min_open=True, resumable=True)
     log_dir: str = setting("logs", "Where run folders go (default logs/, in the working folder).", path="dir")
 
 
@@ -338,7 +343,9 @@ def to_dict(config):
 def write_config(config, path):
     from keras_cifar.train.run_dir import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    atomic_write_text(path, "# batch_size: images per step on each process (global batch under torchrun: "
+                            "batch_size x processes; see summary.json)\n"
+                            + yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 # --- the settings table of docs/SETTINGS.md --------------------------------------------------------

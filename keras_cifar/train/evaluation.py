@@ -4,10 +4,25 @@ import numpy as np
 
 
 def predict_logits(model, split, batch_size):
+    """The logits of every image of `split`, in order. In a data-parallel `fit` each rank predicts
+    its own disjoint shard (images rank, rank + world_size, ...) and every rank receives all of
+    them: each image is predicted once, as in a single process."""
     from keras_cifar.data.loader import TensorLoader
+    from keras_cifar.train import distributed
 
-    loader = TensorLoader(split, batch_size)
-    return np.asarray(model.predict(loader.as_keras_input(), verbose=0))
+    group = distributed.current()
+    loader = TensorLoader(split, batch_size, rank=group.rank, world_size=group.world_size, even_shards=False)
+    if len(loader):
+        logits = np.asarray(model.predict(loader.as_keras_input(), verbose=0))
+    else:  # fewer images than ranks
+        logits = np.zeros((0, model.output_shape[-1]), "float32")
+    if not group.distributed:
+        return logits
+    shards = group.all_gather(logits)
+    merged = np.empty((len(split.labels), logits.shape[-1]), logits.dtype)
+    for rank, shard in enumerate(shards):
+        merged[rank::group.world_size] = shard
+    return merged
 
 
 def confusion_matrix(labels, predictions, num_classes):

@@ -1,4 +1,5 @@
-"""`fit`: trains a model with Keras `fit` into a run folder, resumable."""
+"""`fit`: trains a model with Keras `fit` into a run folder, resumable; data-parallel under torchrun
+(`keras_cifar.train.distributed`: rank 0 owns the run folder, every rank trains)."""
 
 import contextlib
 import dataclasses
@@ -10,6 +11,7 @@ import keras
 from keras_cifar.data import TensorLoader, load_cifar
 from keras_cifar.errors import CheckpointError, ConfigError, KerasCifarError, TrainingError, UsageError
 from keras_cifar.models import create_model
+from keras_cifar.train import distributed
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
                                          OriginalTags, RunCallbacks)
@@ -76,16 +78,26 @@ def compile_model(model, config, steps_per_epoch):
 def make_callbacks(config, run_path, state, train_loader, eval_is_test):
     """The callbacks of every `fit` run (the benchmarks use the same). Order matters: the
     seeder first; epoch stats before anything reads the logs; the checkpoint is committed
-    before the logs are written, so a crash can lose a log line but never a checkpoint."""
-    nan_guard = NaNGuard()
+    before the logs are written, so a crash can lose a log line but never a checkpoint.
+
+    In a data-parallel run every rank keeps the callbacks that act on training (the seeder, with
+    its rank; the NaN guard, reduced over the ranks at the same steps) and only rank 0 writes."""
+    group = distributed.current()
+    if group.distributed:
+        nan_guard = NaNGuard(check_steps=distributed.NAN_CHECK_STEPS, all_ranks=group.first_over_ranks)
+    else:
+        nan_guard = NaNGuard()
     callbacks = [
-        EpochSeeder(config.seed, train_loader),
+        EpochSeeder(config.seed, train_loader, rank=group.rank),
         EpochStats(),
         nan_guard,
-        Checkpointer(run_path, state, nan_guard),
-        OriginalTags(run_path, len(train_loader), eval_is_test=eval_is_test),
-        EpochTensorBoard(run_path),
     ]
+    if group.is_main:
+        callbacks += [
+            Checkpointer(run_path, state, nan_guard),
+            OriginalTags(run_path, len(train_loader), eval_is_test=eval_is_test),
+            EpochTensorBoard(run_path),
+        ]
     return callbacks, nan_guard
 
 
@@ -93,11 +105,16 @@ def new_run_state(class_names=()):
     return {"completed_epochs": 0, "checkpoint": None, "best": None, "history": [], "class_names": list(class_names)}
 
 
-def _check_sizes(config, data):
+def _check_sizes(config, data, world_size=1):
     if config.batch_size > len(data.train):
         raise UsageError(
             f"The batch size {config.batch_size} is larger than the {len(data.train)} training images. "
             "Lower `batch_size`."
+        )
+    if config.batch_size * world_size > len(data.train):
+        raise UsageError(
+            f"The batch size {config.batch_size} per process times {world_size} processes is larger than the "
+            f"{len(data.train)} training images. Lower `batch_size` (it is per process) or start fewer processes."
         )
 
 
@@ -111,7 +128,10 @@ def fit(config, resume_path=None, verbose=1, echo=print):
     """Trains `config` into a new run folder (or continues `resume_path`)."""
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        return _fit(config, resume_path, verbose, echo)
+        with distributed.session(config) as group:
+            if not group.is_main:  # the other ranks print errors only
+                verbose, echo = 0, (lambda message: None)
+            return _fit(config, resume_path, verbose, echo)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -130,42 +150,57 @@ def _fit(config, resume_path, verbose, echo):
     config = _absolute_paths(config)
     device = select_device(config.device)
     set_precision(config.mixed_precision, device)
-    echo(f"Device: {describe_device(device)}")
-    data = load_cifar(config.data, config.data_dir, config.val_split, config.seed, log=echo)
+    group = distributed.current()
+    device = group.place(device)
+    echo(f"Device: {describe_device(device)}{group.describe()}")
+    with group.local_first():  # one rank per machine prepares the data, the others read its cache
+        data = load_cifar(config.data, config.data_dir, config.val_split, config.seed, log=echo)
     data.limit(config.train_images, config.eval_images, config.seed)
     echo(f"Data: {data.summary()}")
-    _check_sizes(config, data)
+    _check_sizes(config, data, group.world_size)
+    if group.distributed:
+        echo(distributed.describe_run(config, group))
 
     with keras.device(device), contextlib.ExitStack() as stack:
         seed_everything(config.seed)
+        # Each rank its own shard of every epoch, all ranks the same number of steps; evaluation
+        # in disjoint shards that hold every image once.
         train_loader = TensorLoader(data.train, config.batch_size, shuffle=True, augment=config.augment,
-                                    seed=config.seed, device=device)
-        eval_loader = TensorLoader(data.eval, config.eval_batch_size, device=device)
+                                    seed=config.seed, device=device, rank=group.rank, world_size=group.world_size)
+        eval_loader = TensorLoader(data.eval, config.eval_batch_size, device=device, rank=group.rank,
+                                   world_size=group.world_size, even_shards=False)
         steps_per_epoch = len(train_loader)
         if resume_path:
-            run_path = resume_path
-            stack.enter_context(rd.RunLock(run_path))
-            state = rd.read_json(os.path.join(run_path, rd.STATE))
+            # Rank 0 reads the run folder; the other ranks get its weights and optimizer state by
+            # broadcast (distributed.prepare), so only rank 0 needs to see the folder.
+            run_path = group.broadcast(resume_path)
+            if group.is_main:
+                stack.enter_context(rd.RunLock(run_path))
+            state = group.broadcast(rd.read_json(os.path.join(run_path, rd.STATE)) if group.is_main else None)
             checkpoint = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
-            if checkpoint:
+            if checkpoint and group.is_main:
                 model = load_checkpoint(checkpoint, compile=True)
                 check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
                 model.jit_compile = config.jit == "compile"  # a run may change how it executes
-            else:  # killed before the first epoch ended: start over in the same folder
+            else:  # killed before the first epoch ended (start over in the same folder), or not rank 0
                 model = build_model(config, data.num_classes)
                 compile_model(model, config, steps_per_epoch)
-            if build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
+            if group.is_main and build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
                 write_config(config, os.path.join(run_path, rd.CONFIG))
             echo(f"Resuming {run_path} after epoch {state['completed_epochs']} of {config.epochs}")
         else:
             model = build_model(config, data.num_classes)
             compile_model(model, config, steps_per_epoch)
-            run_path = rd.create_run_dir(config.log_dir, config.model)
-            stack.enter_context(rd.RunLock(run_path))
-            write_config(config, os.path.join(run_path, rd.CONFIG))
+            run_path = rd.create_run_dir(config.log_dir, config.model) if group.is_main else None
+            run_path = group.broadcast(run_path)  # one run folder, rank 0's
+            if group.is_main:
+                stack.enter_context(rd.RunLock(run_path))
+                write_config(config, os.path.join(run_path, rd.CONFIG))
             state = new_run_state(data.class_names)
-            rd.write_json(os.path.join(run_path, rd.STATE), state)
+            if group.is_main:
+                rd.write_json(os.path.join(run_path, rd.STATE), state)
         model.set_graph_capture(config.jit == "trace")
+        distributed.prepare(model, config, group, echo)
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
         return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
                       started)
@@ -174,6 +209,7 @@ def _fit(config, resume_path, verbose, echo):
 def _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo, started):
     import torch
 
+    group = distributed.current()
     callbacks, nan_guard = make_callbacks(config, run_path, state, train_loader, eval_is_test=data.val is None)
     initial_epoch = state["completed_epochs"]
     if initial_epoch < config.epochs:
@@ -198,6 +234,8 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
                 f"saved in {run_path}. Resume with: `fit(resume_path={run_path!r})`"
             ) from None
+    if group.distributed:  # rank 0's Checkpointer kept the record
+        state = group.broadcast(state)
     if nan_guard.bad_step is not None:
         epoch, step = nan_guard.bad_step
         where = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
@@ -210,8 +248,9 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
     report = classification_report(data.eval.labels, predict_logits(model, data.eval, config.eval_batch_size),
                                    data.class_names)
     summary = _summary(config, state, report, data, device, run_path)
-    rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
-    write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
+    if group.is_main:
+        rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
+        write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
     best = state.get("best")
     if best:
         echo(f"Best {data.eval_split_name} accuracy {100 * best['value']:.2f}% (epoch {best['epoch']}); "
@@ -240,4 +279,6 @@ def _summary(config, state, report, data, device, run_path):
         "device_name": describe_device(device),
         "data": data.source,
         "config": to_dict(config),
+        # batch_size is per process; under torchrun the global batch is world_size x batch_size
+        **distributed.current().summary(config),
     }

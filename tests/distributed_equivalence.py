@@ -1,0 +1,211 @@
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node=2`: k steps of data-parallel
+training with batch B per process, against (on rank 0, afterwards) one process with batch 2B on
+the same data order. Writes what the test checks to a JSON file.
+
+Usage: torchrun --standalone --nproc_per_node=2 tests/distributed_equivalence.py DATA.npz OUT.json
+"""
+
+import json
+import sys
+import tempfile
+import types
+
+import keras_cifar  # noqa: F401  (first: selects Keras's torch backend)
+import keras
+import numpy as np
+import torch
+
+from bench.host_syncs import HostSyncCounter
+from keras_cifar import keras_internals
+from keras_cifar.data import Split, TensorLoader
+from keras_cifar.train import distributed
+from keras_cifar.train.config import resolve_config
+from keras_cifar.train.device import seed_everything
+from keras_cifar.train.callbacks import RunCallbacks
+from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
+
+CASES = [
+    # name, config overrides, batch per process, steps
+    ("cnn", {"model": "cnn"}, 8, 4),
+    ("resnet18", {"model": "resnet18", "resize_to": 32, "weights": "none"}, 4, 3),
+    ("resnet18-sync-bn", {"model": "resnet18", "resize_to": 32, "weights": "none", "sync_bn": True}, 4, 3),
+]
+COMMON = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "seed": 5, "jit": "trace", "device": "cpu"}
+
+
+def batches(split, batch_size, steps, rank, world_size):
+    loader = TensorLoader(split, batch_size, shuffle=True, seed=11, device="cpu", rank=rank, world_size=world_size)
+    loader.set_epoch(0)
+    return [batch for _, batch in zip(range(steps), loader)]
+
+
+def fresh_model(config, steps_per_epoch):
+    seed_everything(config.seed)
+    model = build_model(config, 10)
+    compile_model(model, config, steps_per_epoch)
+    return model
+
+
+def batch_norm_values(model):
+    return [v.value for layer in keras_internals.all_layers(model) if keras_internals.is_batch_norm(layer)
+            for v in (layer.moving_mean, layer.moving_variance)]
+
+
+def ghost_batch_step(model, images, labels, parts):
+    """One process, one step on 2B images that computes what `parts` processes without sync_bn
+    compute: batch statistics per part of B (rank r's images are images[r::parts]), the loss the
+    mean of the parts' losses, the moving statistics the mean of the parts' updates."""
+    state = batch_norm_values(model)
+    start = [t.detach().clone() for t in state]
+    losses, ends = [], []
+    for part in range(parts):
+        with torch.no_grad():
+            for tensor, value in zip(state, start):
+                tensor.copy_(value)
+        logits = model(images[part::parts], training=True)
+        losses.append(model.loss.call(labels[part::parts], logits).mean())
+        ends.append([t.detach().clone() for t in state])
+    with torch.no_grad():
+        for index, tensor in enumerate(state):
+            tensor.copy_(sum(end[index] for end in ends) / parts)
+    weights = model.trainable_weights
+    for v in weights:
+        v.value.grad = None
+    (sum(losses) / parts).backward()
+    model.optimizer.apply([v.value.grad for v in weights], weights)
+
+
+def split_sum_moments(layer, inputs, mask, parts=2):
+    """Keras's moments over the whole batch, with the per-channel sums added up part by part as
+    the all-reduce of `parts` processes adds them (rank r's images are inputs[r::parts]). Keras's
+    variance formula, E[x^2] - E[x]^2, cancels badly over the 8 values per channel that
+    resnet18's last stage sees at 32x32 with a batch of 8, so even in one process a different
+    summation order moves the weights by up to 3e-2 after 3 steps (measured): the reference has to
+    add in the same order to show what the collectives do."""
+    axes = keras_internals.batch_norm_reduction_axes(layer)
+    channels = inputs.shape[1] if axes == [0, 2, 3] else inputs.shape[-1]
+    count = inputs.numel() // channels
+    sums = sum(torch.cat([inputs[part::parts].sum(dim=axes), inputs[part::parts].square().sum(dim=axes)])
+               for part in range(parts))
+    mean = sums[:channels] / count
+    return mean, sums[channels:] / count - mean.square()
+
+
+def global_moments_against_one_process(group):
+    """`--sync-bn`'s moments and their gradients, on a well-conditioned random batch: each rank
+    holds half of it; one process computes the same from the whole batch with torch alone."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 4, 5, 5, generator=generator) * 3 + 1
+    weights = torch.randn(4, 5, 5, generator=generator)
+    layer = keras.layers.BatchNormalization(axis=1)
+    layer.build((None, 4, 5, 5))
+
+    def objective(inputs, mean, variance):  # any function of the normalised batch
+        return (weights * (inputs - mean[:, None, None]) / torch.sqrt(variance[:, None, None] + 1e-3)).square().sum()
+
+    mine = x[group.rank::group.world_size].clone().requires_grad_()
+    mean, variance = distributed._global_moments(layer, mine, None)
+    objective(mine, mean, variance).backward()
+    gradients = group.all_gather(mine.grad)
+    whole = x.clone().requires_grad_()
+    expected_mean, expected_variance = whole.mean(dim=(0, 2, 3)), whole.var(dim=(0, 2, 3), unbiased=False)
+    sum(objective(whole[r::group.world_size], expected_mean, expected_variance)
+        for r in range(group.world_size)).backward()
+    merged = torch.empty_like(x)
+    for rank, gradient in enumerate(gradients):
+        merged[rank::group.world_size] = gradient
+    relative = lambda a, b: float((a - b).abs().max() / b.abs().max())  # noqa: E731
+    return {"mean": relative(mean.detach(), expected_mean.detach()),
+            "variance": relative(variance.detach(), expected_variance.detach()),
+            "gradient": relative(merged, whole.grad)}
+
+
+def trained_reference(config, split, batch_size, steps, moments=None):
+    """One process, batch 2B, the same images in the same order."""
+    reference = fresh_model(config, steps)
+    if moments is not None:
+        for layer in keras_internals.all_layers(reference):
+            if keras_internals.is_batch_norm(layer):
+                keras_internals.set_batch_norm_moments(layer, types.MethodType(moments, layer))
+    for images, labels in batches(split, 2 * batch_size, steps, 0, 1):
+        if batch_norm_values(reference) and not config.sync_bn:
+            ghost_batch_step(reference, images, labels, parts=2)
+        else:
+            reference.train_on_batch(images, labels)
+    return reference.get_weights()
+
+
+class CountSteps(keras.callbacks.Callback):
+    """Host synchronisations from the start of step `first` to the start of step `first + steps`."""
+
+    def __init__(self, first, steps):
+        super().__init__()
+        self.first, self.last = first, first + steps
+        self.counter = HostSyncCounter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.first:
+            self.counter.__enter__()
+        elif batch == self.last:
+            self.counter.__exit__(None, None, None)
+
+
+def steady_state_host_syncs(split, group, folder):
+    """20 data-parallel steps of `fit` with the run's callbacks: host synchronisations counted."""
+    config = resolve_config(None, {**COMMON, "model": "cnn", "batch_size": 4, "epochs": 1})
+    loader = TensorLoader(split, config.batch_size, shuffle=True, seed=1, device="cpu", rank=group.rank,
+                          world_size=group.world_size)
+    model = fresh_model(config, len(loader))
+    model.set_graph_capture(True)
+    distributed.prepare(model, config, group, echo=lambda message: None)
+    callbacks, _ = make_callbacks(config, folder, new_run_state(), loader, eval_is_test=True)
+    window = CountSteps(first=2, steps=min(20, len(loader) - 3))
+    model.fit(loader.as_keras_input(), epochs=1, verbose=0, shuffle=False,
+              callbacks=RunCallbacks(callbacks + [window], model=model, epochs=1, steps=len(loader), verbose=2))
+    return dict(window.counter.calls)
+
+
+def main(data_path, out_path):
+    arrays = np.load(data_path)
+    split = Split(arrays["images"], arrays["labels"])
+    results = {}
+    with distributed.session(resolve_config(None, {**COMMON, "model": "cnn"})) as group:
+        assert group.world_size == 2, group.world_size
+        with tempfile.TemporaryDirectory() as folder:
+            results["host_syncs"] = group.all_gather(steady_state_host_syncs(split, group, folder))
+        results["sync_bn_moments"] = global_moments_against_one_process(group)
+        for name, overrides, batch_size, steps in CASES:
+            config = resolve_config(None, {**COMMON, **overrides, "batch_size": batch_size})
+            model = fresh_model(config, steps)
+            model.set_graph_capture(True)
+            distributed.prepare(model, config, group, echo=lambda message: None)
+            for images, labels in batches(split, batch_size, steps, group.rank, group.world_size):
+                model.train_on_batch(images, labels)
+            model.data_parallel.reduce_metrics([])  # what the end of an epoch does: averages the BN statistics
+            mine = [np.asarray(w) for w in model.get_weights()]
+            everyone = group.all_gather(mine)
+            if group.rank != 0:
+                continue
+            rank_difference = max(float(np.max(np.abs(a - b))) for a, b in zip(*everyone))
+            plain = trained_reference(config, split, batch_size, steps)
+            expected = trained_reference(config, split, batch_size, steps, split_sum_moments) if config.sync_bn \
+                else plain
+            if config.sync_bn:  # how far a mere change of summation order moves the reference itself
+                results[name + "-reference-spread"] = max(float(np.abs(a - b).max()) for a, b in zip(plain, expected))
+            start = fresh_model(config, steps).get_weights()
+            moved = [np.abs(b - s) for b, s in zip(expected, start)]
+            results[name] = {
+                "rank_difference": rank_difference,
+                "max_difference": max(float(np.abs(a - b).max()) for a, b in zip(mine, expected)),
+                "max_difference_plain_keras_moments": max(float(np.abs(a - b).max()) for a, b in zip(mine, plain)),
+                "max_moved": max(float(m.max()) for m in moved),
+                "graph_capture": model.graph_capture,
+                "weights": len(mine),
+            }
+        if group.rank == 0:
+            with open(out_path, "w") as handle:
+                json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
