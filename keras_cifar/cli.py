@@ -23,11 +23,23 @@ def handle_errors(command):
         except KerasCifarError as error:
             click.echo(f"Error: {for_cli(error, click.get_current_context())}", err=True)
             sys.exit(error.exit_code)
+        except Exception as error:
+            if not _out_of_memory(error):
+                raise
+            device = "GPU" if "CUDA" in str(error) else "device"
+            click.echo(f"Error: out of {device} memory. Lower --batch-size, or free the device (another "
+                       "process may hold it), and run the command again.", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _out_of_memory(error):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
 
 
 def program(ctx):
@@ -122,6 +134,9 @@ def _setting_option(name):
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     if meta["choices"]:
         param_type = click.Choice(list(meta["choices"]))
+    elif meta["pattern"]:
+        return click.option(flag, name, type=click.STRING, default=None, metavar=meta["pattern"][1].upper()
+                            .replace(", ", "|").replace(" OR ", "|"), help=help_text)
     elif meta["path"] == "dir":
         param_type = click.Path(file_okay=False)
     elif kind in (int, float) and (meta["min"] is not None or meta["max"] is not None):
@@ -196,8 +211,8 @@ _checkpoint_option = click.option(
     help="A run folder (its best.keras) or a .keras file. Default: the latest run under --log-dir.")
 _log_dir_option = click.option("--log-dir", type=click.Path(file_okay=False), default=DEFAULT_LOG_DIR,
                                show_default=True, help="Where run folders are.")
-_device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                              show_default=True, help="Device.")
+_device_option = click.option("--device", default="auto", show_default=True, metavar="AUTO|CPU|CUDA|CUDA:N",
+                              help="Device: auto (cuda when available), cpu, cuda or cuda:N.")
 
 
 def _load_for_inference(checkpoint, log_dir, device):
@@ -223,8 +238,8 @@ def _load_for_inference(checkpoint, log_dir, device):
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="TFDS data directory.")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
               help="Which split to evaluate.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Images per step.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per step. Default: the run's eval_batch_size, else 500.")
 @_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
@@ -238,10 +253,10 @@ def evaluate(checkpoint, log_dir, data, data_dir, split, batch_size, device, as_
     from keras_cifar.train.evaluation import classification_report, format_report, predict_logits
 
     path, model, device, run_path = _load_for_inference(checkpoint, log_dir, device)
-    if data is None or data_dir is None:
-        saved = _run_config(run_path) if rd.is_run_dir(run_path) else {}
-        data = data or saved.get("data") or "cifar10"
-        data_dir = data_dir or saved.get("data_dir")
+    saved = _run_config(run_path) if rd.is_run_dir(run_path) else {}
+    data = data or saved.get("data") or "cifar10"
+    data_dir = data_dir or saved.get("data_dir")
+    batch_size = batch_size or saved.get("eval_batch_size") or 500
     dataset = load_cifar(data, data_dir, log=lambda message: click.echo(message, err=True))
     check_compatible(model, path, dataset.num_classes)
     split_data = dataset.test if split == "test" else dataset.train

@@ -27,7 +27,8 @@ def trained(real_folder_2k, tmp_path_factory):
     2,000 images are only 126 steps, too few for this CNN to leave the 20s reliably."""
     root = tmp_path_factory.mktemp("e2e")
     result = run_cli("fit", "--model", "cnn", "--epochs", 2, "--batch-size", 4, "--normalize", "--seed", 0,
-                     "--data", real_folder_2k, "--data-dir", root / "tfds", "--log-dir", root / "logs")
+                     "--data", real_folder_2k, "--data-dir", root / "tfds", "--log-dir", root / "logs",
+                     "--device", "cpu")  # the tests below expect the CPU, also on a machine with a GPU
     assert result.returncode == 0, result.stderr[-3000:]
     runs = os.listdir(root / "logs")
     assert len(runs) == 1 and re.fullmatch(r"cnn-\d{8}-\d{6}", runs[0])

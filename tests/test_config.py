@@ -172,7 +172,8 @@ def test_settings_doc_is_generated_from_the_schema():
 def test_resumable_settings_are_declared_in_the_schema():
     from keras_cifar.train.trainer import RESUMABLE_CHANGES
 
-    assert RESUMABLE_CHANGES == {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir", "dist_timeout"}
+    assert RESUMABLE_CHANGES == {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir", "dist_timeout",
+                                 "deterministic"}
 
 
 # --- model-specific settings: declared by the registry entry -------------------------------------

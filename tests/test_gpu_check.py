@@ -13,10 +13,10 @@ from tests.conftest import REPO
 ABSENT = ("tensorflow", "tensorflow_datasets", "cv2", "matplotlib", "tensorboard")
 
 
-def shadow_packages(folder):
+def shadow_packages(folder, names=ABSENT):
     """Packages that fail to import, first on PYTHONPATH: as if they were not installed (the GPU
     machines have torch and keras only)."""
-    for name in ABSENT:
+    for name in names:
         (folder / name).mkdir()
         (folder / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed here')\n")
     return folder

@@ -2,10 +2,11 @@
 through one TFDS pipeline: prepared once into TFDS records, then read as any
 TFDS dataset."""
 
-import tensorflow_datasets as tfds
-
 from keras_cifar.data import readers
 from keras_cifar.data.sources import DataSource
+from keras_cifar.tensorflow_cpu import import_tfds
+
+tfds = import_tfds()  # this module is imported only when a local source is prepared
 
 
 class Cifar10Local(tfds.core.GeneratorBasedBuilder):

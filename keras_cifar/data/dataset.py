@@ -156,7 +156,10 @@ def _download_failed(error, root):
 
 def _make_builder(source, root):
     import absl.logging
-    import tensorflow_datasets as tfds
+
+    from keras_cifar.tensorflow_cpu import import_tfds
+
+    tfds = import_tfds()
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS warns about folders it is about to create
 
@@ -172,6 +175,9 @@ def _make_builder(source, root):
 def _few_download_retries(retries=2):
     """TFDS retries a failed download 10 times with exponential backoff (minutes without
     internet); two retries are enough to ride out a blip."""
+    from keras_cifar.tensorflow_cpu import import_tfds
+
+    import_tfds()
     from tensorflow_datasets.core.download import downloader
 
     previous = downloader.MAX_RETRIES
@@ -204,7 +210,9 @@ def _prepare(builder, source, root):
 
 
 def _read_split(builder, split):
-    import tensorflow_datasets as tfds
+    from keras_cifar.tensorflow_cpu import import_tfds
+
+    tfds = import_tfds()
 
     # Batches, not batch_size=-1: TF aborts materialising some datasets (TFDS mocks) in one element.
     chunks = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096)))

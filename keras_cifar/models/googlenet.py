@@ -53,5 +53,6 @@ def build_googlenet(num_classes=10, data_format="channels_first", input_shape=RA
             x = SymmetricMaxPooling2D(3, 2, 1, data_format=data_format, name=f"block{stage_index}_pool")(x)
     x = layers.GlobalAveragePooling2D(data_format=data_format, name="avgpool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, name="fc")(x)
+    # The head computes in float32 under mixed precision: logits and loss keep full precision.
+    outputs = layers.Dense(num_classes, dtype="float32", name="fc")(x)
     return initialize(ImageClassifier(inputs, outputs, name=name), init)

@@ -44,5 +44,6 @@ def build_inception_lite(num_classes=10, data_format="channels_first", input_sha
     x = layers.ReLU(name="relu3")(x)
     # Flattening as stored (no transpose): CHW order when channels come first, as in PyTorch.
     x = layers.Flatten(data_format="channels_last", name="flatten")(x)
-    outputs = layers.Dense(num_classes, name="fc")(x)
+    # The head computes in float32 under mixed precision: logits and loss keep full precision.
+    outputs = layers.Dense(num_classes, dtype="float32", name="fc")(x)
     return initialize(ImageClassifier(inputs, outputs, name=name), init)

@@ -62,6 +62,16 @@ def build_all(layer_list, input_shape):
     return shape
 
 
+def follow_dtype_policy(layer):
+    """Gives the sub-layers of a custom layer its dtype policy. Sub-layers made in `__init__` take
+    the global policy of the moment, which differs from the saved one when a mixed-precision
+    checkpoint is loaded under another global policy (`evaluate`, `predict`)."""
+    from keras_cifar.keras_internals import all_layers
+
+    for sublayer in all_layers(layer):
+        sublayer.dtype_policy = layer.dtype_policy
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SymmetricMaxPooling2D(layers.Layer):
     """`nn.MaxPool2d(pool_size, strides, padding)`: max pooling with `padding`
@@ -76,6 +86,7 @@ class SymmetricMaxPooling2D(layers.Layer):
         self._pool = layers.MaxPooling2D(pool_size, strides, padding="valid", data_format=self.data_format)
 
     def build(self, input_shape):
+        follow_dtype_policy(self)
         self._pool.build(self._padded_shape(input_shape))
 
     def _padded_shape(self, input_shape):
@@ -231,6 +242,7 @@ class InceptionBlock(layers.Layer):
         return self.filters_1x1 + self.filters_3x3 + self.filters_5x5 + self.filters_pool_proj
 
     def build(self, input_shape):
+        follow_dtype_policy(self)
         shapes = [build_all(self._branches[key], input_shape) for key in self.branch_order]
         self._concat.build(shapes)
 
@@ -332,6 +344,7 @@ class ResidualBlock(layers.Layer):
                     name=f"{self.name}_downsample_1",
                 ),
             ]
+        follow_dtype_policy(self)
         out_shape = build_all(self._residual, input_shape)
         build_all(self._shortcut, input_shape)
         self._add.build([out_shape, out_shape])

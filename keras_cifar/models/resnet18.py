@@ -43,7 +43,8 @@ def build_resnet18(num_classes=10, data_format="channels_first", input_shape=RAW
                 name=f"layer{stage_index}_{block_index}",
             )(x)
     x = layers.GlobalAveragePooling2D(data_format=data_format, name="avgpool")(x)
-    outputs = layers.Dense(num_classes, name="fc")(x)
+    # The head computes in float32 under mixed precision: logits and loss keep full precision.
+    outputs = layers.Dense(num_classes, dtype="float32", name="fc")(x)
     model = initialize(ImageClassifier(inputs, outputs, name=name), init)
     if weights is not None:
         from keras_cifar.models.pretrained import load_torchvision_resnet18

@@ -11,6 +11,7 @@ import torch
 
 from keras_cifar import keras_internals
 from keras_cifar.data.loader import stream_seed
+from keras_cifar.tensorflow_cpu import import_tensorflow
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.signals import deferred_sigint
 
@@ -282,13 +283,11 @@ class OriginalTags(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        import tensorflow as tf
-
+        tf = import_tensorflow()
         self._writer = tf.summary.create_file_writer(self.run_path)
 
     def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
+        tf = import_tensorflow()
         logs = logs or {}
         if not math.isfinite(logs.get("loss", 0.0)):
             return

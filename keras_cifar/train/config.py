@@ -17,6 +17,7 @@ written into the run folder.
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,17 +28,18 @@ import yaml
 from keras_cifar.errors import ConfigError
 
 
-def setting(default, help, *, choices=None, min=None, max=None, min_open=False, max_open=False, label=None,
-            path=None, none_words=(), resumable=False, model_specific=False):
+def setting(default, help, *, choices=None, pattern=None, min=None, max=None, min_open=False, max_open=False,
+            label=None, path=None, none_words=(), resumable=False, model_specific=False):
     """A RunConfig field and its metadata.
 
-    `choices`: the allowed values. `min`/`max` (with `min_open`/`max_open`): the allowed range.
+    `choices`: the allowed values. `pattern`: (regular expression, the same in words) of allowed
+    strings, where a list of choices cannot say it. `min`/`max` (with `min_open`/`max_open`): the allowed range.
     `label`: words that follow the name in messages ("`lr` (learning rate) must be ...").
     `path="dir"`: the flag takes a folder path. `none_words`: strings that mean None
     (`--weights none`). `resumable`: a resumed run may change it. `model_specific`: passed to the
     model builder of the models that declare it in the registry, rejected for the others.
     """
-    metadata = dict(help=help, choices=tuple(choices) if choices else None, min=min, max=max,
+    metadata = dict(help=help, choices=tuple(choices) if choices else None, pattern=pattern, min=min, max=max,
                     min_open=min_open, max_open=max_open, label=label, path=path, none_words=tuple(none_words),
                     resumable=resumable, model_specific=model_specific)
     return dataclasses.field(default=default, metadata=metadata)
@@ -92,8 +94,13 @@ class RunConfig:
     label_smoothing: float = setting(0.0, "Label smoothing.", min=0, max=1, max_open=True)
     # --- execution
     seed: int = setting(0, "Seed of weights, data order, augmentation and dropout.", min=0, max=2**32 - 1)
-    device: str = setting("auto", "Device (auto: cuda when available, else cpu).", choices=("auto", "cpu", "cuda"),
-                          resumable=True)
+    device: str = setting("auto", "Device: cuda (GPU 0), cuda:N, cpu, or auto (cuda when available, else cpu; "
+                                  "warns when googlenet or resnet18 would fall back to the CPU).",
+                          pattern=(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"), resumable=True)
+    deterministic: bool = setting(False, "GPU: bit-reproducible runs (deterministic cuDNN and cuBLAS algorithms, no "
+                                         "autotuning, no TF32; slower). Off: TF32 matmuls and convolutions and "
+                                         "cuDNN autotuning. The settings in force go into summary.json.",
+                                  resumable=True)
     mixed_precision: str = setting("none", "Mixed precision: bf16 (GPU or bf16-capable CPU) or fp16 (GPU only).",
                                    choices=("none", "bf16", "fp16"))
     jit: str = setting("trace", "trace: replay a captured forward graph; compile: torch.compile; off: eager.",
@@ -223,6 +230,9 @@ def _check_values(config):
         choices = field.metadata["choices"]
         require(choices is None or value in choices,
                 f"`{name}` must be one of {', '.join(choices or ())}. Received: `{name}={value!r}`")
+        pattern = field.metadata["pattern"]
+        require(pattern is None or re.fullmatch(pattern[0], value) is not None,
+                f"`{name}` must be {pattern and pattern[1]}. Received: `{name}={value!r}`")
         label = f" ({field.metadata['label']})" if field.metadata["label"] else ""
         require(_in_range(name, value), f"`{name}`{label} must be {range_text(name)}. Received: `{name}={value!r}`")
     require(config.model in list_models(), unknown_model_message(config.model))
@@ -361,6 +371,8 @@ def _allowed(name):
     parts = []
     if field.metadata["choices"]:
         parts.append(", ".join(f"`{choice}`" for choice in field.metadata["choices"]))
+    elif field.metadata["pattern"]:
+        parts.append(field.metadata["pattern"][1])
     elif kind is bool:
         parts.append("`true`, `false`")
     else:

@@ -17,7 +17,9 @@ def hparams_of(config):
 
 
 def write_final_summaries(run_path, config, report, summary, step):
-    import tensorflow as tf
+    from keras_cifar.tensorflow_cpu import import_tensorflow
+
+    tf = import_tensorflow()
     from tensorboard.plugins.hparams import api as hp
 
     png = confusion_matrix_png(report, title=f"{config.model}: {summary['eval_split']}")

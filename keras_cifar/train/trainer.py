@@ -18,7 +18,8 @@ from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, 
 from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
 from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
                                       to_dict, write_config)
-from keras_cifar.train.device import describe_device, seed_everything, select_device, set_precision
+from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
+                                     set_precision)
 from keras_cifar.train.evaluation import classification_report, predict_logits
 from keras_cifar.train.optim import build_loss, build_optimizer
 from keras_cifar.train.reports import write_final_summaries
@@ -148,8 +149,8 @@ def _absolute_paths(config):
 def _fit(config, resume_path, verbose, echo):
     started = time.perf_counter()
     config = _absolute_paths(config)
-    device = select_device(config.device)
-    set_precision(config.mixed_precision, device)
+    device = select_device(config.device, model=config.model)
+    set_precision(config.mixed_precision, device, config.deterministic)
     group = distributed.current()
     device = group.place(device)
     echo(f"Device: {describe_device(device)}{group.describe()}")
@@ -245,8 +246,15 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
             f"The training loss became NaN or infinite at {where}; training stopped and {kept}. "
             "Lower the learning rate (`lr`), or use `schedule='cosine'` with warm-up (`warmup_epochs`)."
         )
-    report = classification_report(data.eval.labels, predict_logits(model, data.eval, config.eval_batch_size),
-                                   data.class_names)
+    try:
+        logits = predict_logits(model, data.eval, config.eval_batch_size)
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"Out of {device} memory in the final evaluation at eval batch size {config.eval_batch_size}; the "
+            f"trained epochs are saved in {run_path}. Finish with a smaller `eval_batch_size`: "
+            f"`fit(resume_path={run_path!r})`"
+        ) from None
+    report = classification_report(data.eval.labels, logits, data.class_names)
     summary = _summary(config, state, report, data, device, run_path)
     if group.is_main:
         rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
@@ -277,6 +285,7 @@ def _summary(config, state, report, data, device, run_path):
         "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in history),
         "device": device,
         "device_name": describe_device(device),
+        "gpu_settings": gpu_settings(device),
         "data": data.source,
         "config": to_dict(config),
         # batch_size is per process; under torchrun the global batch is world_size x batch_size

@@ -1,0 +1,197 @@
+"""What the CPU can check of the GPU path: TensorFlow kept off the GPU and out of the model, predict
+and GPU-check paths; device choice and its errors; mixed-precision dtypes; the GPU math modes
+recorded; out-of-memory errors without a traceback. bench/gpu_check.py checks the rest on a GPU."""
+
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from keras_cifar.errors import ConfigError, UsageError
+from keras_cifar.train.config import resolve_config
+from keras_cifar.train.device import gpu_settings, select_device, set_precision
+from tests.conftest import REPO
+from tests.test_gpu_check import shadow_packages
+
+# --- TensorFlow: one import site, GPUs hidden, absent from models and inference
+
+
+def test_tensorflow_is_imported_in_one_place_only():
+    offenders = []
+    for path in sorted((REPO / "keras_cifar").rglob("*.py")):
+        if path.name == "tensorflow_cpu.py":
+            continue
+        text = path.read_text()
+        if re.search(r"^\s*(import tensorflow\b(?!_)|from tensorflow\b(?!_))", text, re.M):
+            offenders.append(f"{path.name}: imports tensorflow")
+        if re.search(r"^\s*(import|from) tensorflow_datasets", text, re.M) and "import_tfds()" not in text:
+            offenders.append(f"{path.name}: imports tensorflow_datasets without import_tfds()")
+    assert not offenders, offenders
+
+
+def test_import_tensorflow_hides_every_gpu_from_it(tmp_path):
+    """With a GPU build of TensorFlow (a stand-in that records what it is asked), the first import
+    through keras_cifar hides the GPUs before TensorFlow could claim their memory."""
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import json, os\n"
+        "class config:\n"
+        "    @staticmethod\n"
+        "    def set_visible_devices(devices, kind):\n"
+        "        open(os.environ['RECORD'], 'w').write(json.dumps([devices, kind]))\n"
+        "    @staticmethod\n"
+        "    def get_visible_devices(kind):\n"
+        "        return []\n")
+    record = tmp_path / "record.json"
+    result = subprocess.run(
+        [sys.executable, "-c", "from keras_cifar.tensorflow_cpu import import_tensorflow; import_tensorflow()"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}",
+                                                       "RECORD": str(record)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert record.read_text() == '[[], "GPU"]'
+
+
+def test_models_checkpoints_and_predict_never_import_tensorflow(tmp_path, real_images):
+    """Building every model, saving and loading a checkpoint and `predict` work where TensorFlow,
+    TFDS and TensorBoard are not installed (the packages fail to import here)."""
+    shadow_packages(tmp_path, ("tensorflow", "tensorflow_datasets", "tensorboard"))
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    import cv2
+
+    for index, image in enumerate(real_images[:3]):
+        cv2.imwrite(str(images_dir / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    script = (
+        "import sys, keras\n"
+        "import keras_cifar\n"
+        "from keras_cifar.train.predict import predict_files\n"
+        "for name in keras_cifar.list_models():\n"
+        "    options = {'resize_to': 32, 'weights': None} if name == 'resnet18' else {}\n"
+        "    options = {'resize_to': 32} if name == 'googlenet' else options\n"
+        "    keras_cifar.create_model(name, **options)\n"
+        "model = keras_cifar.create_model('cnn')\n"
+        f"model.save({str(tmp_path / 'cnn.keras')!r})\n"
+        f"model = keras.saving.load_model({str(tmp_path / 'cnn.keras')!r})\n"
+        f"results, failures = predict_files(model, [{str(images_dir)!r}], [str(i) for i in range(10)], 3)\n"
+        "assert len(results) == 3 and not failures, (results, failures)\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+# --- device choice
+
+
+def test_device_accepts_cuda_n_and_rejects_anything_else():
+    assert resolve_config(None, {"model": "cnn", "device": "cuda:3"}).device == "cuda:3"
+    for bad in ("gpu", "cuda:", "cuda:x", "CPU"):
+        with pytest.raises(ConfigError, match=r"`device` must be auto, cpu, cuda or cuda:N"):
+            resolve_config(None, {"model": "cnn", "device": bad})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_a_gpu_names_the_torch_build():
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(UsageError) as error:
+            select_device(device)
+        message = str(error.value)
+        assert f"`device={device!r}` was requested" in message and torch.__version__ in message
+        assert (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build") in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_auto_warns_when_the_big_models_fall_back_to_the_cpu():
+    with pytest.warns(UserWarning, match="googlenet at 224x224 on the CPU takes hours"):
+        assert select_device("auto", model="googlenet") == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select_device("auto", model="cnn") == "cpu"
+        assert select_device("cpu", model="resnet18") == "cpu"
+
+
+# --- precision and GPU math modes
+
+
+def test_bf16_is_refused_on_a_gpu_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "Tesla T4")
+    with pytest.raises(UsageError, match="Tesla T4 has no bfloat16 support"):
+        set_precision("bf16", "cuda")
+
+
+def test_deterministic_switches_tf32_and_autotuning_off_and_is_recorded(monkeypatch):
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+             torch.are_deterministic_algorithms_enabled())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        assert set_precision("none", "cuda", deterministic=True) == {
+            "tf32": False, "cudnn_benchmark": False, "deterministic": True}
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert set_precision("none", "cuda") == {"tf32": True, "cudnn_benchmark": True, "deterministic": False}
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # the current API, not allow_tf32
+        assert gpu_settings("cpu") is None and set_precision("none", "cpu") is None
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) = saved[:4]
+        torch.use_deterministic_algorithms(saved[4])
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("model_name", ["inception_lite", "resnet18"])
+def test_mixed_precision_keeps_the_head_in_float32_and_reloads_with_the_runs_policy(model_name, tmp_path):
+    from keras_cifar import create_model
+    from keras_cifar.keras_internals import all_layers
+
+    options = {"resize_to": 32, "weights": None} if model_name == "resnet18" else {}
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = create_model(model_name, **options)
+        model.save(tmp_path / "model.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+    assert keras.ops.convert_to_numpy(model(images)).dtype == np.float32  # logits in float32
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")  # under the float32 global policy
+    policies = {layer.name: layer.dtype_policy.name for layer in all_layers(reloaded)}
+    assert policies["fc"] == "float32"
+    convs = {name: policy for name, policy in policies.items() if "conv" in name}
+    assert convs and set(convs.values()) == {"mixed_bfloat16"}, convs  # inside the custom blocks too
+    assert keras.ops.convert_to_numpy(reloaded(images)).dtype == np.float32
+
+
+# --- out of memory, anywhere
+
+
+def test_out_of_memory_in_evaluate_ends_with_a_message_and_the_runs_batch_size(monkeypatch, tmp_path,
+                                                                              real_folder_small):
+    from keras_cifar.cli import cli
+    from keras_cifar.train import evaluation
+    from keras_cifar.train.trainer import fit
+
+    config = resolve_config(None, dict(model="cnn", epochs=1, train_images=64, eval_images=32, eval_batch_size=7,
+                                       data=str(real_folder_small), data_dir=str(tmp_path / "tfds"),
+                                       log_dir=str(tmp_path / "logs")))
+    run = fit(config, verbose=0, echo=lambda message: None).run_path
+    seen = []
+
+    def out_of_memory(model, split, batch_size):
+        seen.append(batch_size)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(evaluation, "predict_logits", out_of_memory)
+    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", run, "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "out of GPU memory. Lower --batch-size" in result.output and "Traceback" not in result.output
+    assert seen == [7]  # the run's eval_batch_size
