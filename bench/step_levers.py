@@ -13,6 +13,8 @@ Variants:
   Keras CallbackList   the same callbacks in Keras's own CallbackList: every step's logs
                        converted to Python numbers for the batch hooks (in a thread pool
                        when every callback is marked async-safe, else in the training thread)
+  Keras thread pool    no callbacks at all, so Keras hands every step's batch hooks and logs to
+                       its thread pool (what the run's callbacks got before, all async-safe)
   generic step         Keras's loss and metric objects (`compute_loss`, `compute_metrics`)
                        instead of the lean step
   Keras Adam           Keras's own Adam update (per-variable Python, Keras's epsilon)
@@ -36,7 +38,7 @@ from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
 
 ORIGINAL_BATCH = {"cnn": 32, "resnet_lite": 32, "inception_lite": 16, "googlenet": 32, "resnet18": 32}
-VARIANTS = ("product", "Keras CallbackList", "generic step", "Keras Adam", "no graph capture")
+VARIANTS = ("product", "Keras CallbackList", "Keras thread pool", "generic step", "Keras Adam", "no graph capture")
 
 
 class Variant:
@@ -59,11 +61,13 @@ class Variant:
     def epoch(self):
         callbacks, _ = make_callbacks(self.config, tempfile.mkdtemp(dir=self.folder), new_run_state(), self.loader,
                                       eval_is_test=True)
-        if self.label != "Keras CallbackList":
+        if self.label == "Keras thread pool":
+            callbacks = []  # no callbacks: Keras dispatches every step's batch hooks to its thread pool
+        elif self.label != "Keras CallbackList":
             callbacks = RunCallbacks(callbacks, model=self.model, epochs=1, steps=len(self.loader), verbose=2)
         start = time.perf_counter()
-        self.model.fit(self.loader.as_keras_input(), epochs=1, verbose=2 if self.label != "Keras CallbackList" else 0,
-                       callbacks=callbacks)
+        keras_list = self.label in ("Keras CallbackList", "Keras thread pool")
+        self.model.fit(self.loader.as_keras_input(), epochs=1, verbose=0 if keras_list else 2, callbacks=callbacks)
         return (time.perf_counter() - start) / len(self.loader)
 
 
