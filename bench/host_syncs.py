@@ -42,3 +42,24 @@ class HostSyncCounter(TorchFunctionMode):
         if func in READS or (func in FACTORIES and args and _holds_python_numbers(args[0])):
             self.calls[getattr(func, "__qualname__", str(func))] += 1
         return func(*args, **kwargs)
+
+
+def counting_callback(first, steps):
+    """A Keras callback that counts host synchronisations from the start of training step `first`
+    to the start of step `first + steps` (data loading, the step and every batch hook between);
+    its `counter` holds the counts."""
+    import keras_cifar  # noqa: F401  (Keras's torch backend before keras)
+    import keras
+
+    class CountSteps(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.counter = HostSyncCounter()
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == first:
+                self.counter.__enter__()
+            elif batch == first + steps:
+                self.counter.__exit__(None, None, None)
+
+    return CountSteps()

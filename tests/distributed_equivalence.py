@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import torch
 
-from bench.host_syncs import HostSyncCounter
+from bench.host_syncs import counting_callback
 from keras_cifar import keras_internals
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.train import distributed
@@ -135,21 +135,6 @@ def trained_reference(config, split, batch_size, steps, moments=None):
     return reference.get_weights()
 
 
-class CountSteps(keras.callbacks.Callback):
-    """Host synchronisations from the start of step `first` to the start of step `first + steps`."""
-
-    def __init__(self, first, steps):
-        super().__init__()
-        self.first, self.last = first, first + steps
-        self.counter = HostSyncCounter()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == self.first:
-            self.counter.__enter__()
-        elif batch == self.last:
-            self.counter.__exit__(None, None, None)
-
-
 def steady_state_host_syncs(split, group, folder):
     """20 data-parallel steps of `fit` with the run's callbacks: host synchronisations counted."""
     config = resolve_config(None, {**COMMON, "model": "cnn", "batch_size": 4, "epochs": 1})
@@ -159,7 +144,7 @@ def steady_state_host_syncs(split, group, folder):
     model.set_graph_capture(True)
     distributed.prepare(model, config, group, echo=lambda message: None)
     callbacks, _ = make_callbacks(config, folder, new_run_state(), loader, eval_is_test=True)
-    window = CountSteps(first=2, steps=min(20, len(loader) - 3))
+    window = counting_callback(first=2, steps=min(20, len(loader) - 3))
     model.fit(loader.as_keras_input(), epochs=1, verbose=0, shuffle=False,
               callbacks=RunCallbacks(callbacks + [window], model=model, epochs=1, steps=len(loader), verbose=2))
     return dict(window.counter.calls)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.host_syncs import HostSyncCounter
+from bench.host_syncs import HostSyncCounter, counting_callback
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.train.callbacks import EpochTensorBoard, NaNGuard, RunCallbacks
 from keras_cifar.train.config import resolve_config
@@ -18,22 +18,6 @@ from keras_cifar.train.trainer import build_model, compile_model, make_callbacks
 def random_split(count, seed=0):
     rng = np.random.default_rng(seed)
     return Split(rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count))
-
-
-class CountSteps(keras.callbacks.Callback):
-    """Counts host synchronisations from the start of training step `first` to the start of
-    step `first + steps` (data loading, the step and every batch hook in between)."""
-
-    def __init__(self, first, steps):
-        super().__init__()
-        self.first, self.last = first, first + steps
-        self.counter = HostSyncCounter()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == self.first:
-            self.counter.__enter__()
-        elif batch == self.last:
-            self.counter.__exit__(None, None, None)
 
 
 STEP_CASES = [
@@ -57,7 +41,7 @@ def test_steady_state_training_step_makes_no_host_sync(model_name, overrides, tm
     model.set_graph_capture(True)
     callbacks, nan_guard = make_callbacks(config, str(tmp_path), new_run_state(), loader, eval_is_test=True)
     nan_guard.check_seconds = float("inf")  # its periodic read (every 5 s) is not a per-step one
-    window = CountSteps(first=3, steps=20)
+    window = counting_callback(first=3, steps=20)
     model.fit(loader.as_keras_input(), epochs=1, verbose=0, shuffle=False,
               callbacks=RunCallbacks(callbacks + [window], model=model, epochs=1, steps=len(loader), verbose=2))
     assert window.counter.total == 0, dict(window.counter.calls)
@@ -70,7 +54,7 @@ def test_host_sync_counter_sees_what_keras_generic_step_does(tmp_path):
     model = build_model(config, 10)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    window = CountSteps(first=3, steps=20)
+    window = counting_callback(first=3, steps=20)
     model.fit(loader.as_keras_input(), epochs=1, verbose=0, callbacks=[window])
     assert window.counter.total >= 20, dict(window.counter.calls)
 

@@ -168,12 +168,7 @@ class ImageClassifier(keras.Model):
         loss = self.loss.call(y, y_pred).mean()
         for parameter in plan.parameters:
             parameter.grad = None
-        parallel = self.__dict__.get("_parallel")
-        if parallel is not None:
-            parallel.before_backward()
-        self.optimizer.scale_loss(loss).backward()
-        if parallel is not None:
-            parallel.after_backward()
+        self._backward(loss)
         self.optimizer.apply([parameter.grad for parameter in plan.parameters], plan.trainable_weights)
         return self._track(plan, loss, y, y_pred)
 
@@ -192,6 +187,16 @@ class ImageClassifier(keras.Model):
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.forward_step(x, training=False)
+
+    def _backward(self, loss):
+        """The scaled loss's backward pass; under data parallelism the gradients are averaged
+        across ranks as they are produced (`keras_cifar.train.distributed`)."""
+        parallel = self.__dict__.get("_parallel")
+        if parallel is not None:
+            parallel.before_backward()
+        self.optimizer.scale_loss(loss).backward()
+        if parallel is not None:
+            parallel.after_backward()
 
     def _track(self, plan, loss, y, y_pred):
         """Accumulates the loss and accuracy in place, on the device; -> the running means."""
@@ -215,12 +220,7 @@ class ImageClassifier(keras.Model):
         self.zero_grad()
         loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight, training=True)
         keras_internals.loss_tracker(self).update_state(loss, sample_weight=x.shape[0])
-        parallel = self.__dict__.get("_parallel")
-        if parallel is not None:
-            parallel.before_backward()
-        self.optimizer.scale_loss(loss).backward()
-        if parallel is not None:
-            parallel.after_backward()
+        self._backward(loss)
         trainable_weights = self.trainable_weights[:]
         with torch.no_grad():
             self.optimizer.apply([v.value.grad for v in trainable_weights], trainable_weights)
