@@ -81,12 +81,13 @@ class RunConfig:
                                   "the global batch is N x batch_size (the learning rate is not rescaled).", min=1)
     eval_batch_size: int = setting(500, "Images per evaluation step (no effect on results).", min=1,
                                    resumable=True)
-    optimizer: str = setting("adam", "Optimizer (adam and adamw step as torch.optim's).",
+    optimizer: str = setting("adam", "Optimizer (adam, adamw and sgd step as torch.optim's, fused).",
                              choices=("adam", "adamw", "sgd"))
     lr: float = setting(1e-3, "(Peak) learning rate.", min=0, min_open=True, label="learning rate")
     momentum: float = setting(0.9, "SGD momentum.", min=0, max=1, max_open=True)
     nesterov: bool = setting(False, "SGD with Nesterov momentum.")
-    weight_decay: float = setting(0.0, "Decoupled weight decay (per step, times the learning rate).", min=0)
+    weight_decay: float = setting(0.0, "Weight decay, as torch.optim's: adamw decoupled (per step, times the learning "
+                                       "rate); adam and sgd an L2 term added to the gradients.", min=0)
     schedule: str = setting("constant", "Learning-rate schedule over all training steps.",
                             choices=("constant", "cosine", "one-cycle"))
     warmup_epochs: float = setting(0.0, "Warm-up length in epochs (cosine), or rise length (one-cycle; 0: 30% of "
