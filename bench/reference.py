@@ -159,6 +159,45 @@ def resnet18(num_classes=10):
     return torchvision.models.resnet18(num_classes=num_classes)
 
 
+class ConvGroup(nn.Module):
+    """airbench94's conv group: conv, max-pool, batch norm, GELU, conv, batch norm, GELU."""
+
+    def __init__(self, channels_in, channels_out, momentum=0.6):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding="same", bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = nn.BatchNorm2d(channels_out, eps=1e-12, momentum=1 - momentum)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding="same", bias=False)
+        self.norm2 = nn.BatchNorm2d(channels_out, eps=1e-12, momentum=1 - momentum)
+        for norm in (self.norm1, self.norm2):
+            norm.weight.requires_grad = False  # airbench trains batch-norm biases only
+        self.activ = nn.GELU()
+
+    def forward(self, x):
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+class Airbench94(nn.Module):
+    """The network of KellerJordan/cifar10-airbench's airbench94.py (MIT), with module names
+    matching the Keras `fast` model's layers. Its whitening kernel is frozen."""
+
+    def __init__(self, num_classes=10, widths=(64, 256, 256)):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        self.block1 = ConvGroup(24, widths[0])
+        self.block2 = ConvGroup(widths[0], widths[1])
+        self.block3 = ConvGroup(widths[1], widths[2])
+        self.pool = nn.MaxPool2d(3)
+        self.fc = nn.Linear(widths[2], num_classes, bias=False)
+
+    def forward(self, x):
+        x = F.gelu(self.whiten(x))
+        x = self.pool(self.block3(self.block2(self.block1(x))))
+        return self.fc(x.flatten(1)) / 9
+
+
 # Keras model name -> (reference constructor, preprocessing of raw 0..255 pixels, resize target)
 REFERENCES = {
     "cnn": (CNN, "unit", None),
@@ -166,7 +205,11 @@ REFERENCES = {
     "resnet_lite": (ResNetLite, "unit", None),
     "googlenet": (GoogLeNet, "symmetric", 224),
     "resnet18": (resnet18, "symmetric", 224),
+    "fast": (Airbench94, "standardize", None),
 }
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 def create_reference(name, num_classes=10):
@@ -180,6 +223,8 @@ def preprocess_nchw(images, name, resize_to="default"):
     x = torch.as_tensor(images).float().permute(0, 3, 1, 2) / 255.0
     if scaling == "symmetric":
         x = (x - 0.5) / 0.5
+    elif scaling == "standardize":
+        x = (x - torch.tensor(CIFAR10_MEAN)[:, None, None]) / torch.tensor(CIFAR10_STD)[:, None, None]
     size = default_size if resize_to == "default" else resize_to
     if size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

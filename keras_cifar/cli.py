@@ -240,17 +240,20 @@ def _load_for_inference(checkpoint, log_dir, device):
               help="Which split to evaluate.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per step. Default: the run's eval_batch_size, else 500.")
+@click.option("--tta", is_flag=True,
+              help="Test-time augmentation: average the logits of the image, its mirror, and both shifted by one "
+                   "pixel (6 passes; any model).")
 @_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def evaluate(checkpoint, log_dir, data, data_dir, split, batch_size, device, as_json):
+def evaluate(checkpoint, log_dir, data, data_dir, split, batch_size, tta, device, as_json):
     """Evaluate a checkpoint: accuracy, per-class accuracy and the confusion matrix."""
     import keras
 
     from keras_cifar.data import load_cifar
     from keras_cifar.train import run_dir as rd
     from keras_cifar.train.checkpoints import check_compatible
-    from keras_cifar.train.evaluation import classification_report, format_report, predict_logits
+    from keras_cifar.train.evaluation import classification_report, format_report, predict_logits, predict_logits_tta
 
     path, model, device, run_path = _load_for_inference(checkpoint, log_dir, device)
     saved = _run_config(run_path) if rd.is_run_dir(run_path) else {}
@@ -263,13 +266,15 @@ def evaluate(checkpoint, log_dir, data, data_dir, split, batch_size, device, as_
     with keras.device(device):
         if hasattr(model, "set_graph_capture"):  # checkpoints of the zoo are ImageClassifiers
             model.set_graph_capture(True)
-        report = classification_report(split_data.labels, predict_logits(model, split_data, batch_size),
+        predict = predict_logits_tta if tta else predict_logits
+        report = classification_report(split_data.labels, predict(model, split_data, batch_size),
                                        dataset.class_names)
-    report.update(checkpoint=path, split=split, data=dataset.source)
+    report.update(checkpoint=path, split=split, data=dataset.source, tta=tta)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(f"Checkpoint: {path}\nData: {dataset.source}, {split} split\n")
+        augmented = ", test-time augmentation (6 views)" if tta else ""
+        click.echo(f"Checkpoint: {path}\nData: {dataset.source}, {split} split{augmented}\n")
         click.echo(format_report(report))
 
 

@@ -12,7 +12,7 @@ results of the code that uses these internals with PyTorch's.
 Where a public API does the same job, the code uses it and the entry says which; the wrappers
 below (`all_layers`, `has_fixed_seed`, `compute_loss`, `loss_tracker`, `slot_variables`,
 `optimizer_variables`, `optimizer_learning_rate`, `callbacks_run_async`, `current_device`,
-`set_batch_norm_moments`, `batch_norm_reduction_axes`) are what
+`set_batch_norm_moments`, `batch_norm_moments_replaced`, `batch_norm_reduction_axes`) are what
 modules should call instead of reaching into Keras themselves.
 """
 
@@ -142,7 +142,7 @@ INTERNALS = (
     ),
     Internal(
         "keras.layers.BatchNormalization._moments",
-        ("keras_cifar/train/distributed.py",),
+        ("keras_cifar/train/distributed.py", "keras_cifar/models/layers.py"),
         "The batch moments of a training step. `--sync-bn` replaces it on each BatchNormalization layer of "
         "the model being trained (an instance attribute, through `set_batch_norm_moments`) with moments over "
         "the global batch, summed across ranks by an autograd-aware all-reduce.",
@@ -280,6 +280,11 @@ def set_batch_norm_moments(layer, moments):
     """Makes the BatchNormalization `layer` compute its training moments with `moments(inputs, mask)`
     -> (mean, variance), instead of its own `_moments` (this layer only, for this process)."""
     object.__setattr__(layer, "_moments", moments)
+
+
+def batch_norm_moments_replaced(layer):
+    """True when `set_batch_norm_moments` gave `layer` its own moments (`--sync-bn`)."""
+    return "_moments" in layer.__dict__
 
 
 def batch_norm_reduction_axes(layer):

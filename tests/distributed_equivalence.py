@@ -29,6 +29,9 @@ CASES = [
     ("cnn", {"model": "cnn"}, 8, 4),
     ("resnet18", {"model": "resnet18", "resize_to": 32, "weights": "none"}, 4, 3),
     ("resnet18-sync-bn", {"model": "resnet18", "resize_to": 32, "weights": "none", "sync_bn": True}, 4, 3),
+    # the fast recipe's optimizer: batch-norm biases at 64x, Nesterov, lookahead (every 2 steps here)
+    ("fast", {"model": "fast", "mixed_precision": "none", "nesterov": True, "bn_bias_lr_scale": 64.0,
+              "lookahead": 2, "epochs": 1}, 4, 3),
 ]
 COMMON = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "seed": 5, "jit": "trace", "device": "cpu"}
 
@@ -54,24 +57,25 @@ def batch_norm_values(model):
 def ghost_batch_step(model, images, labels, parts):
     """One process, one step on 2B images that computes what `parts` processes without sync_bn
     compute: batch statistics per part of B (rank r's images are images[r::parts]), the loss the
-    mean of the parts' losses, the moving statistics the mean of the parts' updates."""
+    mean of the parts' losses, the moving statistics the mean of the parts' updates. Each part's
+    backward runs before the next part resets the statistics (torch's batch-norm kernel keeps
+    them for its backward)."""
     state = batch_norm_values(model)
     start = [t.detach().clone() for t in state]
-    losses, ends = [], []
+    ends = []
+    weights = model.trainable_weights
+    for v in weights:
+        v.value.grad = None
     for part in range(parts):
         with torch.no_grad():
             for tensor, value in zip(state, start):
                 tensor.copy_(value)
         logits = model(images[part::parts], training=True)
-        losses.append(model.loss.call(labels[part::parts], logits).mean())
+        (model.loss.call(labels[part::parts], logits).mean() / parts).backward()
         ends.append([t.detach().clone() for t in state])
     with torch.no_grad():
         for index, tensor in enumerate(state):
             tensor.copy_(sum(end[index] for end in ends) / parts)
-    weights = model.trainable_weights
-    for v in weights:
-        v.value.grad = None
-    (sum(losses) / parts).backward()
     model.optimizer.apply([v.value.grad for v in weights], weights)
 
 

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from keras_cifar.data.augment import Augmentation, random_crop_flip
 from keras_cifar.keras_internals import current_device
 
 
@@ -34,7 +35,12 @@ class TensorLoader(torch.utils.data.IterableDataset):
         self.labels = torch.as_tensor(split.labels).to(self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.augment = augment
+        if augment is True:
+            augment = Augmentation()
+        if augment and not isinstance(augment, Augmentation):
+            raise ValueError(f"`augment` must be a bool or an Augmentation. Received: augment={augment!r}")
+        self.augment = augment or None
+        self._alternate_flips = None
         self.seed = seed
         self.drop_remainder = drop_remainder
         self.rank = rank
@@ -77,16 +83,26 @@ class TensorLoader(torch.utils.data.IterableDataset):
             order = order.repeat(math.ceil(total / count))[:total][self.rank::self.world_size]
         return order.to(self.device)
 
+    def alternate_flips(self):
+        """Which examples are mirrored in even epochs (the others in odd ones): one draw per run."""
+        if self._alternate_flips is None:
+            generator = torch.Generator(device="cpu").manual_seed(stream_seed(self.seed, "alternate flips"))
+            self._alternate_flips = (torch.rand(len(self.labels), generator=generator) < 0.5).to(self.device)
+        return self._alternate_flips
+
     def __iter__(self):
         order = self.epoch_order()
-        generator = self._generator(self.device, "augment", self.rank) if self.augment else None
+        augment = self.augment
+        generator = self._generator(self.device, "augment", self.rank) if augment else None
         for step in range(len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
             images = self.images[index]
-            if self.augment:
-                from keras_cifar.data.augment import random_crop_flip
-
-                images = random_crop_flip(images, generator)
+            if augment:
+                flipped = None
+                if augment.flip == "alternate":
+                    flipped = (self.alternate_flips()[index] ^ bool(self.epoch % 2))[:, None]
+                images = random_crop_flip(images, generator, padding=augment.padding, fill=augment.fill,
+                                          flip=augment.flip == "random", flipped=flipped)
             yield images, self.labels[index]
 
     def as_keras_input(self):

@@ -3,6 +3,7 @@
 from keras import layers
 
 from keras_cifar.models.classifier import ImageClassifier
+from keras_cifar.models.layers import TorchConv2D
 from keras_cifar.models.init import initialize
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
@@ -21,11 +22,11 @@ def build_cnn(num_classes=10, data_format="channels_first", input_shape=RAW_IMAG
     inputs = raw_image_input(input_shape)
     x = preprocess(inputs, "standardize" if normalize else "unit", data_format)
     conv = dict(activation="relu", data_format=data_format)
-    x = layers.Conv2D(10, 3, name="conv1", **conv)(x)
-    x = layers.Conv2D(15, 3, name="conv2", **conv)(x)
-    x = layers.Conv2D(20, 5, name="conv3", **conv)(x)
+    x = TorchConv2D(10, 3, name="conv1", **conv)(x)
+    x = TorchConv2D(15, 3, name="conv2", **conv)(x)
+    x = TorchConv2D(20, 5, name="conv3", **conv)(x)
     x = layers.MaxPooling2D(2, data_format=data_format, name="pool1")(x)
-    x = layers.Conv2D(25, 5, name="conv4", **conv)(x)
+    x = TorchConv2D(25, 5, name="conv4", **conv)(x)
     x = layers.MaxPooling2D(2, data_format=data_format, name="pool2")(x)
     # Flattening as stored (no transpose): CHW order when channels come first, as in PyTorch.
     x = layers.Flatten(data_format="channels_last", name="flatten")(x)

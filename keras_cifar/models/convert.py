@@ -11,6 +11,7 @@ from keras import layers
 from torch import nn
 
 from keras_cifar.keras_internals import all_layers
+from keras_cifar.models.fast import PatchWhitening
 
 
 def keras_layers_by_name(model):
@@ -49,11 +50,17 @@ def copy_module(keras_layer, module, model=None):
         kernel = _numpy(module.weight).T
         weights = [_flatten_chw_to_hwc(model, kernel) if model is not None else kernel]
     elif isinstance(module, nn.BatchNorm2d):
-        weights = [_numpy(module.weight), _numpy(module.bias), _numpy(module.running_mean), _numpy(module.running_var)]
+        weights = [_numpy(module.bias), _numpy(module.running_mean), _numpy(module.running_var)]
+        if getattr(keras_layer, "scale", True):
+            weights.insert(0, _numpy(module.weight))
+        elif not np.all(_numpy(module.weight) == 1.0):
+            raise ValueError(f"Layer {keras_layer.name!r} has no scale; the torch module's weight is not all ones.")
     else:
         raise TypeError(f"No conversion for {type(module).__name__}")
     if getattr(module, "bias", None) is not None and not isinstance(module, nn.BatchNorm2d):
         weights.append(_numpy(module.bias))
+    if isinstance(keras_layer, PatchWhitening):
+        weights = weights[::-1]  # Keras lists trainable weights (the bias) before the frozen kernel
     expected = [tuple(w.shape) for w in keras_layer.get_weights()]
     received = [tuple(w.shape) for w in weights]
     if expected != received:
@@ -90,5 +97,5 @@ def keras_weighted_layer_names(model):
     return sorted(
         layer.name
         for layer in all_layers(model)
-        if isinstance(layer, (layers.Conv2D, layers.Dense, layers.BatchNormalization))
+        if isinstance(layer, (layers.Conv2D, layers.Dense, layers.BatchNormalization, PatchWhitening))
     )

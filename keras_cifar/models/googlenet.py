@@ -4,7 +4,7 @@ from keras import layers
 
 from keras_cifar.models.classifier import ImageClassifier
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import InceptionBlock, SymmetricMaxPooling2D, torch_conv
+from keras_cifar.models.layers import InceptionBlock, SymmetricMaxPooling2D, TorchConv2D, torch_conv
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 
@@ -43,8 +43,8 @@ def build_googlenet(num_classes=10, data_format="channels_first", input_shape=RA
     for layer in torch_conv(64, 7, strides=2, padding=3, data_format=data_format, name="block1_conv"):
         x = layer(x)
     x = SymmetricMaxPooling2D(3, 2, 1, data_format=data_format, name="block1_pool")(x)
-    x = layers.Conv2D(192, 3, padding="same", data_format=data_format, name="block2_conv1")(x)
-    x = layers.Conv2D(192, 3, padding="same", data_format=data_format, name="block2_conv2")(x)
+    x = TorchConv2D(192, 3, padding="same", data_format=data_format, name="block2_conv1")(x)
+    x = TorchConv2D(192, 3, padding="same", data_format=data_format, name="block2_conv2")(x)
     x = SymmetricMaxPooling2D(3, 2, 1, data_format=data_format, name="block2_pool")(x)
     for stage_index, stage in enumerate(INCEPTION_STAGES, start=3):
         for block_name, filters in stage.items():

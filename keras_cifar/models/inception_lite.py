@@ -4,7 +4,7 @@ from keras import layers
 
 from keras_cifar.models.classifier import ImageClassifier
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import InceptionBlock
+from keras_cifar.models.layers import InceptionBlock, TorchConv2D
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 
@@ -35,9 +35,9 @@ def build_inception_lite(num_classes=10, data_format="channels_first", input_sha
     validate_common(data_format, input_shape)
     inputs = raw_image_input(input_shape)
     x = preprocess(inputs, "standardize" if normalize else "unit", data_format)
-    x = layers.Conv2D(16, 3, activation="relu", data_format=data_format, name="conv1")(x)
+    x = TorchConv2D(16, 3, activation="relu", data_format=data_format, name="conv1")(x)
     for index, filters in enumerate((64, 64), start=1):
-        x = layers.Conv2D(filters, 3, data_format=data_format, name=f"conv{index + 1}")(x)
+        x = TorchConv2D(filters, 3, data_format=data_format, name=f"conv{index + 1}")(x)
         x = layers.MaxPooling2D(2, data_format=data_format, name=f"pool{index}")(x)
         x = layers.ReLU(name=f"relu{index}")(x)
         x = InceptionBlock(**LITE_BLOCK, data_format=data_format, name=f"inception{index}")(x)

@@ -27,6 +27,37 @@ def channel_axis(data_format):
     return 1 if standardize_data_format(data_format) == "channels_first" else -1
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TorchConv2D(layers.Conv2D):
+    """`Conv2D` whose bias is added inside torch's convolution kernel, as `nn.Conv2d` does.
+
+    Keras's layer adds the bias as a separate element-wise pass over the output, which costs a
+    small network on a CPU several percent of its step. Where torch's kernel cannot take the
+    layer as it is (another backend, a channels-last layout, strided or even-sized "same"
+    padding, "causal" padding) it is Keras's layer."""
+
+    def _torch_padding(self):
+        if keras.backend.backend() != "torch" or self.data_format != "channels_first":
+            return None
+        if self.padding == "valid":
+            return 0
+        if self.padding == "same" and all(s == 1 for s in self.strides) and all(k % 2 for k in self.kernel_size):
+            return tuple((k - 1) // 2 * d for k, d in zip(self.kernel_size, self.dilation_rate))
+        return None
+
+    def call(self, inputs):
+        padding = self._torch_padding()
+        if padding is None:
+            return super().call(inputs)
+        import torch.nn.functional as F
+
+        kernel = ops.convert_to_tensor(self.kernel).permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+        bias = ops.convert_to_tensor(self.bias) if self.use_bias else None
+        outputs = F.conv2d(inputs, kernel, bias, stride=self.strides, padding=padding, dilation=self.dilation_rate,
+                           groups=self.groups)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+
 def torch_conv(filters, kernel_size, *, strides=1, padding=0, use_bias=True, data_format=None, name=None):
     """`nn.Conv2d(..., stride, padding)` as Keras layers: a list to apply in order.
 
@@ -35,13 +66,13 @@ def torch_conv(filters, kernel_size, *, strides=1, padding=0, use_bias=True, dat
     """
     conv_kwargs = dict(strides=strides, use_bias=use_bias, data_format=data_format)
     if padding == 0:
-        return [layers.Conv2D(filters, kernel_size, padding="valid", name=name, **conv_kwargs)]
+        return [TorchConv2D(filters, kernel_size, padding="valid", name=name, **conv_kwargs)]
     if strides == 1 and kernel_size % 2 == 1 and padding == kernel_size // 2:
-        return [layers.Conv2D(filters, kernel_size, padding="same", name=name, **conv_kwargs)]
+        return [TorchConv2D(filters, kernel_size, padding="same", name=name, **conv_kwargs)]
     pad_name = f"{name}_pad" if name else None
     return [
         layers.ZeroPadding2D(padding, data_format=data_format, name=pad_name),
-        layers.Conv2D(filters, kernel_size, padding="valid", name=name, **conv_kwargs),
+        TorchConv2D(filters, kernel_size, padding="valid", name=name, **conv_kwargs),
     ]
 
 
@@ -335,7 +366,7 @@ class ResidualBlock(layers.Layer):
                     f"filters={self.filters}, input channels={in_channels}"
                 )
             self._shortcut = [
-                layers.Conv2D(
+                TorchConv2D(
                     self.filters, 1, strides=self.strides, use_bias=False, data_format=self.data_format,
                     name=f"{self.name}_downsample_0",
                 ),
@@ -372,3 +403,39 @@ class ResidualBlock(layers.Layer):
             data_format=self.data_format,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TorchBatchNorm(layers.BatchNormalization):
+    """`BatchNormalization` computed by torch's own batch-norm kernel (`torch.nn.BatchNorm2d`'s
+    semantics: one fused pass, the moving variance updated with the unbiased batch variance).
+
+    Keras's layer computes the moments and the normalisation as separate element-wise ops in
+    float32, casting bfloat16/float16 activations up and back down: on a CPU that is a fifth of
+    a small network's training step. Where torch's kernel does not apply (another backend, a
+    channels-last layout, a mask, renormalisation, or `--sync-bn`, which replaces the moments)
+    the layer is Keras's."""
+
+    def _fused_applies(self, inputs, mask):
+        from keras_cifar.keras_internals import batch_norm_moments_replaced
+
+        return (keras.backend.backend() == "torch" and mask is None and not self.renorm and len(inputs.shape) == 4
+                and self.axis == 1 and not batch_norm_moments_replaced(self))
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fused_applies(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import torch.nn.functional as F
+
+        training = bool(training) and self.trainable
+        outputs = F.batch_norm(
+            inputs,
+            self.moving_mean.value,
+            self.moving_variance.value,
+            self.gamma.value if self.scale else None,
+            self.beta.value if self.center else None,
+            training=training,
+            momentum=1.0 - self.momentum,
+            eps=self.epsilon,
+        )
+        return ops.cast(outputs, self.compute_dtype)

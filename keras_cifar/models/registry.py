@@ -18,14 +18,17 @@ class ModelInfo:
     experiment: str  # the original script it reproduces
     description: str
     settings: tuple = ()  # the model-specific run settings (RunConfig fields) its builder takes
+    data_init: Callable = None  # data_init(model, train_images): initialises weights from the data (new runs)
 
 
-def register_model(name, *, input_size, experiment, description, settings=()):
+def register_model(name, *, input_size, experiment, description, settings=(), data_init=None):
     """Decorator: registers `builder(num_classes=..., **overrides) -> keras.Model`.
 
     `settings` names the model-specific run settings the model takes (`resize_to`, `weights`,
     `normalize`: RunConfig fields declared `model_specific`); each must be a keyword of the
     builder. A run passes them to the builder where set and rejects them for other models.
+    `data_init(model, train_images)`, where given, sets weights from the training images (raw
+    uint8 NHWC) when a run starts from scratch (`fast`: its whitening layer).
     """
 
     def decorator(builder):
@@ -35,7 +38,7 @@ def register_model(name, *, input_size, experiment, description, settings=()):
         missing = [setting for setting in settings if setting not in accepted]
         if missing:
             raise ValueError(f"Model {name!r} declares the settings {missing}, which its builder does not take.")
-        _REGISTRY[name] = ModelInfo(name, builder, input_size, experiment, description, tuple(settings))
+        _REGISTRY[name] = ModelInfo(name, builder, input_size, experiment, description, tuple(settings), data_init)
         return builder
 
     return decorator

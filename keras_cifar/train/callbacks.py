@@ -106,7 +106,51 @@ class NaNGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s")
+METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s",
+                  "elapsed_s")
+
+
+class TrainingClock(keras.callbacks.Callback):
+    """Adds `elapsed_s` to the epoch logs: wall time since the first training step began,
+    evaluations and checkpoint writes included (a resumed run continues from its last committed
+    epoch). Keeps `first_step_s` (the first step, which captures the graph) apart, and records in
+    `state["target"]` the first epoch whose `monitor` reached `target` and the time it took;
+    with `stop`, training ends there."""
+
+    def __init__(self, state, target=None, stop=False, monitor="val_accuracy"):
+        super().__init__()
+        history = state.get("history") or []
+        self.offset = history[-1].get("elapsed_s", 0.0) if history else 0.0
+        self.state = state
+        self.target = target
+        self.stop = stop
+        self.monitor = monitor
+        self.started = None
+        self.first_step_s = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - self.started
+
+    def elapsed(self):
+        return self.offset + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["elapsed_s"] = self.elapsed()
+        value = logs.get(self.monitor)
+        if self.target is None or value is None or self.state.get("target"):
+            return
+        if float(value) >= self.target:
+            self.state["target"] = {"accuracy": self.target, "epoch": epoch + 1, "elapsed_s": logs["elapsed_s"],
+                                    "value": float(value), "with_tta": False}
+            if self.stop:
+                self.model.stop_training = True
 
 
 class Checkpointer(keras.callbacks.Callback):

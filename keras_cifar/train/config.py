@@ -70,7 +70,14 @@ class RunConfig:
     val_split: float = setting(0.0, "Hold out this fraction of train for per-epoch validation (0: evaluate on "
                                     "test).", min=0, max=1, max_open=True)
     augment: bool = setting(False, "Random 4-pixel crop and horizontal flip of training images (off in the "
-                                   "original configs).")
+                                   "original configs); `crop_padding`, `crop_fill` and `flip` shape it.")
+    crop_padding: int = setting(4, "With `augment`: the largest random translation, in pixels.", min=0, max=16)
+    crop_fill: str = setting("zeros", "With `augment`: what a translation moves in at the border: zeros "
+                                      "(torchvision's RandomCrop(32, padding)) or reflect (mirrored pixels).",
+                             choices=("zeros", "reflect"))
+    flip: str = setting("random", "With `augment`: horizontal flips. random: each image with probability 1/2, "
+                                  "every epoch; alternate: a random half of the images in even epochs and the "
+                                  "other half in odd ones (airbench); none.", choices=("random", "alternate", "none"))
     train_images: Optional[int] = setting(None, "Train on a random subset of this many images (quick runs).",
                                           min=1)
     eval_images: Optional[int] = setting(None, "Evaluate every epoch on a random subset of this many images "
@@ -89,10 +96,27 @@ class RunConfig:
     weight_decay: float = setting(0.0, "Weight decay, as torch.optim's: adamw decoupled (per step, times the learning "
                                        "rate); adam and sgd an L2 term added to the gradients.", min=0)
     schedule: str = setting("constant", "Learning-rate schedule over all training steps.",
-                            choices=("constant", "cosine", "one-cycle"))
+                            choices=("constant", "cosine", "one-cycle", "triangle"))
     warmup_epochs: float = setting(0.0, "Warm-up length in epochs (cosine), or rise length (one-cycle; 0: 30% of "
-                                        "the steps). At most `epochs`.", min=0)
+                                        "the steps; triangle: 0: 23%, linear from 0.2 x lr to lr, then linear to "
+                                        "0.07 x lr at the end). At most `epochs`.", min=0)
     label_smoothing: float = setting(0.0, "Label smoothing.", min=0, max=1, max_open=True)
+    bn_bias_lr_scale: float = setting(1.0, "sgd: learning-rate multiplier of batch-norm biases; their weight decay "
+                                           "is divided by it, so the decay per step is unchanged (airbench: 64).",
+                                      min=0, min_open=True)
+    lookahead: int = setting(0, "sgd: every this many steps, pull the weights to their running average "
+                                "(airbench's lookahead, decay rising to 0.77 at the end, where the weights take "
+                                "the average); 0: off.", min=0)
+    # --- evaluation
+    tta: bool = setting(False, "Final evaluation with test-time augmentation: the mean logits of the image and "
+                               "its mirror, and of both shifted one pixel up-left and down-right (6 passes; "
+                               "airbench's level 2). Per-epoch evaluations stay plain.", resumable=True)
+    target_accuracy: Optional[float] = setting(None, "Report the training time to this accuracy on the evaluated "
+                                                     "split (in the output and summary.json); with the final "
+                                                     "TTA evaluation too when `tta` is on.", min=0, max=1,
+                                               min_open=True, resumable=True)
+    stop_at_target: bool = setting(False, "Stop training at the end of the epoch that reaches `target_accuracy`.",
+                                   resumable=True)
     # --- execution
     seed: int = setting(0, "Seed of weights, data order, augmentation and dropout.", min=0, max=2**32 - 1)
     device: str = setting("auto", "Device: cuda (GPU 0), cuda:N, cpu, or auto (cuda when available, else cpu; "
@@ -240,6 +264,12 @@ def _check_values(config):
     require(config.warmup_epochs <= config.epochs,
             f"`warmup_epochs` must be in [0, epochs]. Received: `warmup_epochs={config.warmup_epochs!r}`, "
             f"`epochs={config.epochs!r}`")
+    require(config.optimizer == "sgd" or (config.lookahead == 0 and config.bn_bias_lr_scale == 1.0),
+            f"`lookahead` and `bn_bias_lr_scale` apply to optimizer sgd only. Received: "
+            f"`optimizer={config.optimizer!r}`, `lookahead={config.lookahead!r}`, "
+            f"`bn_bias_lr_scale={config.bn_bias_lr_scale!r}`")
+    require(not config.stop_at_target or config.target_accuracy is not None,
+            "`stop_at_target` needs `target_accuracy`. Received: `stop_at_target=True`, `target_accuracy=None`")
     takes = get_model_info(config.model).settings
     for name in MODEL_SPECIFIC:
         value = getattr(config, name)

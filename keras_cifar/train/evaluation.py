@@ -25,6 +25,30 @@ def predict_logits(model, split, batch_size):
     return merged
 
 
+def tta_views(images):
+    """airbench's level-2 test-time augmentation of uint8 NHWC `images`: (weight, view) pairs.
+    The image and its mirror, and both shifted by one pixel down-right and up-left (borders
+    reflected), each with its mirror; the unshifted pair weighs as much as the two shifted ones."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    height, width = images.shape[1:3]
+    shifted = (padded[:, :height, :width], padded[:, 2:height + 2, 2:width + 2])
+    views = [(0.25, images), (0.25, images[:, :, ::-1])]
+    for view in shifted:
+        views += [(0.125, view), (0.125, view[:, :, ::-1])]
+    return [(weight, np.ascontiguousarray(view)) for weight, view in views]
+
+
+def predict_logits_tta(model, split, batch_size):
+    """`predict_logits` averaged over `tta_views` (6 forward passes)."""
+    from keras_cifar.data.dataset import Split
+
+    total = None
+    for weight, view in tta_views(np.asarray(split.images)):
+        logits = weight * predict_logits(model, Split(view, split.labels), batch_size).astype("float64")
+        total = logits if total is None else total + logits
+    return total.astype("float32")
+
+
 def confusion_matrix(labels, predictions, num_classes):
     """`matrix[true, predicted]` counts."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

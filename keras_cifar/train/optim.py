@@ -78,6 +78,30 @@ class OneCycle(_PythonSchedule):
             "div_factor": self.div_factor,
             "final_div_factor": self.final_div_factor,
         }
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Triangle(_PythonSchedule):
+    """airbench's schedule: linear from `start * peak` up to `peak` over the first `rise_steps`,
+    then linear down to `end * peak` at `total_steps`."""
+
+    def __init__(self, peak, total_steps, rise_steps, start=0.2, end=0.07):
+        self.peak = peak
+        self.total_steps = total_steps
+        self.rise_steps = rise_steps
+        self.start = start
+        self.end = end
+
+    def value_at(self, step):
+        if step < self.rise_steps:
+            fraction = step / self.rise_steps
+            return self.peak * (self.start * (1 - fraction) + fraction)
+        fraction = min((step - self.rise_steps) / max(self.total_steps - self.rise_steps, 1), 1.0)
+        return self.peak * ((1 - fraction) + self.end * fraction)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "rise_steps": self.rise_steps,
+                "start": self.start, "end": self.end}
+
+
 def learning_rate(config, steps_per_epoch):
     total = config.epochs * steps_per_epoch
     if config.schedule == "constant":
@@ -85,6 +109,9 @@ def learning_rate(config, steps_per_epoch):
     if config.schedule == "cosine":
         return WarmupCosine(config.lr, total, int(round(config.warmup_epochs * steps_per_epoch)))
     rise = config.warmup_epochs * steps_per_epoch if config.warmup_epochs else 0.3 * total
+    if config.schedule == "triangle":
+        rise = config.warmup_epochs * steps_per_epoch if config.warmup_epochs else 0.23 * total
+        return Triangle(config.lr, total, max(int(rise), 1))
     return OneCycle(config.lr, total, int(round(rise)))
 
 
@@ -94,8 +121,9 @@ class _TorchStep:
     """A torch.optim optimizer over the torch tensors of a list of Keras variables, with a
     host-side copy of the step count (read from the device once, when it is made)."""
 
-    def __init__(self, optimizer, parameters, iterations, fused):
+    def __init__(self, optimizer, variables, parameters, iterations, fused):
         self.optimizer = optimizer
+        self.variables = variables
         self.parameters = parameters
         self.iterations = iterations
         self.fused = fused
@@ -126,6 +154,20 @@ class _TorchOptimUpdate:
         """torch's per-parameter state for `variable`, made of the Keras slot variables' tensors."""
         raise NotImplementedError
 
+    def param_group_of(self, variable):
+        """(learning-rate scale, step from which the variable stays still or None) of `variable`."""
+        return 1.0, None
+
+    def _param_groups(self, variables, parameters):
+        """torch param groups, one per (scale, frozen-at step): weight decay divided by the scale,
+        so that the decay per step (learning rate x weight decay) is the same in every group."""
+        groups = {}
+        for variable, parameter in zip(variables, parameters):
+            groups.setdefault(self.param_group_of(variable), []).append(parameter)
+        decay = self.torch_hyperparameters().get("weight_decay", 0.0)
+        return [{"params": params, "scale": scale, "frozen_at": frozen_at, "weight_decay": decay / scale}
+                for (scale, frozen_at), params in groups.items()]
+
     def _torch_step(self, variables):
         steps = self.__dict__.setdefault("_torch_steps", {})
         key = tuple(id(variable) for variable in variables)
@@ -134,11 +176,11 @@ class _TorchOptimUpdate:
             parameters = [variable.value for variable in variables]
             fused = all(parameter.device.type in ("cpu", "cuda") for parameter in parameters)
             iterations = int(keras.ops.convert_to_numpy(self.iterations))  # once, not every step
-            optimizer = self.torch_class(parameters, lr=0.0, fused=fused or None, foreach=None if fused else True,
-                                         **self.torch_hyperparameters())
+            optimizer = self.torch_class(self._param_groups(variables, parameters), lr=0.0, fused=fused or None,
+                                         foreach=None if fused else True, **self.torch_hyperparameters())
             for variable, parameter in zip(variables, parameters):
                 optimizer.state[parameter].update(self.torch_state(variable, iterations, fused))
-            step = steps[key] = _TorchStep(optimizer, parameters, iterations, fused)
+            step = steps[key] = _TorchStep(optimizer, variables, parameters, iterations, fused)
         return step
 
     def _learning_rate_now(self, step):
@@ -164,7 +206,10 @@ class _TorchOptimUpdate:
         for parameter, grad in zip(step.parameters, grads):
             if parameter.grad is not grad:
                 parameter.grad = grad
-        step.optimizer.param_groups[0]["lr"] = self._learning_rate_now(step)
+        lr = self._learning_rate_now(step)
+        for group in step.optimizer.param_groups:
+            frozen = group["frozen_at"] is not None and step.iterations >= group["frozen_at"]
+            group["lr"] = 0.0 if frozen else (lr if group["scale"] == 1.0 else lr * group["scale"])
         if found_inf is not None and not step.fused:
             raise ValueError(f"{type(self).__name__}: skipping non-finite updates needs torch's fused optimizer, "
                              f"which {step.parameters[0].device} lacks.")
@@ -175,6 +220,10 @@ class _TorchOptimUpdate:
         else:
             self.iterations.value.add_(1 - found_inf.to(self.iterations.value.dtype))
         step.iterations += 1
+        self.after_update(step)
+
+    def after_update(self, step):
+        """Called after every update with the host step count already advanced."""
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
@@ -243,9 +292,28 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
 
     torch_class = torch.optim.SGD
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, **kwargs):
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, lr_scales=None,
+                 frozen_after=None, lookahead_every=0, lookahead_total=0, **kwargs):
+        """`lr_scales`: {variable path: learning-rate multiplier} (its weight decay is divided by
+        it: the same decay per step). `frozen_after`: {variable path: step} from which the
+        variable no longer moves. `lookahead_every` > 0: every that many steps the weights are
+        pulled to a running average of themselves (airbench's lookahead; the average is
+        optimizer state, saved and resumed) with a decay rising as 0.95^5 (step / total)^3 over
+        `lookahead_total` steps; at the last step the weights take the average."""
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
         self.torch_weight_decay = weight_decay or 0.0
+        self.lr_scales = dict(lr_scales or {})
+        self.frozen_after = dict(frozen_after or {})
+        for name, table in (("lr_scales", self.lr_scales), ("frozen_after", self.frozen_after)):
+            bad = {path: value for path, value in table.items()
+                   if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0}
+            if bad:
+                raise ValueError(f"`{name}` values must be positive numbers. Received: {name}={bad!r}")
+        if lookahead_every and (lookahead_every < 1 or lookahead_total < 1):
+            raise ValueError("Lookahead needs `lookahead_every` >= 1 and `lookahead_total` >= 1 steps. Received: "
+                             f"lookahead_every={lookahead_every!r}, lookahead_total={lookahead_total!r}")
+        self.lookahead_every = int(lookahead_every or 0)
+        self.lookahead_total = int(lookahead_total or 0)
         self._check_supported()
 
     def torch_hyperparameters(self):
@@ -256,9 +324,39 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
             return {}
         return {"momentum_buffer": keras_internals.slot_variables(self, variable)["momentum"].value}
 
+    def param_group_of(self, variable):
+        frozen_at = self.frozen_after.get(variable.path)
+        return float(self.lr_scales.get(variable.path, 1.0)), int(frozen_at) if frozen_at is not None else None
+
+    def build(self, variables):
+        super().build(variables)
+        if self.lookahead_every:
+            self._lookahead = {}
+            for variable in variables:
+                average = self._lookahead[variable.path] = self.add_variable_from_reference(variable, "lookahead")
+                average.assign(variable)
+
+    def after_update(self, step):
+        every, total, now = self.lookahead_every, self.lookahead_total, step.iterations
+        if not every or now > total:
+            return
+        if now % every == 0:
+            decay = 0.95 ** 5 * (now / total) ** 3
+        elif now == total:
+            decay = 1.0  # the last step: the weights take the average
+        else:
+            return
+        averages = [self._lookahead[variable.path].value for variable in step.variables]
+        with torch.no_grad():
+            for average, parameter in zip(averages, step.parameters):
+                average.lerp_(parameter, 1.0 - decay)
+                parameter.copy_(average)
+
     def get_config(self):
         config = super().get_config()
-        config["weight_decay"] = self.torch_weight_decay or None
+        config.update(weight_decay=self.torch_weight_decay or None, lr_scales=self.lr_scales,
+                      frozen_after=self.frozen_after, lookahead_every=self.lookahead_every,
+                      lookahead_total=self.lookahead_total)
         return config
 
 
@@ -286,21 +384,44 @@ class TorchLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                                  self.dynamic_growth_steps)
 
 
-def build_optimizer(config, steps_per_epoch):
-    optimizer = _build_optimizer(config, steps_per_epoch)
+def build_optimizer(config, steps_per_epoch, model=None):
+    """The optimizer of `config`. `model` (needed for `bn_bias_lr_scale` and for layers whose bias
+    trains for a number of epochs only, as `fast`'s whitening layer) names the variables that
+    take their own learning rate."""
+    optimizer = _build_optimizer(config, steps_per_epoch, model)
     if config.mixed_precision == "fp16":  # what Keras's compile would wrap it in, without host syncs
         return TorchLossScaleOptimizer(optimizer)
     return optimizer
 
 
-def _build_optimizer(config, steps_per_epoch):
+def _variable_options(config, steps_per_epoch, model):
+    """SGD's per-variable options for `model`: batch-norm biases' learning-rate scale, frozen
+    biases, lookahead."""
+    options = {}
+    if config.lookahead:
+        options.update(lookahead_every=config.lookahead, lookahead_total=config.epochs * steps_per_epoch)
+    if model is None:
+        return options
+    sublayers = keras_internals.all_layers(model)
+    if config.bn_bias_lr_scale != 1.0:
+        options["lr_scales"] = {layer.beta.path: config.bn_bias_lr_scale for layer in sublayers
+                                if isinstance(layer, keras.layers.BatchNormalization) and layer.center}
+    frozen = {layer.bias.path: layer.bias_epochs * steps_per_epoch for layer in sublayers
+              if isinstance(getattr(layer, "bias_epochs", None), int) and getattr(layer, "bias", None) is not None}
+    if frozen:
+        options["frozen_after"] = {path: step for path, step in frozen.items() if step > 0} or None
+    return options
+
+
+def _build_optimizer(config, steps_per_epoch, model=None):
     lr = learning_rate(config, steps_per_epoch)
     decay = config.weight_decay or None
     if config.optimizer == "adam":
         return TorchAdam(learning_rate=lr, weight_decay=decay)
     if config.optimizer == "adamw":
         return TorchAdamW(learning_rate=lr, weight_decay=config.weight_decay)
-    return TorchSGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
+    return TorchSGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay,
+                    **_variable_options(config, steps_per_epoch, model))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

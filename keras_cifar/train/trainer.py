@@ -9,18 +9,19 @@ import time
 import keras
 
 from keras_cifar.data import TensorLoader, load_cifar
+from keras_cifar.data.augment import Augmentation
 from keras_cifar.errors import CheckpointError, ConfigError, KerasCifarError, TrainingError, UsageError
 from keras_cifar.models import create_model
 from keras_cifar.train import distributed
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
-                                         OriginalTags, RunCallbacks)
+                                         OriginalTags, RunCallbacks, TrainingClock)
 from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
 from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
                                       to_dict, write_config)
 from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
                                      set_precision)
-from keras_cifar.train.evaluation import classification_report, predict_logits
+from keras_cifar.train.evaluation import classification_report, predict_logits, predict_logits_tta
 from keras_cifar.train.optim import build_loss, build_optimizer
 from keras_cifar.train.reports import write_final_summaries
 
@@ -67,16 +68,27 @@ def build_model(config, num_classes):
                         **model_options(config))
 
 
+def new_model(config, data):
+    """A freshly built model of `config`, with any weights its registry entry sets from the data."""
+    from keras_cifar.models import get_model_info
+
+    model = build_model(config, data.num_classes)
+    data_init = get_model_info(config.model).data_init
+    if data_init is not None:
+        data_init(model, data.train.images)
+    return model
+
+
 def compile_model(model, config, steps_per_epoch):
     model.compile(
-        optimizer=build_optimizer(config, steps_per_epoch),
+        optimizer=build_optimizer(config, steps_per_epoch, model),
         loss=build_loss(config),
         metrics=["accuracy"],
         jit_compile=config.jit == "compile",
     )
 
 
-def make_callbacks(config, run_path, state, train_loader, eval_is_test):
+def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=None):
     """The callbacks of every `fit` run (the benchmarks use the same). Order matters: the
     seeder first; epoch stats before anything reads the logs; the checkpoint is committed
     before the logs are written, so a crash can lose a log line but never a checkpoint.
@@ -93,6 +105,8 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test):
         EpochStats(),
         nan_guard,
     ]
+    if clock is not None:
+        callbacks.append(clock)
     if group.is_main:
         callbacks += [
             Checkpointer(run_path, state, nan_guard),
@@ -166,7 +180,8 @@ def _fit(config, resume_path, verbose, echo):
         seed_everything(config.seed)
         # Each rank its own shard of every epoch, all ranks the same number of steps; evaluation
         # in disjoint shards that hold every image once.
-        train_loader = TensorLoader(data.train, config.batch_size, shuffle=True, augment=config.augment,
+        augment = Augmentation(config.crop_padding, config.crop_fill, config.flip) if config.augment else False
+        train_loader = TensorLoader(data.train, config.batch_size, shuffle=True, augment=augment,
                                     seed=config.seed, device=device, rank=group.rank, world_size=group.world_size)
         eval_loader = TensorLoader(data.eval, config.eval_batch_size, device=device, rank=group.rank,
                                    world_size=group.world_size, even_shards=False)
@@ -184,13 +199,13 @@ def _fit(config, resume_path, verbose, echo):
                 check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
                 model.jit_compile = config.jit == "compile"  # a run may change how it executes
             else:  # killed before the first epoch ended (start over in the same folder), or not rank 0
-                model = build_model(config, data.num_classes)
+                model = new_model(config, data)
                 compile_model(model, config, steps_per_epoch)
             if group.is_main and build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
                 write_config(config, os.path.join(run_path, rd.CONFIG))
             echo(f"Resuming {run_path} after epoch {state['completed_epochs']} of {config.epochs}")
         else:
-            model = build_model(config, data.num_classes)
+            model = new_model(config, data)
             compile_model(model, config, steps_per_epoch)
             run_path = rd.create_run_dir(config.log_dir, config.model) if group.is_main else None
             run_path = group.broadcast(run_path)  # one run folder, rank 0's
@@ -211,7 +226,10 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
     import torch
 
     group = distributed.current()
-    callbacks, nan_guard = make_callbacks(config, run_path, state, train_loader, eval_is_test=data.val is None)
+    clock = TrainingClock(state, config.target_accuracy, config.stop_at_target)
+    callbacks, nan_guard = make_callbacks(config, run_path, state, train_loader, eval_is_test=data.val is None,
+                                          clock=clock)
+    prepare_s = time.perf_counter() - started
     initial_epoch = state["completed_epochs"]
     if initial_epoch < config.epochs:
         try:
@@ -248,6 +266,13 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
         )
     try:
         logits = predict_logits(model, data.eval, config.eval_batch_size)
+        tta = None
+        if config.tta:
+            tta_started = time.perf_counter()
+            tta_logits = predict_logits_tta(model, data.eval, config.eval_batch_size)
+            tta = {"time_s": time.perf_counter() - tta_started,
+                   "plain_accuracy": float((logits.argmax(-1) == data.eval.labels).mean())}
+            logits = tta_logits
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"Out of {device} memory in the final evaluation at eval batch size {config.eval_batch_size}; the "
@@ -255,17 +280,60 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
             f"`fit(resume_path={run_path!r})`"
         ) from None
     report = classification_report(data.eval.labels, logits, data.class_names)
+    timing = _timing(config, state, report, clock, prepare_s, tta)
     summary = _summary(config, state, report, data, device, run_path)
+    summary.update(timing)
     if group.is_main:
         rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
         write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
     best = state.get("best")
     if best:
         echo(f"Best {data.eval_split_name} accuracy {100 * best['value']:.2f}% (epoch {best['epoch']}); "
-             f"final {100 * report['accuracy']:.2f}%.")
+             f"final {100 * report['accuracy']:.2f}%" + (" with test-time augmentation "
+             f"({100 * tta['plain_accuracy']:.2f}% without)." if tta else "."))
+    if timing["target"] is not None:
+        echo(_target_line(timing))
     echo(f"Checkpoints and logs: {run_path}")
     echo(f"Total time: {_format_duration(time.perf_counter() - started)}")
     return FitResult(run_path, summary, state["history"])
+
+
+def _timing(config, state, report, clock, prepare_s, tta):
+    """summary.json's timing: preparation (data, model, whitening, compile) before the first
+    step, the first step (graph capture), and the time to `target_accuracy`: the training time
+    from the first step to the end of the epoch that reached it, or, when only the final TTA
+    evaluation reached it, the whole training time plus that evaluation (as airbench counts)."""
+    history = state["history"]
+    train_s = history[-1].get("elapsed_s") if history else None
+    target = state.get("target")
+    if target is None and config.target_accuracy is not None:
+        reached = tta is not None and report["accuracy"] >= config.target_accuracy and train_s is not None
+        target = {"accuracy": config.target_accuracy, "reached": False}
+        if reached:
+            target = {"accuracy": config.target_accuracy, "epoch": state["completed_epochs"],
+                      "elapsed_s": train_s + tta["time_s"], "value": report["accuracy"], "with_tta": True}
+    if target is not None:
+        target = {"reached": True, **target}
+    return {
+        "prepare_s": prepare_s,
+        "first_step_s": clock.first_step_s,
+        "elapsed_s": train_s,
+        "tta": tta is not None,
+        "tta_time_s": tta["time_s"] if tta else None,
+        "final_accuracy_without_tta": tta["plain_accuracy"] if tta else None,
+        "target": target,
+    }
+
+
+def _target_line(timing):
+    target = timing["target"]
+    if not target["reached"]:
+        return f"Target accuracy {100 * target['accuracy']:.2f}% not reached."
+    how = "with the final test-time augmentation" if target["with_tta"] else f"at epoch {target['epoch']}"
+    first = f"; first step {timing['first_step_s']:.1f} s" if timing["first_step_s"] is not None else ""
+    return (f"Reached {100 * target['accuracy']:.2f}% ({100 * target['value']:.2f}%) {how} after "
+            f"{_format_duration(target['elapsed_s'])} of training (from the first step{first}, graph capture "
+            f"included; {timing['prepare_s']:.1f} s of data and model preparation before it).")
 
 
 def _summary(config, state, report, data, device, run_path):

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The fast recipe's results for docs/RESULTS.md, one run after another (never two at once: they
+# share the CPU and the times would be wrong). Each run writes its own folder (summary.json,
+# metrics.csv) as it goes, so a killed sequence keeps what finished.
+#   bash bench/fast_recipe.sh OUT_DIR [seeds...]        the Keras recipe, 3 seeds by default
+#   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
+#   STAGE=ablation bash bench/fast_recipe.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
+#                                                      run reports its accuracy with and without it)
+set -euo pipefail
+OUT=${1:?usage: bash bench/fast_recipe.sh OUT_DIR [seeds...]}
+shift
+SEEDS=${*:-0 1 2}
+DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+case "${STAGE:-keras}" in
+keras)
+  for seed in $SEEDS; do
+    $PY cli.py fit --config configs/fast.yaml --data "$DATA" --seed "$seed" --log-dir "$OUT/keras-seed$seed" \
+      --target-accuracy 0.94 2>&1 | tee "$OUT/keras-seed$seed.log"
+  done ;;
+torch)
+  for seed in $SEEDS; do
+    $PY -m bench.airbench_torch --device cpu --threads 2 --precision bf16 --seed "$seed" --data "$DATA" \
+      --out "$OUT/torch-seed$seed.json" 2>&1 | tee "$OUT/torch-seed$seed.log"
+  done ;;
+ablation)
+  EPOCHS=${EPOCHS:-3}
+  declare -A VARIANTS=(
+    [recipe]=""
+    [no-lookahead]="--lookahead 0"
+    [no-bn-bias-lr]="--bn-bias-lr-scale 1"
+    [no-label-smoothing]="--label-smoothing 0"
+    [random-flip]="--flip random"
+    [fp32]="--mixed-precision none"
+  )
+  for name in ${VARIANTS_ORDER:-recipe no-lookahead no-bn-bias-lr no-label-smoothing}; do
+    # shellcheck disable=SC2086
+    $PY cli.py fit --config configs/fast.yaml --data "$DATA" --epochs "$EPOCHS" --log-dir "$OUT/ablation-$name" \
+      ${VARIANTS[$name]} 2>&1 | tee "$OUT/ablation-$name.log"
+  done ;;
+esac

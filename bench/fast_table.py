@@ -1,0 +1,149 @@
+"""The fast recipe's tables for docs/RESULTS.md, from the runs of bench/fast_recipe.sh.
+
+    python -m bench.fast_table OUT_DIR
+
+Reads OUT_DIR/keras-seed*/<run>/ (summary.json, metrics.csv), OUT_DIR/torch-seed*.json
+(bench/airbench_torch.py) and OUT_DIR/ablation-*/<run>/, and prints markdown tables. Times
+are wall-clock seconds from the first training step, counting every epoch's test evaluation
+for both programs (airbench's own count leaves those out; its column is given as well).
+"""
+
+import csv
+import glob
+import json
+import os
+import statistics
+import sys
+
+
+def _run_folder(parent):
+    runs = sorted(glob.glob(os.path.join(parent, "*", "summary.json")))
+    return os.path.dirname(runs[-1]) if runs else None
+
+
+def _first(rows, threshold, key, time_key):
+    for row in rows:
+        if row[key] >= threshold:
+            return row[time_key]
+    return None
+
+
+def keras_run(folder):
+    with open(os.path.join(folder, "summary.json")) as handle:
+        summary = json.load(handle)
+    with open(os.path.join(folder, "metrics.csv")) as handle:
+        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+    target = summary.get("target") or {}
+    return {
+        "seed": summary["config"]["seed"],
+        "epochs": summary["epochs"],
+        "accuracy": summary["final_accuracy_without_tta"] if summary.get("tta") else summary["final_accuracy"],
+        "tta_accuracy": summary["final_accuracy"] if summary.get("tta") else None,
+        "epoch_s": statistics.median(row["epoch_time_s"] for row in rows[1:]) if len(rows) > 1 else None,
+        "first_epoch_s": rows[0]["epoch_time_s"],
+        "time_to_90": _first(rows, 0.90, "val_accuracy", "elapsed_s"),
+        "time_to_94": target.get("elapsed_s") if target.get("reached") else None,
+        "total_s": (summary["elapsed_s"] or 0) + (summary.get("tta_time_s") or 0),
+        "prepare_s": summary.get("prepare_s"),
+        "first_step_s": summary.get("first_step_s"),
+        "device": summary.get("device_name"),
+    }
+
+
+def torch_run(path):
+    with open(path) as handle:
+        report = json.load(handle)
+    rows, elapsed = [], report.get("whiten_init_s", 0.0)
+    for row in report["epochs"]:
+        elapsed += row["train_time_s"] + row.get("eval_time_s", 0.0)
+        rows.append({**row, "elapsed_s": elapsed})
+    tta = report.get("tta_acc")
+    time_to_94 = _first(rows, 0.94, "test_acc", "elapsed_s")
+    if time_to_94 is None and tta is not None and tta >= 0.94:
+        time_to_94 = elapsed + report["tta_time_s"]
+    return {
+        "seed": report["config"]["seed"],
+        "epochs": len(rows),
+        "accuracy": rows[-1]["test_acc"] if rows else None,
+        "tta_accuracy": tta,
+        "epoch_s": statistics.median(r["train_time_s"] + r.get("eval_time_s", 0.0) for r in rows[1:])
+        if len(rows) > 1 else None,
+        "first_epoch_s": rows[0]["train_time_s"] + rows[0].get("eval_time_s", 0.0) if rows else None,
+        "time_to_90": _first(rows, 0.90, "test_acc", "elapsed_s"),
+        "time_to_94": time_to_94,
+        "total_s": elapsed + (report.get("tta_time_s") or 0.0),
+        "airbench_time_to_94": report.get("time_to_94"),
+    }
+
+
+def _fmt(value, kind="s"):
+    if value is None:
+        return "-"
+    if kind == "%":
+        return f"{100 * value:.2f}"
+    return f"{value:.0f}"
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def results_table(out_dir):
+    lines = ["| program | seed | epochs | test acc. % | with TTA % | s/epoch (steady) | first epoch s | "
+             "time to 90% s | time to 94% s | total s |", "|---" * 10 + "|"]
+    groups = []
+    for label, runs in (("keras-cifar `fast`", [keras_run(f) for f in _folders(out_dir, "keras-seed")]),
+                        ("airbench94, plain PyTorch", [torch_run(p) for p in
+                                                       sorted(glob.glob(os.path.join(out_dir, "torch-seed*.json")))])):
+        groups.append((label, runs))
+        for run in runs:
+            lines.append(f"| {label} | {run['seed']} | {run['epochs']} | {_fmt(run['accuracy'], '%')} | "
+                         f"{_fmt(run['tta_accuracy'], '%')} | {_fmt(run['epoch_s'])} | {_fmt(run['first_epoch_s'])} | "
+                         f"{_fmt(run['time_to_90'])} | {_fmt(run['time_to_94'])} | {_fmt(run['total_s'])} |")
+        if len(runs) > 1:
+            lines.append(f"| {label} | **mean of {len(runs)}** | | {_fmt(_mean(r['accuracy'] for r in runs), '%')} | "
+                         f"{_fmt(_mean(r['tta_accuracy'] for r in runs), '%')} | "
+                         f"{_fmt(_mean(r['epoch_s'] for r in runs))} | | "
+                         f"{_fmt(_mean(r['time_to_90'] for r in runs))} | "
+                         f"{_fmt(_mean(r['time_to_94'] for r in runs))} | {_fmt(_mean(r['total_s'] for r in runs))} |")
+    return "\n".join(lines), groups
+
+
+def _folders(out_dir, prefix):
+    folders = [_run_folder(parent) for parent in sorted(glob.glob(os.path.join(out_dir, prefix + "*")))
+               if os.path.isdir(parent)]
+    return [folder for folder in folders if folder]
+
+
+def ablation_table(out_dir):
+    runs = {os.path.basename(os.path.dirname(folder)).removeprefix("ablation-"): keras_run(folder)
+            for folder in _folders(out_dir, "ablation-")}
+    if not runs:
+        return ""
+    base = runs.get("recipe")
+    lines = ["| variant | epochs | test acc. % | with TTA % | change (TTA) points | s/epoch |", "|---" * 6 + "|"]
+    for name, run in sorted(runs.items(), key=lambda item: item[0] != "recipe"):
+        change = "" if base is None or name == "recipe" or run["tta_accuracy"] is None else \
+            f"{100 * (run['tta_accuracy'] - base['tta_accuracy']):+.2f}"
+        lines.append(f"| {name} | {run['epochs']} | {_fmt(run['accuracy'], '%')} | {_fmt(run['tta_accuracy'], '%')} | "
+                     f"{change} | {_fmt(run['epoch_s'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    table, _ = results_table(argv[0])
+    print(table)
+    ablation = ablation_table(argv[0])
+    if ablation:
+        print()
+        print(ablation)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

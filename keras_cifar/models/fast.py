@@ -1,0 +1,175 @@
+"""`fast`: the network of KellerJordan's airbench94 (94% on CIFAR-10 in seconds on a GPU),
+written as a Keras functional model of this zoo.
+
+A frozen 2x2 patch-whitening convolution initialised from the training data (its bias trains
+for the first epochs only), then three conv groups (conv, max-pool, batch norm, GELU, conv, batch
+norm, GELU) of 64, 256 and 256 channels, a 3x3 max-pool, a bias-free linear head and a fixed
+1/9 scale on the logits. Batch norms learn only their bias (no scale), with momentum 0.6 and
+epsilon 1e-12; the 3x3 convolutions start as identity on their first input channels (Dirac).
+
+The rest of the recipe is run settings (configs/fast.yaml): Nesterov SGD at batch 1024 with a
+triangular schedule, batch-norm biases at 64x the learning rate, lookahead, label smoothing,
+alternating flips with 2-pixel reflected translations, and test-time augmentation.
+"""
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from keras_cifar.models.classifier import ImageClassifier
+from keras_cifar.models.init import initialize
+from keras_cifar.models.layers import PACKAGE, TorchBatchNorm, TorchConv2D, channel_axis
+from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
+from keras_cifar.models.registry import register_model
+
+WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues before scaling by 1/sqrt
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GELU(layers.Layer):
+    """Exact GELU (erf), as `torch.nn.GELU()`; Keras's `"gelu"` activation is the tanh approximation."""
+
+    def call(self, x):
+        return keras.activations.gelu(x, approximate=False)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchWhitening(layers.Layer):
+    """A `kernel_size` convolution whose kernel is frozen (set from the data by
+    `init_whitening`) and whose bias trains for the first `bias_epochs` epochs only (the
+    optimizer reads `bias_epochs`). Output channels: 2 x 3 x kernel_size^2, the whitened patch
+    and its negation."""
+
+    def __init__(self, kernel_size=2, bias_epochs=3, data_format="channels_first", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"`kernel_size` must be a positive integer. Received: kernel_size={kernel_size!r}")
+        if not isinstance(bias_epochs, int) or bias_epochs < 0:
+            raise ValueError(f"`bias_epochs` must be an integer >= 0. Received: bias_epochs={bias_epochs!r}")
+        self.kernel_size = kernel_size
+        self.bias_epochs = bias_epochs
+        self.data_format = data_format
+        self.filters = 2 * 3 * kernel_size ** 2
+
+    def build(self, input_shape):
+        channels = input_shape[channel_axis(self.data_format)]
+        size = self.kernel_size
+        self.kernel = self.add_weight(shape=(size, size, channels, self.filters), initializer="glorot_uniform",
+                                      trainable=False, name="kernel")
+        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        if keras.backend.backend() == "torch" and self.data_format == "channels_first":
+            import torch.nn.functional as F
+
+            kernel = ops.convert_to_tensor(self.kernel).permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+            return F.conv2d(x, kernel, ops.convert_to_tensor(self.bias))  # the bias inside torch's kernel
+        y = ops.conv(x, self.kernel, strides=1, padding="valid", data_format=self.data_format)
+        shape = (1, -1, 1, 1) if self.data_format == "channels_first" else (1, 1, 1, -1)
+        return y + ops.reshape(self.bias, shape)
+
+    def compute_output_shape(self, input_shape):
+        size = self.kernel_size
+        if self.data_format == "channels_first":
+            batch, _, height, width = input_shape
+            return (batch, self.filters, height - size + 1, width - size + 1)
+        batch, height, width, _ = input_shape
+        return (batch, height - size + 1, width - size + 1, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "bias_epochs": self.bias_epochs,
+                "data_format": self.data_format}
+
+
+def whitening_kernel(images_nchw, kernel_size, eps=WHITEN_EPS):
+    """The kernel (Keras layout: kh, kw, in, out) that whitens `kernel_size` patches of
+    `images_nchw` (float, already preprocessed): eigenvectors of the patch covariance scaled by
+    1/sqrt(eigenvalue + eps), largest first, then their negations."""
+    import torch
+
+    x = torch.as_tensor(images_nchw, dtype=torch.float32)
+    channels = x.shape[1]
+    patches = x.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1).transpose(1, 3)
+    patches = patches.reshape(-1, channels * kernel_size * kernel_size).double()
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
+    scaled = eigenvectors / torch.sqrt(eigenvalues.clamp(min=0) + eps)[:, None]
+    torch_kernel = torch.cat([scaled, -scaled]).reshape(-1, channels, kernel_size, kernel_size)
+    return torch_kernel.permute(2, 3, 1, 0).float().numpy()  # (out, in, kh, kw) -> (kh, kw, in, out)
+
+
+def init_whitening(model, images, count=5000):
+    """Sets every PatchWhitening kernel of `model` from `count` of `images` (raw uint8 NHWC, as the
+    model takes them; evenly spaced, so that a split sorted by class gives every class), passed
+    through the layers before it."""
+    images = np.asarray(images)[::max(len(images) // count, 1)][:count]
+    for layer in model.layers:
+        if isinstance(layer, PatchWhitening):
+            features = keras.Model(model.inputs, layer.input)
+            x = ops.cast(features(ops.convert_to_tensor(images), training=False), "float32")
+            if layer.data_format == "channels_last":
+                x = ops.transpose(x, (0, 3, 1, 2))
+            x = ops.convert_to_numpy(x)
+            layer.kernel.assign(whitening_kernel(x, layer.kernel_size))
+
+
+def dirac_init(conv):
+    """`torch.nn.init.dirac_(w[:in_channels])`: the first `in` filters pass their input channel
+    through (the rest keep their initialisation)."""
+    kernel = ops.convert_to_numpy(conv.kernel).copy()
+    size, _, channels_in, channels_out = kernel.shape
+    for channel in range(min(channels_in, channels_out)):
+        kernel[:, :, :, channel] = 0.0
+        kernel[size // 2, size // 2, channel, channel] = 1.0
+    conv.kernel.assign(kernel)
+
+
+def apply_conv_group(x, filters, data_format, bn_momentum, name):
+    axis = channel_axis(data_format)
+    x = TorchConv2D(filters, 3, padding="same", use_bias=False, data_format=data_format, name=f"{name}_conv1")(x)
+    x = layers.MaxPooling2D(2, data_format=data_format, name=f"{name}_pool")(x)
+    x = TorchBatchNorm(axis=axis, momentum=bn_momentum, epsilon=1e-12, scale=False,
+                                  name=f"{name}_norm1")(x)
+    x = GELU(name=f"{name}_gelu1")(x)
+    x = TorchConv2D(filters, 3, padding="same", use_bias=False, data_format=data_format, name=f"{name}_conv2")(x)
+    x = TorchBatchNorm(axis=axis, momentum=bn_momentum, epsilon=1e-12, scale=False,
+                                  name=f"{name}_norm2")(x)
+    return GELU(name=f"{name}_gelu2")(x)
+
+
+@register_model(
+    "fast",
+    input_size="32x32",
+    experiment="airbench94 (KellerJordan/cifar10-airbench), not one of the originals",
+    description="airbench94's network: patch whitening, 3 conv groups (64-256-256), 94% recipe",
+    data_init=init_whitening,
+)
+def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
+               widths=(64, 256, 256), bn_momentum=0.6, whiten_bias_epochs=3, logit_scale=1 / 9, name="fast"):
+    validate_common(data_format, input_shape)
+    if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f"`widths` must be 3 positive integers. Received: widths={widths!r}")
+    if not 0 <= bn_momentum < 1:
+        raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum!r}")
+    inputs = raw_image_input(input_shape)
+    x = preprocess(inputs, "standardize", data_format)
+    x = PatchWhitening(2, bias_epochs=whiten_bias_epochs, data_format=data_format, name="whiten")(x)
+    x = GELU(name="whiten_gelu")(x)
+    for index, filters in enumerate(widths, start=1):
+        x = apply_conv_group(x, filters, data_format, bn_momentum, name=f"block{index}")
+    x = layers.MaxPooling2D(3, data_format=data_format, name="pool")(x)
+    x = layers.Flatten(data_format="channels_last", name="flatten")(x)
+    # The head computes in float32 under mixed precision: logits and loss keep full precision.
+    x = layers.Dense(num_classes, use_bias=False, dtype="float32", name="fc")(x)
+    outputs = layers.Rescaling(logit_scale, dtype="float32", name="logit_scale")(x)
+    model = initialize(ImageClassifier(inputs, outputs, name=name), init)
+    if init == "torch":
+        for layer in model.layers:
+            if isinstance(layer, layers.Conv2D):
+                dirac_init(layer)
+    return model
+

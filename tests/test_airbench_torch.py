@@ -1,0 +1,86 @@
+"""bench/airbench_torch.py, the plain-PyTorch airbench94 reference: one short run in-process,
+its whitening init, and how it counts the time to an accuracy."""
+
+import importlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from keras_cifar.data import CifarData, Split
+
+
+@pytest.fixture(scope="module")
+def airbench():
+    return importlib.import_module("bench.airbench_torch")
+
+
+def synthetic_data(train, test, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def split(count):
+        labels = rng.integers(0, 10, count).astype(np.int64)
+        # Class-dependent brightness, so a few steps can learn something.
+        images = rng.integers(0, 128, (count, 32, 32, 3)) + 12 * labels[:, None, None, None]
+        return Split(images.astype(np.uint8), labels)
+
+    return CifarData(split(train), split(test), tuple(str(i) for i in range(10)), "synthetic")
+
+
+def test_one_short_epoch_writes_the_report(airbench, tmp_path):
+    out = tmp_path / "airbench.json"
+    lines = []
+    threads = torch.get_num_threads()
+    try:
+        report = airbench.main(["--device", "cpu", "--threads", str(threads), "--epochs", "1", "--batch-size", "64",
+                                "--precision", "fp32", "--out", str(out)], data=synthetic_data(320, 100),
+                               log=lines.append)
+    finally:
+        torch.set_num_threads(threads)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(report))
+    for key in ("config", "machine", "whiten_init_s", "epochs", "tta_acc", "tta_time_s", "total_time_s",
+                "time_to_90", "time_to_94", "finished"):
+        assert key in written
+    assert written["finished"] is True
+    assert written["config"]["total_train_steps"] == 5 and written["config"]["hyp"]["opt"]["lr"] == 11.5
+    assert {"processor", "torch", "threads", "device"} <= set(written["machine"])
+    (row,) = written["epochs"]
+    assert set(row) >= {"epoch", "train_time_s", "cumulative_train_s", "test_acc"}
+    assert row["steps"] == 5
+    assert row["cumulative_train_s"] == pytest.approx(written["whiten_init_s"] + row["train_time_s"])
+    assert written["total_time_s"] == pytest.approx(row["cumulative_train_s"] + written["tta_time_s"])
+    assert 0 <= row["test_acc"] <= 1 and math.isfinite(written["tta_acc"]) and 0 <= written["tta_acc"] <= 1
+    assert any("TTA" in line for line in lines)
+
+
+def test_whitening_init_whitens_patches(airbench):
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 3, 12, 12, generator=generator)
+    mix = torch.tensor([[1.0, 0.8, 0.3], [0.2, 1.0, 0.7], [0.5, 0.1, 1.0]])
+    x = torch.einsum("dc,nchw->ndhw", mix, z)
+    x = 2.0 * x + 1.5 * x.roll(1, -1) + 0.8 * x.roll(1, -2) + 0.5  # correlated in space and channels, off-centre
+    layer = airbench.Conv(3, 24, kernel_size=2, padding=0, bias=True)
+
+    def second_moment(weight):
+        out = F.conv2d(x, weight).permute(0, 2, 3, 1).reshape(-1, weight.shape[0])
+        return out.T @ out / len(out)
+
+    identity = torch.eye(12)
+    before = second_moment(torch.eye(12).reshape(12, 3, 2, 2))  # the raw patches
+    assert (before - identity).abs().max() > 1
+    airbench.init_whitening_conv(layer, x)
+    weight = layer.weight.detach()
+    torch.testing.assert_close(second_moment(weight[:12]), identity, atol=1e-3, rtol=0)
+    torch.testing.assert_close(weight[12:], -weight[:12])
+
+
+def test_time_to_counts_tta_only_when_no_epoch_reached(airbench):
+    rows = [{"test_acc": 0.85, "cumulative_train_s": 10.0}, {"test_acc": 0.935, "cumulative_train_s": 20.0}]
+    assert airbench.time_to(0.90, rows, 0.95, 3.0) == 20.0
+    assert airbench.time_to(0.94, rows, 0.941, 3.0) == 23.0
+    assert airbench.time_to(0.94, rows, 0.939, 3.0) is None
+    assert airbench.time_to(0.94, rows) is None

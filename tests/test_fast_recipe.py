@@ -1,0 +1,285 @@
+"""The fast recipe (`fast` model, configs/fast.yaml): airbench94's update, schedule, lookahead,
+whitening, augmentation and test-time augmentation, each against a plain PyTorch reference
+written from airbench94.py; time to a target accuracy in `fit`."""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import keras_cifar as kc
+from bench import reference
+from keras_cifar.data import Split, TensorLoader
+from keras_cifar.data.augment import Augmentation, random_crop_flip
+from keras_cifar.errors import ConfigError
+from keras_cifar.models.convert import copy_torch_weights
+from keras_cifar.models.fast import PatchWhitening, init_whitening, whitening_kernel
+from keras_cifar.train.config import resolve_config
+from keras_cifar.train.evaluation import predict_logits, predict_logits_tta, tta_views
+from keras_cifar.train.optim import Triangle, build_loss, build_optimizer
+from keras_cifar.train.trainer import fit
+from tests.cli_runner import run_cli
+from tests.conftest import random_images
+
+# airbench94.py's hyperparameters, in its own (decoupled, summed-loss) terms
+AIRBENCH = dict(lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0, label_smoothing=0.2)
+
+
+def fast_config(**overrides):
+    """configs/fast.yaml with `overrides`."""
+    return resolve_config(None, {"model": "fast", **overrides})
+
+
+def airbench_lr_schedule(step, total):
+    warmup = int(total * 0.23)
+    if step < warmup:
+        frac = step / warmup
+        return 0.2 * (1 - frac) + 1.0 * frac
+    frac = (step - warmup) / (total - warmup)
+    return 1.0 * (1 - frac) + 0.07 * frac
+
+
+def test_triangle_schedule_is_airbenchs():
+    total = 490
+    schedule = Triangle(1.5, total, int(0.23 * total))
+    for step in range(total + 1):
+        assert schedule.value_at(step) == pytest.approx(1.5 * airbench_lr_schedule(step, total), rel=1e-12)
+
+
+def test_fast_yaml_is_airbench_converted_to_the_mean_loss():
+    config = fast_config()
+    kilostep = 1024 * (1 + 1 / (1 - AIRBENCH["momentum"]))
+    # airbench sums the loss over the batch: its torch lr per image times the batch is ours
+    assert config.lr == pytest.approx(AIRBENCH["lr"] / kilostep * config.batch_size, rel=1e-6)
+    assert config.weight_decay == pytest.approx(AIRBENCH["weight_decay"] / AIRBENCH["lr"], rel=1e-4)
+    assert (config.batch_size, config.momentum, config.label_smoothing) == (1024, 0.85, 0.2)
+    assert (config.bn_bias_lr_scale, config.lookahead, config.schedule) == (64, 5, "triangle")
+    assert (config.crop_padding, config.crop_fill, config.flip) == (2, "reflect", "alternate")
+
+
+def airbench_reference_run(module, batches, epochs, steps_per_epoch, whiten_bias_epochs):
+    """airbench94.py's training loop (its param groups, summed loss, LambdaLR, lookahead)."""
+    batch_size = len(batches[0][1])
+    momentum = AIRBENCH["momentum"]
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    lr = AIRBENCH["lr"] / kilostep_scale
+    wd = AIRBENCH["weight_decay"] * batch_size / kilostep_scale
+    lr_biases = lr * AIRBENCH["bias_scaler"]
+    norm_biases = [p for k, p in module.named_parameters() if "norm" in k and p.requires_grad]
+    other = [p for k, p in module.named_parameters() if "norm" not in k and p.requires_grad]
+    optimizer = torch.optim.SGD([dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
+                                 dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=momentum, nesterov=True)
+    total = epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: airbench_lr_schedule(step, total))
+    alpha = 0.95 ** 5 * (torch.arange(total + 1) / total) ** 3
+    ema = {k: v.clone() for k, v in module.state_dict().items()}
+
+    def lookahead(decay):
+        for (name, average), value in zip(ema.items(), module.state_dict().values()):
+            if value.dtype == torch.float and "running" not in name:  # ours averages the trained weights
+                average.lerp_(value, 1 - decay)
+                value.copy_(average)
+
+    step = 0
+    module.train()
+    for epoch in range(epochs):
+        module.whiten.bias.requires_grad = epoch < whiten_bias_epochs
+        for images, labels in batches[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]:
+            loss = F.cross_entropy(module(images), labels, label_smoothing=AIRBENCH["label_smoothing"],
+                                   reduction="none").sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % 5 == 0:
+                lookahead(alpha[step].item())
+            if step >= total:
+                lookahead(1.0)
+
+
+def test_fast_training_equals_airbench_loop():
+    """12 steps (3 epochs of 4) of `fit`'s optimizer on the `fast` model against airbench's loop:
+    batch-norm biases at 64x, the whitening bias frozen after epoch 1, lookahead every 5 steps
+    and at the end, the triangle schedule, label smoothing; the same weights after every epoch."""
+    torch.manual_seed(0)
+    widths, batch, epochs, steps = (8, 16, 16), 16, 3, 4
+    module = reference.Airbench94(widths=widths)
+    with torch.no_grad():
+        module.whiten.weight.normal_(0, 0.3)
+    model = kc.create_model("fast", widths=widths, whiten_bias_epochs=1)
+    copy_torch_weights(model, module)
+    config = fast_config(batch_size=batch, epochs=epochs, lr=fast_config().lr * batch / 1024, mixed_precision="none")
+    model.compile(optimizer=build_optimizer(config, steps, model), loss=build_loss(config), metrics=["accuracy"])
+    model.set_graph_capture(True)
+
+    images = random_images(batch * steps * epochs, seed=3)
+    labels = np.random.default_rng(0).integers(0, 10, len(images))
+    batches = [(reference.preprocess_nchw(images[i:i + batch], "fast"), torch.as_tensor(labels[i:i + batch]))
+               for i in range(0, len(images), batch)]
+    airbench_reference_run(module, batches, epochs, steps, whiten_bias_epochs=1)
+    for i in range(0, len(images), batch):
+        model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))
+
+    expected = Airbench94Weights(module)
+    for variable in model.trainable_variables:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected[variable.path], rtol=2e-4,
+                                   atol=2e-5, err_msg=variable.path)
+
+
+def Airbench94Weights(module):
+    """The torch module's trainable weights by Keras variable path, in Keras layouts."""
+    weights = {}
+    for name, parameter in module.named_parameters():
+        layer, kind = name.rsplit(".", 1)
+        layer = layer.replace(".", "_")
+        value = parameter.detach().numpy()
+        if kind == "weight" and value.ndim == 4:
+            weights[f"{layer}/kernel"] = value.transpose(2, 3, 1, 0)
+        elif kind == "weight" and value.ndim == 2:
+            weights[f"{layer}/kernel"] = value.T
+        elif "norm" in layer:
+            weights[f"{layer}/{'beta' if kind == 'bias' else 'gamma'}"] = value
+        else:
+            weights[f"{layer}/bias"] = value
+    return weights
+
+
+def test_whitening_decorrelates_patches():
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(12, 12))
+    patches = rng.normal(size=(4000, 12)) @ mixing  # strongly correlated 2x2x3 patches
+    images = patches.reshape(4000, 2, 2, 3).transpose(0, 3, 1, 2)  # NCHW, one patch per image
+    kernel = whitening_kernel(images, 2, eps=0.0)
+    torch_kernel = torch.as_tensor(kernel).permute(3, 2, 0, 1)  # (out, in, kh, kw)
+    whitened = F.conv2d(torch.as_tensor(images, dtype=torch.float32), torch_kernel).flatten(1)[:, :12]
+    covariance = (whitened.T @ whitened / len(whitened)).numpy()
+    np.testing.assert_allclose(covariance, np.eye(12), atol=0.02)
+    torch.testing.assert_close(torch_kernel[12:], -torch_kernel[:12])
+
+
+def test_init_whitening_sets_the_kernel_from_the_data():
+    model = kc.create_model("fast", widths=(8, 8, 8))
+    images = random_images(64)
+    init_whitening(model, images)
+    layer = model.get_layer("whiten")
+    assert isinstance(layer, PatchWhitening) and not layer.kernel.trainable
+    x = reference.preprocess_nchw(images, "fast").numpy()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel), whitening_kernel(x, 2), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_dirac_init():
+    model = kc.create_model("fast", widths=(8, 16, 16))
+    kernel = keras.ops.convert_to_numpy(model.get_layer("block2_conv1").kernel)  # 8 in, 16 out
+    identity = np.zeros((3, 3, 8, 8), "float32")
+    identity[1, 1] = np.eye(8)
+    np.testing.assert_array_equal(kernel[..., :8], identity)
+    assert np.abs(kernel[..., 8:]).max() > 0  # the other filters keep PyTorch's default initialisation
+
+
+def test_alternating_flips_and_reflected_translation():
+    count = 64
+    split = Split(random_images(count), np.arange(count))
+    loader = TensorLoader(split, count, augment=Augmentation(padding=0, fill="reflect", flip="alternate"), seed=5)
+    original = torch.as_tensor(split.images)
+    flipped = []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        images, labels = next(iter(loader))
+        assert torch.equal(labels, torch.arange(count))
+        mirrored = torch.tensor([torch.equal(a, b.flip(1)) for a, b in zip(images, original)])
+        kept = torch.tensor([torch.equal(a, b) for a, b in zip(images, original)])
+        assert bool((mirrored | kept).all())
+        flipped.append(mirrored)
+    assert torch.equal(flipped[0], ~flipped[1]) and torch.equal(flipped[0], flipped[2])  # every image, every other epoch
+    assert 16 < int(flipped[0].sum()) < 48
+
+    images = torch.as_tensor(random_images(32))
+    out = random_crop_flip(images, torch.Generator().manual_seed(0), padding=2, flip=False, fill="reflect")
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (2, 2, 2, 2), mode="reflect").permute(0, 2, 3, 1)
+    for image, source in zip(out, padded):  # every output is a 32x32 window of the reflect-padded image
+        assert any(torch.equal(image.float(), source[dy:dy + 32, dx:dx + 32]) for dy in range(5) for dx in range(5))
+
+
+def test_tta_equals_airbench_infer_mirror_translate():
+    model = kc.create_model("fast", widths=(8, 8, 8))
+    images = random_images(20)
+    split = Split(images, np.zeros(20, "int64"))
+    ours = predict_logits_tta(model, split, batch_size=7)
+    net = lambda x: torch.as_tensor(predict_logits(model, Split(x.numpy(), split.labels), 7))  # noqa: E731
+    x = torch.as_tensor(images)  # NHWC: airbench's flip(-1) is a flip of W, axis 2 here
+
+    def mirror(inputs):
+        return 0.5 * net(inputs) + 0.5 * net(inputs.flip(2))
+
+    padded = F.pad(x.permute(0, 3, 1, 2).float(), (1, 1, 1, 1), mode="reflect").permute(0, 2, 3, 1).to(torch.uint8)
+    translated = torch.stack([mirror(padded[:, 0:32, 0:32].contiguous()), mirror(padded[:, 2:34, 2:34].contiguous())])
+    expected = 0.5 * mirror(x) + 0.5 * translated.mean(0)
+    np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert sum(weight for weight, _ in tta_views(images)) == pytest.approx(1.0)
+
+
+def test_recipe_settings_are_checked():
+    with pytest.raises(ConfigError, match="lookahead.*sgd"):
+        resolve_config(None, {"model": "cnn", "optimizer": "adam", "lookahead": 5})
+    with pytest.raises(ConfigError, match="stop_at_target"):
+        resolve_config(None, {"model": "cnn", "stop_at_target": True})
+    with pytest.raises(ConfigError, match="target_accuracy"):
+        resolve_config(None, {"model": "cnn", "target_accuracy": 1.5})
+    with pytest.raises(ConfigError, match="crop_fill"):
+        resolve_config(None, {"model": "cnn", "crop_fill": "wrap"})
+
+
+def test_fit_reports_time_to_target_and_stops(real_folder_small, tmp_path):
+    """A tiny fast run: the whitening layer set from the data, time to target in summary.json,
+    the run stopped at the epoch that reached it, TTA in the final evaluation; the checkpoint
+    evaluates with `evaluate --tta` to the same accuracy."""
+    config = fast_config(data=str(real_folder_small), epochs=3, batch_size=64, eval_batch_size=50, mixed_precision="none",
+                         target_accuracy=0.01, stop_at_target=True, log_dir=str(tmp_path), device="cpu")
+    result = fit(config, verbose=0, echo=lambda message: None)
+    summary = result.summary
+    assert summary["epochs"] == 1  # stopped at the first epoch, which reached 1%
+    target = summary["target"]
+    assert target["reached"] and target["epoch"] == 1 and not target["with_tta"]
+    assert 0 < summary["first_step_s"] <= target["elapsed_s"] == pytest.approx(result.history[0]["elapsed_s"])
+    assert summary["prepare_s"] > 0 and summary["tta"] and summary["tta_time_s"] > 0
+    assert 0 <= summary["final_accuracy_without_tta"] <= 1
+    with open(os.path.join(result.run_path, "summary.json")) as handle:
+        assert json.load(handle)["target"] == target
+    kernel = keras.saving.load_model(os.path.join(result.run_path, "last.keras")).get_layer("whiten").kernel
+    assert math.isfinite(float(np.abs(keras.ops.convert_to_numpy(kernel)).sum()))
+    assert not np.allclose(keras.ops.convert_to_numpy(kernel)[..., :12], 0)
+
+    evaluated = run_cli("evaluate", "--checkpoint", os.path.join(result.run_path, "last.keras"), "--tta", "--json",
+                        "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["tta"] and report["accuracy"] == pytest.approx(summary["final_accuracy"], abs=1e-9)
+
+
+def test_resume_mid_lookahead_equals_an_uninterrupted_run(real_folder_small, tmp_path):
+    """Lookahead's running average is optimizer state in the checkpoint: stopping after epoch 1
+    (step 6, one step after a lookahead pull) and resuming gives the uninterrupted run's weights."""
+    from keras_cifar.train.trainer import resumed_config
+
+    common = dict(data=str(real_folder_small), epochs=2, batch_size=50, eval_batch_size=100, mixed_precision="none",
+                  device="cpu", tta=False)
+    quiet = dict(verbose=0, echo=lambda message: None)
+    whole = fit(fast_config(**common, log_dir=str(tmp_path / "whole")), **quiet)
+    stopped = fit(fast_config(**common, log_dir=str(tmp_path / "stopped"), target_accuracy=0.01, stop_at_target=True),
+                  **quiet)
+    assert stopped.summary["epochs"] == 1
+    resumed = fit(resumed_config(stopped.run_path, {"stop_at_target": False}), resume_path=stopped.run_path, **quiet)
+    assert resumed.summary["epochs"] == 2
+    models = [keras.saving.load_model(os.path.join(run.run_path, "last.keras")) for run in (whole, resumed)]
+    for expected, actual in zip(models[0].weights, models[1].weights):
+        # batch-norm moving statistics (sums over a batch) differ in float32 rounding between processes
+        rtol = 1e-4 if "moving" in actual.path else 0
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=rtol, atol=1e-6, err_msg=actual.path)
+    assert resumed.history[-1]["elapsed_s"] > resumed.history[0]["elapsed_s"]  # the clock continued
