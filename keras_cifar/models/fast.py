@@ -27,7 +27,7 @@ WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues before scaling 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GELU(layers.Layer):
-    """Exact GELU (erf), as `torch.nn.GELU()`; Keras's `"gelu"` activation is the tanh approximation."""
+    """Exact GELU (erf), as `torch.nn.GELU()` (`keras.ops.gelu` defaults to the tanh approximation)."""
 
     def call(self, x):
         return keras.activations.gelu(x, approximate=False)
