@@ -128,20 +128,23 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
         (run / "summary.json").write_text(json.dumps(summary))
 
     keras_run("keras-seed0", 0, [0.80, 0.91, 0.935], 0.945)
-    keras_run("keras-seed1", 1, [0.70, 0.89, 0.92], 0.93)
+    keras_run("keras-seed1", 1, [0.70, 0.85, 0.89], 0.93)
     keras_run("ablation-recipe", 0, [0.8, 0.9], 0.91)
     keras_run("ablation-no-lookahead", 0, [0.8, 0.89], 0.9)
     (tmp_path / "torch-seed0.json").write_text(json.dumps({
         "config": {"seed": 0}, "whiten_init_s": 1.0, "tta_acc": 0.95, "tta_time_s": 4.0, "time_to_94": 30.0,
         "epochs": [{"epoch": 1, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.85},
-                   {"epoch": 2, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.92}]}))
+                   {"epoch": 2, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.92},
+                   {"epoch": 3, "train_time_s": 8.0, "eval_time_s": 1.0, "test_acc": 0.93}]}))
     table, groups = fast_table.results_table(str(tmp_path))
     keras_runs, torch_runs = groups[0][1], groups[1][1]
-    assert [run["time_to_90"] for run in keras_runs] == [25.0, 35.0]
+    assert [run["time_to_90"] for run in keras_runs] == [25.0, 38.0]  # seed 1: only with the final TTA
     assert keras_runs[0]["time_to_94"] == 38.0 and keras_runs[1]["time_to_94"] is None
     assert keras_runs[0]["epoch_s"] == 10.0 and keras_runs[0]["first_epoch_s"] == 15.0
+    assert keras_runs[0]["total_s"] == 38.0
     assert torch_runs[0]["time_to_90"] == 21.0  # whitening 1 + 2 epochs of 9 + 1
-    assert torch_runs[0]["time_to_94"] == 25.0  # reached only with TTA: all epochs + the TTA pass
+    assert torch_runs[0]["time_to_94"] == 34.0  # reached only with TTA: all epochs (30) + the TTA pass
+    assert torch_runs[0]["epoch_s"] == 9.0
     assert "mean of 2" in table and "| 93.75 |" in table  # (94.5 + 93.0) / 2 with TTA
     ablation = fast_table.ablation_table(str(tmp_path))
-    assert "| no-lookahead | 2 | 89.00 | 90.00 | -1.00 |" in ablation
+    assert "| no-lookahead | 2 | 89.00 | 90.00 | +1.00 | -1.00 |" in ablation
