@@ -126,13 +126,13 @@ def test_fast_training_equals_airbench_loop():
     for i in range(0, len(images), batch):
         model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))
 
-    expected = Airbench94Weights(module)
+    expected = airbench_weights(module)
     for variable in model.trainable_variables:
         np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected[variable.path], rtol=2e-4,
                                    atol=2e-5, err_msg=variable.path)
 
 
-def Airbench94Weights(module):
+def airbench_weights(module):
     """The torch module's trainable weights by Keras variable path, in Keras layouts."""
     weights = {}
     for name, parameter in module.named_parameters():

@@ -18,7 +18,7 @@ from keras import layers, ops
 
 from keras_cifar.models.classifier import ImageClassifier
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import PACKAGE, TorchBatchNorm, TorchConv2D, channel_axis
+from keras_cifar.models.layers import PACKAGE, TorchBatchNorm, TorchConv2D, channel_axis, torch_conv2d
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 
@@ -63,10 +63,7 @@ class PatchWhitening(layers.Layer):
 
     def call(self, x):
         if keras.backend.backend() == "torch" and self.data_format == "channels_first":
-            import torch.nn.functional as F
-
-            kernel = ops.convert_to_tensor(self.kernel).permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
-            return F.conv2d(x, kernel, ops.convert_to_tensor(self.bias))  # the bias inside torch's kernel
+            return torch_conv2d(x, self.kernel, self.bias)
         y = ops.conv(x, self.kernel, strides=1, padding="valid", data_format=self.data_format)
         shape = (1, -1, 1, 1) if self.data_format == "channels_first" else (1, 1, 1, -1)
         return y + ops.reshape(self.bias, shape)

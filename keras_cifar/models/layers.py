@@ -49,13 +49,19 @@ class TorchConv2D(layers.Conv2D):
         padding = self._torch_padding()
         if padding is None:
             return super().call(inputs)
-        import torch.nn.functional as F
-
-        kernel = ops.convert_to_tensor(self.kernel).permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
-        bias = ops.convert_to_tensor(self.bias) if self.use_bias else None
-        outputs = F.conv2d(inputs, kernel, bias, stride=self.strides, padding=padding, dilation=self.dilation_rate,
-                           groups=self.groups)
+        outputs = torch_conv2d(inputs, self.kernel, self.bias if self.use_bias else None, strides=self.strides,
+                               padding=padding, dilation=self.dilation_rate, groups=self.groups)
         return self.activation(outputs) if self.activation is not None else outputs
+
+
+def torch_conv2d(inputs, kernel, bias=None, strides=1, padding=0, dilation=1, groups=1):
+    """torch's `conv2d` on channels-first `inputs` with a Keras kernel (kh, kw, in, out) and the bias
+    inside the kernel (torch backend only)."""
+    import torch.nn.functional as F
+
+    kernel = ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)  # -> (out, in, kh, kw)
+    bias = ops.convert_to_tensor(bias) if bias is not None else None
+    return F.conv2d(inputs, kernel, bias, stride=strides, padding=padding, dilation=dilation, groups=groups)
 
 
 def torch_conv(filters, kernel_size, *, strides=1, padding=0, use_bias=True, data_format=None, name=None):
