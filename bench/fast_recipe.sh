@@ -5,7 +5,8 @@
 #   bash bench/fast_recipe.sh OUT_DIR [seeds...]        the Keras recipe, 3 seeds by default
 #   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
 #   STAGE=ablation bash bench/fast_recipe.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
-#                                                      run reports its accuracy with and without it)
+#                                                      run reports its accuracy with and without it);
+#                                                      VARIANTS_ORDER="fp32 random-flip" picks some
 set -euo pipefail
 OUT=${1:?usage: bash bench/fast_recipe.sh OUT_DIR [seeds...]}
 shift
@@ -33,8 +34,10 @@ ablation)
     [no-label-smoothing]="--label-smoothing 0"
     [random-flip]="--flip random"
     [fp32]="--mixed-precision none"
+    [learned-whitening]="--whitening learned"
   )
-  for name in ${VARIANTS_ORDER:-recipe no-lookahead no-bn-bias-lr no-label-smoothing}; do
+  ORDER="recipe no-lookahead no-bn-bias-lr no-label-smoothing random-flip learned-whitening fp32"
+  for name in ${VARIANTS_ORDER:-$ORDER}; do
     # shellcheck disable=SC2086
     $PY cli.py fit --config configs/fast.yaml --data "$DATA" --epochs "$EPOCHS" --log-dir "$OUT/ablation-$name" \
       ${VARIANTS[$name]} 2>&1 | tee "$OUT/ablation-$name.log"

@@ -3,6 +3,8 @@
 import csv
 import importlib
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -148,3 +150,37 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     assert "mean of 2" in table and "| 93.75 |" in table  # (94.5 + 93.0) / 2 with TTA
     ablation = fast_table.ablation_table(str(tmp_path))
     assert "| no-lookahead | 2 | 89.00 | 90.00 | +1.00 | -1.00 |" in ablation
+
+
+def test_fast_epochs_takes_steady_epochs_of_both_and_compares_per_image(monkeypatch, capsys):
+    """bench.fast_epochs: each program's steady epoch is the mean of its epochs 2 and 3 (the CLI's
+    from the steps of its elapsed_s column, airbench's training + evaluation), rounds alternate
+    which goes first, and the images/s ratio counts airbench's dropped last batch."""
+    fast_epochs = load_script("fast_epochs")
+    calls = []
+    monkeypatch.setattr(fast_epochs, "keras_epochs", lambda *args: calls.append("keras") or [150.0, 262.0, 370.0])
+    monkeypatch.setattr(fast_epochs, "airbench_epochs", lambda *args: calls.append("airbench") or [
+        {"train_time_s": 130.0, "eval_time_s": 9.0, "steps": 48},
+        {"train_time_s": 100.0, "eval_time_s": 8.0, "steps": 48},
+        {"train_time_s": 104.0, "eval_time_s": 8.0, "steps": 48}])
+    rows = [fast_epochs.measure("data", "bf16", 2), fast_epochs.measure("data", "bf16", 2, airbench_first=True)]
+    assert calls == ["keras", "airbench", "airbench", "keras"]
+    assert rows[0]["keras"] == 110.0 and rows[0]["airbench"] == 110.0 and rows[0]["airbench_images"] == 49152
+    summary = fast_epochs.print_table(rows, "bf16", "test machine")
+    assert summary["ratio_epoch"] == 1.0
+    assert summary["ratio_rate"] == pytest.approx(50000 / 49152)
+    assert "| s per epoch | 110.0 | 110.0 | 1.00 |" in capsys.readouterr().out
+
+
+def test_fast_epochs_reads_the_cli_runs_elapsed_column(monkeypatch, tmp_path):
+    fast_epochs = load_script("fast_epochs")
+
+    def fake_run(command, **kwargs):
+        run = os.path.join(command[command.index("--log-dir") + 1], "fast-20261129-000000")
+        os.makedirs(run)
+        with open(os.path.join(run, "metrics.csv"), "w") as file:
+            file.write("epoch,val_accuracy,elapsed_s\n1,0.5,120.5\n2,0.6,230.0\n3,0.7,341.0\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(fast_epochs.subprocess, "run", fake_run)
+    assert fast_epochs.keras_epochs("data", "bf16") == [120.5, 230.0, 341.0]

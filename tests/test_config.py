@@ -145,7 +145,9 @@ def test_validation_follows_the_metadata(name):
     """Each declared choice and bound is enforced by the library, with the same words as the docs table."""
     from keras_cifar.train.config import CHOICES, base_type, build_config, range_text
 
-    base = {"model": "resnet18" if name == "weights" else "googlenet" if name == "resize_to" else "cnn"}
+    from keras_cifar.train.config import models_taking
+
+    base = {"model": models_taking(name)[0] if FIELDS[name].metadata["model_specific"] else "cnn"}
     meta = FIELDS[name].metadata
     if name in CHOICES:
         for choice in CHOICES[name]:
@@ -187,7 +189,7 @@ def test_model_specific_settings_are_declared_by_the_registry():
     from keras_cifar.models import get_model_info
     from keras_cifar.train.config import MODEL_SPECIFIC
 
-    assert set(MODEL_SPECIFIC) == {"resize_to", "weights", "normalize"}
+    assert set(MODEL_SPECIFIC) == {"resize_to", "weights", "normalize", "whitening"}
     declared = set()
     for model in list_models():
         info = get_model_info(model)
@@ -199,6 +201,7 @@ def test_model_specific_settings_are_declared_by_the_registry():
     assert declared == set(MODEL_SPECIFIC)
     assert get_model_info("resnet18").settings == ("resize_to", "weights")
     assert get_model_info("googlenet").settings == ("resize_to",)
+    assert get_model_info("fast").settings == ("whitening",)
 
 
 def test_a_new_model_declares_its_settings_in_one_place(monkeypatch, tmp_path):

@@ -174,6 +174,40 @@ def test_init_whitening_sets_the_kernel_from_the_data():
                                atol=1e-4)
 
 
+def test_learned_whitening_is_airbenchs_first_conv_trained_like_the_others():
+    """`whitening="learned"` (the ablation): the same 2x2 convolution, trainable from airbench's
+    Conv initialisation (Dirac on the first 3 filters, zero bias), untouched by the data init and
+    never frozen by the optimizer; the setting reaches the builder from the run config."""
+    from keras_cifar.train.config import model_options
+    from keras_cifar.train.trainer import build_model
+
+    data_model = kc.create_model("fast", widths=(8, 8, 8))
+    model = kc.create_model("fast", widths=(8, 8, 8), whitening="learned")
+    layer = model.get_layer("whiten")
+    assert not isinstance(layer, PatchWhitening) and layer.kernel.trainable
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    identity = np.zeros((2, 2, 3, 3), "float32")
+    identity[1, 1] = np.eye(3)  # torch.nn.init.dirac_ on a 2x2 kernel: the centre is (1, 1)
+    np.testing.assert_array_equal(kernel[..., :3], identity)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.bias), np.zeros(24, "float32"))
+    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    assert trainable(model) == trainable(data_model) + 2 * 2 * 3 * 24
+    init_whitening(model, random_images(64))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.kernel), kernel)
+    options = build_optimizer(fast_config(whitening="learned"), 10, model)
+    assert not options.frozen_after and build_optimizer(fast_config(), 10, data_model).frozen_after
+
+    config = fast_config(whitening="learned")
+    assert model_options(config) == {"whitening": "learned"}
+    assert not isinstance(build_model(config, 10).get_layer("whiten"), PatchWhitening)
+    with pytest.raises(ConfigError, match="whitening.*applies to fast only"):
+        resolve_config(None, {"model": "cnn", "whitening": "learned"})
+    with pytest.raises(ConfigError, match="whitening.*data, learned"):
+        fast_config(whitening="random")
+    with pytest.raises(ValueError, match="whitening=None"):
+        kc.create_model("fast", whitening=None)
+
+
 def test_dirac_init():
     model = kc.create_model("fast", widths=(8, 16, 16))
     kernel = keras.ops.convert_to_numpy(model.get_layer("block2_conv1").kernel)  # 8 in, 16 out

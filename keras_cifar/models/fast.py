@@ -6,6 +6,7 @@ for the first epochs only), then three conv groups (conv, max-pool, batch norm, 
 norm, GELU) of 64, 256 and 256 channels, a 3x3 max-pool, a bias-free linear head and a fixed
 1/9 scale on the logits. Batch norms learn only their bias (no scale), with momentum 0.6 and
 epsilon 1e-12; the 3x3 convolutions start as identity on their first input channels (Dirac).
+`whitening="learned"` (an ablation) trains the first 2x2 convolution like the others instead.
 
 The rest of the recipe is run settings (configs/fast.yaml): Nesterov SGD at batch 1024 with a
 triangular schedule, batch-norm biases at 64x the learning rate, lookahead, label smoothing,
@@ -22,6 +23,7 @@ from keras_cifar.models.layers import PACKAGE, TorchBatchNorm, TorchConv2D, chan
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 
+WHITENINGS = ("data", "learned")
 WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues before scaling by 1/sqrt
 
 
@@ -143,18 +145,27 @@ def apply_conv_group(x, filters, data_format, bn_momentum, name):
     input_size="32x32",
     experiment="airbench94 (KellerJordan/cifar10-airbench), not one of the originals",
     description="airbench94's network: patch whitening, 3 conv groups (64-256-256), 94% recipe",
+    settings=("whitening",),
     data_init=init_whitening,
 )
 def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
-               widths=(64, 256, 256), bn_momentum=0.6, whiten_bias_epochs=3, logit_scale=1 / 9, name="fast"):
+               widths=(64, 256, 256), bn_momentum=0.6, whiten_bias_epochs=3, logit_scale=1 / 9, whitening="data",
+               name="fast"):
+    """`whitening`: "data" (airbench's frozen PatchWhitening, set by `init_whitening`) or "learned"
+    (the same 2x2 convolution trained like the others, from airbench's initialisation)."""
     validate_common(data_format, input_shape)
+    if whitening not in WHITENINGS:
+        raise ValueError(f"`whitening` must be one of {WHITENINGS}. Received: whitening={whitening!r}")
     if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
         raise ValueError(f"`widths` must be 3 positive integers. Received: widths={widths!r}")
     if not 0 <= bn_momentum < 1:
         raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum!r}")
     inputs = raw_image_input(input_shape)
     x = preprocess(inputs, "standardize", data_format)
-    x = PatchWhitening(2, bias_epochs=whiten_bias_epochs, data_format=data_format, name="whiten")(x)
+    if whitening == "data":
+        x = PatchWhitening(2, bias_epochs=whiten_bias_epochs, data_format=data_format, name="whiten")(x)
+    else:
+        x = TorchConv2D(2 * 3 * 2 ** 2, 2, data_format=data_format, name="whiten")(x)
     x = GELU(name="whiten_gelu")(x)
     for index, filters in enumerate(widths, start=1):
         x = apply_conv_group(x, filters, data_format, bn_momentum, name=f"block{index}")
@@ -168,5 +179,8 @@ def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMA
         for layer in model.layers:
             if isinstance(layer, layers.Conv2D):
                 dirac_init(layer)
+        if whitening == "learned":
+            whiten = model.get_layer("whiten")
+            whiten.bias.assign(ops.zeros_like(whiten.bias))  # airbench's Conv zeroes its bias
     return model
 

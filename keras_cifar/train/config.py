@@ -59,6 +59,10 @@ class RunConfig:
                                                  "on torch).", choices=("channels_first", "channels_last"))
     resize_to: Optional[int] = setting(None, "Upscale size in pixels (unset: 224, as the originals).", min=32,
                                        model_specific=True)
+    whitening: str = setting("data", "The first layer (2x2 patches to 24 channels). data: a frozen kernel that "
+                                     "whitens the training images' patches (airbench); learned: an ordinary "
+                                     "trainable convolution (the ablation).", choices=("data", "learned"),
+                             model_specific=True)
     normalize: bool = setting(False, "Standardize pixels with CIFAR-10's per-channel mean and std instead of only "
                                      "scaling to [0, 1] (off in the original configs).", model_specific=True)
     # --- data

@@ -1,0 +1,116 @@
+"""Seconds per epoch of the fast recipe: `cli.py fit --config configs/fast.yaml` against airbench94
+itself in plain PyTorch (bench/airbench_torch.py), on the same data, CPU threads and precision.
+
+Each side runs 3 epochs in a fresh process, and its steady epoch is the mean of epochs 2 and 3:
+for `cli.py fit`, the steps of the `elapsed_s` column of the run's metrics.csv (wall time from the
+first step to the end of each epoch, so an epoch's step holds its training, its evaluation of the
+test set and everything the callbacks do: checkpoints, metrics.csv, TensorBoard); for airbench94,
+its own loop's training time plus its per-epoch evaluation of the test set. Rounds alternate
+which program goes first (`--rounds`, the table gives the median), so drift of the machine falls
+on both. airbench drops the last partial batch of every epoch (48 steps, 49,152 images) where
+`fit` trains on all 50,000 (49 steps): the table gives seconds per epoch and images per second.
+
+    python -m bench.fast_epochs --rounds 2           # bf16 on the CPU, as configs/fast.yaml
+    python -m bench.fast_epochs --precision none     # float32 on both sides
+"""
+
+import csv
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import click
+
+from bench.epochs import DEFAULT_DATA, REPO, machine_name
+
+AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
+
+
+def airbench_epochs(data, precision, threads, epochs=3):
+    """airbench94's per-epoch rows (train_time_s, eval_time_s, steps), in a fresh process."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "airbench.json")
+        command = [sys.executable, "-m", "bench.airbench_torch", "--device", "cpu", "--threads", str(threads),
+                   "--precision", AIRBENCH_PRECISION[precision], "--epochs", str(epochs), "--data", data,
+                   "--out", out]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        if result.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        with open(out) as file:
+            return json.load(file)["epochs"]
+
+
+def keras_epochs(data, precision, epochs=3):
+    """`cli.py fit`'s `elapsed_s` column (seconds from the first step to each epoch's end), in a
+    fresh process."""
+    with tempfile.TemporaryDirectory() as logs:
+        command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", "--config",
+                   os.path.join(REPO, "configs", "fast.yaml"), "--epochs", str(epochs), "--data", data,
+                   "--log-dir", logs, "--device", "cpu", "--no-tta", "--mixed-precision", precision]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        if result.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        (metrics,) = glob.glob(os.path.join(logs, "*", "metrics.csv"))
+        with open(metrics) as file:
+            return [float(row["elapsed_s"]) for row in csv.DictReader(file)]
+
+
+def measure(data, precision, threads, airbench_first=False):
+    runs = {}
+    for program in (("airbench", "keras") if airbench_first else ("keras", "airbench")):
+        runs[program] = keras_epochs(data, precision) if program == "keras" else \
+            airbench_epochs(data, precision, threads)
+    elapsed = runs["keras"]
+    steady = runs["airbench"][1:3]
+    return {"keras": (elapsed[2] - elapsed[0]) / 2, "keras_images": 50000,
+            "airbench": statistics.mean(r["train_time_s"] + r["eval_time_s"] for r in steady),
+            "airbench_images": 1024 * steady[0]["steps"], "keras_elapsed": elapsed,
+            "order": "airbench, keras" if airbench_first else "keras, airbench"}
+
+
+def summarize(rows):
+    keras = statistics.median(r["keras"] for r in rows)
+    airbench = statistics.median(r["airbench"] for r in rows)
+    keras_rate = rows[0]["keras_images"] / keras
+    airbench_rate = rows[0]["airbench_images"] / airbench
+    return {"keras": keras, "airbench": airbench, "ratio_epoch": airbench / keras,
+            "keras_rate": keras_rate, "airbench_rate": airbench_rate, "ratio_rate": keras_rate / airbench_rate}
+
+
+def print_table(rows, precision, machine):
+    s = summarize(rows)
+    print(f"\nfast recipe, seconds per epoch (training + test evaluation), {precision}, {machine}; "
+          f"median of {len(rows)} round(s)")
+    print("ratio > 1: cli.py fit is faster (epoch: airbench s / cli s; images: cli images/s / airbench images/s)")
+    print("| | cli.py fit (Keras `fast`) | airbench94, plain PyTorch | ratio |")
+    print("|---|---|---|---|")
+    print(f"| s per epoch | {s['keras']:.1f} | {s['airbench']:.1f} | {s['ratio_epoch']:.2f} |")
+    print(f"| training images per epoch | {rows[0]['keras_images']:,} | {rows[0]['airbench_images']:,} | |")
+    print(f"| images/s (epoch incl. evaluation) | {s['keras_rate']:.0f} | {s['airbench_rate']:.0f} | "
+          f"{s['ratio_rate']:.2f} |", flush=True)
+    return s
+
+
+@click.command()
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Any --data source of cli.py.")
+@click.option("--precision", type=click.Choice(["bf16", "none"]), default="bf16", show_default=True)
+@click.option("--rounds", type=int, default=2, show_default=True,
+              help="Repetitions, alternating which program goes first (the table: the median).")
+def main(data, precision, rounds):
+    import torch
+
+    rows = []
+    for index in range(rounds):
+        print(f"round {index + 1}/{rounds}: cli.py fit and airbench94, 3 epochs each ...", file=sys.stderr,
+              flush=True)
+        rows.append(measure(data, precision, torch.get_num_threads(), airbench_first=index % 2 == 1))
+        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+    print_table(rows, precision, machine_name("cpu"))
+
+
+if __name__ == "__main__":
+    main()
