@@ -257,6 +257,9 @@ def test_tta_equals_airbench_infer_mirror_translate():
     expected = 0.5 * mirror(x) + 0.5 * translated.mean(0)
     np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-5, atol=1e-5)
     assert sum(weight for weight, _ in tta_views(images)) == pytest.approx(1.0)
+    both, plain = predict_logits_tta(model, split, batch_size=7, with_plain=True)  # fit's final evaluation
+    np.testing.assert_array_equal(both, ours)
+    np.testing.assert_allclose(plain, predict_logits(model, split, 7), rtol=1e-6, atol=1e-6)
 
 
 def test_recipe_settings_are_checked():

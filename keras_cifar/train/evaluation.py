@@ -38,15 +38,17 @@ def tta_views(images):
     return [(weight, np.ascontiguousarray(view)) for weight, view in views]
 
 
-def predict_logits_tta(model, split, batch_size):
-    """`predict_logits` averaged over `tta_views` (6 forward passes)."""
+def predict_logits_tta(model, split, batch_size, with_plain=False):
+    """`predict_logits` averaged over `tta_views` (6 forward passes). `with_plain`: -> (the TTA
+    logits, the logits of the images themselves), the first view's, without a seventh pass."""
     from keras_cifar.data.dataset import Split
 
-    total = None
+    total = plain = None
     for weight, view in tta_views(np.asarray(split.images)):
-        logits = weight * predict_logits(model, Split(view, split.labels), batch_size).astype("float64")
-        total = logits if total is None else total + logits
-    return total.astype("float32")
+        logits = predict_logits(model, Split(view, split.labels), batch_size)
+        plain = logits if plain is None else plain
+        total = weight * logits.astype("float64") + (0.0 if total is None else total)
+    return (total.astype("float32"), plain) if with_plain else total.astype("float32")
 
 
 def confusion_matrix(labels, predictions, num_classes):

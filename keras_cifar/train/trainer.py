@@ -265,14 +265,14 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
             "Lower the learning rate (`lr`), or use `schedule='cosine'` with warm-up (`warmup_epochs`)."
         )
     try:
-        logits = predict_logits(model, data.eval, config.eval_batch_size)
         tta = None
         if config.tta:
             tta_started = time.perf_counter()
-            tta_logits = predict_logits_tta(model, data.eval, config.eval_batch_size)
+            logits, plain = predict_logits_tta(model, data.eval, config.eval_batch_size, with_plain=True)
             tta = {"time_s": time.perf_counter() - tta_started,
-                   "plain_accuracy": float((logits.argmax(-1) == data.eval.labels).mean())}
-            logits = tta_logits
+                   "plain_accuracy": float((plain.argmax(-1) == data.eval.labels).mean())}
+        else:
+            logits = predict_logits(model, data.eval, config.eval_batch_size)
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"Out of {device} memory in the final evaluation at eval batch size {config.eval_batch_size}; the "
