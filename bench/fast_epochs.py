@@ -7,8 +7,9 @@ first step to the end of each epoch, so an epoch's step holds its training, its 
 test set and everything the callbacks do: checkpoints, metrics.csv, TensorBoard); for airbench94,
 its own loop's training time plus its per-epoch evaluation of the test set. Rounds alternate
 which program goes first (`--rounds`, the table gives the median), so drift of the machine falls
-on both. airbench drops the last partial batch of every epoch (48 steps, 49,152 images) where
-`fit` trains on all 50,000 (49 steps): the table gives seconds per epoch and images per second.
+on both. Both train 48 full steps (49,152 images) per epoch: airbench's loader and configs/fast.yaml
+(`drop_last`) drop the last partial batch; the table gives seconds per epoch and images per second,
+each side's images per epoch read from its own run (summary.json's `train_images_per_epoch`).
 
     python -m bench.fast_epochs --rounds 2           # bf16 on the CPU, as configs/fast.yaml
     python -m bench.fast_epochs --precision none     # float32 on both sides
@@ -45,8 +46,8 @@ def airbench_epochs(data, precision, threads, epochs=3):
 
 
 def keras_epochs(data, precision, epochs=3):
-    """`cli.py fit`'s `elapsed_s` column (seconds from the first step to each epoch's end), in a
-    fresh process."""
+    """`cli.py fit`'s `elapsed_s` column (seconds from the first step to each epoch's end) and its
+    training images per epoch, in a fresh process."""
     with tempfile.TemporaryDirectory() as logs:
         command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", "--config",
                    os.path.join(REPO, "configs", "fast.yaml"), "--epochs", str(epochs), "--data", data,
@@ -54,9 +55,11 @@ def keras_epochs(data, precision, epochs=3):
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        (metrics,) = glob.glob(os.path.join(logs, "*", "metrics.csv"))
-        with open(metrics) as file:
-            return [float(row["elapsed_s"]) for row in csv.DictReader(file)]
+        (run,) = glob.glob(os.path.join(logs, "*", ""))
+        with open(os.path.join(run, "metrics.csv")) as file:
+            elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(file)]
+        with open(os.path.join(run, "summary.json")) as file:
+            return elapsed, json.load(file)["train_images_per_epoch"]
 
 
 def measure(data, precision, threads, airbench_first=False):
@@ -64,9 +67,9 @@ def measure(data, precision, threads, airbench_first=False):
     for program in (("airbench", "keras") if airbench_first else ("keras", "airbench")):
         runs[program] = keras_epochs(data, precision) if program == "keras" else \
             airbench_epochs(data, precision, threads)
-    elapsed = runs["keras"]
+    elapsed, keras_images = runs["keras"]
     steady = runs["airbench"][1:3]
-    return {"keras": (elapsed[2] - elapsed[0]) / 2, "keras_images": 50000,
+    return {"keras": (elapsed[2] - elapsed[0]) / 2, "keras_images": keras_images,
             "airbench": statistics.mean(r["train_time_s"] + r["eval_time_s"] for r in steady),
             "airbench_images": 1024 * steady[0]["steps"], "keras_elapsed": elapsed,
             "order": "airbench, keras" if airbench_first else "keras, airbench"}

@@ -155,10 +155,11 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
 def test_fast_epochs_takes_steady_epochs_of_both_and_compares_per_image(monkeypatch, capsys):
     """bench.fast_epochs: each program's steady epoch is the mean of its epochs 2 and 3 (the CLI's
     from the steps of its elapsed_s column, airbench's training + evaluation), rounds alternate
-    which goes first, and the images/s ratio counts airbench's dropped last batch."""
+    which goes first, and the images/s ratio counts each side's images per epoch."""
     fast_epochs = load_script("fast_epochs")
     calls = []
-    monkeypatch.setattr(fast_epochs, "keras_epochs", lambda *args: calls.append("keras") or [150.0, 262.0, 370.0])
+    monkeypatch.setattr(fast_epochs, "keras_epochs",
+                        lambda *args: calls.append("keras") or ([150.0, 262.0, 370.0], 50000))
     monkeypatch.setattr(fast_epochs, "airbench_epochs", lambda *args: calls.append("airbench") or [
         {"train_time_s": 130.0, "eval_time_s": 9.0, "steps": 48},
         {"train_time_s": 100.0, "eval_time_s": 8.0, "steps": 48},
@@ -180,7 +181,9 @@ def test_fast_epochs_reads_the_cli_runs_elapsed_column(monkeypatch, tmp_path):
         os.makedirs(run)
         with open(os.path.join(run, "metrics.csv"), "w") as file:
             file.write("epoch,val_accuracy,elapsed_s\n1,0.5,120.5\n2,0.6,230.0\n3,0.7,341.0\n")
+        with open(os.path.join(run, "summary.json"), "w") as file:
+            json.dump({"train_images_per_epoch": 49152}, file)
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(fast_epochs.subprocess, "run", fake_run)
-    assert fast_epochs.keras_epochs("data", "bf16") == [120.5, 230.0, 341.0]
+    assert fast_epochs.keras_epochs("data", "bf16") == ([120.5, 230.0, 341.0], 49152)

@@ -57,6 +57,7 @@ def test_run_folder_contents(trained):
     assert rows[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy") and len(rows) == 3
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["device"] == "cpu" and summary["train_time_s"] > 0
+    assert (summary["steps_per_epoch"], summary["train_images_per_epoch"]) == (500, 2000)  # the last batch kept
     assert summary["final_accuracy"] >= 0.30, f"test accuracy {summary['final_accuracy']:.3f} after 2 epochs"
     assert summary["best_accuracy"] >= summary["final_accuracy"] or summary["best_epoch"] == 2
 

@@ -60,6 +60,7 @@ def test_fast_yaml_is_airbench_converted_to_the_mean_loss():
     assert (config.batch_size, config.momentum, config.label_smoothing) == (1024, 0.85, 0.2)
     assert (config.bn_bias_lr_scale, config.lookahead, config.schedule) == (64, 5, "triangle")
     assert (config.crop_padding, config.crop_fill, config.flip) == (2, "reflect", "alternate")
+    assert config.drop_last  # airbench's loader: 48 full steps per epoch
 
 
 def airbench_reference_run(module, batches, epochs, steps_per_epoch, whiten_bias_epochs):
@@ -282,6 +283,10 @@ def test_fit_reports_time_to_target_and_stops(real_folder_small, tmp_path):
     result = fit(config, verbose=0, echo=lambda message: None)
     summary = result.summary
     assert summary["epochs"] == 1  # stopped at the first epoch, which reached 1%
+    # drop_last (fast.yaml): 300 images make 4 full steps of 64, and the schedule counts those
+    assert (summary["steps_per_epoch"], summary["train_images_per_epoch"]) == (4, 256)
+    assert result.history[0]["learning_rate"] == pytest.approx(
+        1.5 * airbench_lr_schedule(4, 3 * 4), rel=1e-6)
     target = summary["target"]
     assert target["reached"] and target["epoch"] == 1 and not target["with_tta"]
     assert 0 < summary["first_step_s"] <= target["elapsed_s"] == pytest.approx(result.history[0]["elapsed_s"])

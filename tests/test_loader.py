@@ -27,6 +27,9 @@ def test_every_example_once_per_epoch_in_batches():
     expected = torch.as_tensor(split(100).images)
     assert sorted(map(bytes, images.numpy())) == sorted(map(bytes, expected.numpy()))
     assert len(TensorLoader(split(100), 32, drop_remainder=True)) == 3
+    assert [len(y) for _, y in TensorLoader(split(100), 32, drop_remainder=True)] == [32, 32, 32]
+    assert TensorLoader(split(100), 32, drop_remainder=True).images_per_epoch == 96
+    assert TensorLoader(split(100), 32).images_per_epoch == 100
 
 
 def test_order_depends_only_on_seed_and_epoch():

@@ -56,6 +56,11 @@ class TensorLoader(torch.utils.data.IterableDataset):
             return math.ceil(len(self.labels) / self.world_size)
         return len(range(self.rank, len(self.labels), self.world_size))
 
+    @property
+    def images_per_epoch(self):
+        """Examples this rank trains on per epoch (without the last partial batch when `drop_remainder`)."""
+        return len(self) * self.batch_size if self.drop_remainder else self.num_examples
+
     def __len__(self):
         if self.drop_remainder:
             return self.num_examples // self.batch_size

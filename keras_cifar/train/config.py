@@ -90,6 +90,8 @@ class RunConfig:
     epochs: int = setting(20, "Number of epochs.", min=1, resumable=True)
     batch_size: int = setting(32, "Images per training step on each process: under torchrun with N processes "
                                   "the global batch is N x batch_size (the learning rate is not rescaled).", min=1)
+    drop_last: bool = setting(False, "Skip each epoch's last partial training batch, so that every step trains on a "
+                                     "full batch (airbench; each epoch leaves out a different random remainder).")
     eval_batch_size: int = setting(500, "Images per evaluation step (no effect on results).", min=1,
                                    resumable=True)
     optimizer: str = setting("adam", "Optimizer (adam, adamw and sgd step as torch.optim's, fused).",

@@ -182,7 +182,8 @@ def _fit(config, resume_path, verbose, echo):
         # in disjoint shards that hold every image once.
         augment = Augmentation(config.crop_padding, config.crop_fill, config.flip) if config.augment else False
         train_loader = TensorLoader(data.train, config.batch_size, shuffle=True, augment=augment,
-                                    seed=config.seed, device=device, rank=group.rank, world_size=group.world_size)
+                                    seed=config.seed, drop_remainder=config.drop_last, device=device,
+                                    rank=group.rank, world_size=group.world_size)
         eval_loader = TensorLoader(data.eval, config.eval_batch_size, device=device, rank=group.rank,
                                    world_size=group.world_size, even_shards=False)
         steps_per_epoch = len(train_loader)
@@ -282,7 +283,8 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
     report = classification_report(data.eval.labels, logits, data.class_names)
     timing = _timing(config, state, report, clock, prepare_s, tta)
     summary = _summary(config, state, report, data, device, run_path)
-    summary.update(timing)
+    summary.update(timing, steps_per_epoch=len(train_loader),
+                   train_images_per_epoch=train_loader.images_per_epoch * group.world_size)
     if group.is_main:
         rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
         write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
