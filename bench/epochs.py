@@ -1,21 +1,27 @@
 """End-to-end seconds per epoch: `cli.py fit` against a tidy plain PyTorch loop.
 
 What a user meets: a steady epoch of the real command, with its evaluation of the test set,
-checkpoints, metrics.csv and TensorBoard logs, is the wall time of `cli.py fit --epochs 3` minus
-that of `--epochs 1`, halved (start-up, data loading and graph capture cancel out). The yardstick
-is `bench.torch_loop.TidyRun` on the same data, batch size and threads: the mean of its epochs 2
-and 3, each a training epoch plus the test set's evaluation. The three runs of a model are
-interleaved (fit 1 epoch, tidy loop, fit 3 epochs), so drift of the machine falls on both.
+checkpoints, metrics.csv and TensorBoard logs. `cli.py fit --epochs 3` runs in a fresh process and
+its steady epoch is the mean of epochs 2 and 3 from the `elapsed_s` column of the run's metrics.csv
+(wall time from the first step to each epoch's end: start-up, data loading and graph capture fall
+before the first step, and the first epoch's warm-up is left out). The yardstick is
+`bench.torch_loop.TidyRun` on the same data, batch size and threads, also 3 epochs in a fresh
+process: the mean of its epochs 2 and 3, each a training epoch plus the test set's evaluation.
+Rounds (`--rounds`) alternate which of the two runs first, so drift of the machine falls on both;
+the table gives the median.
 
     python -m bench.epochs --models cnn,resnet_lite,inception_lite
-    python -m bench.epochs --models cnn --batch-size 128
+    python -m bench.epochs --models cnn --batch-size 128 --rounds 3
 """
 
+import csv
+import glob
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import click
 
@@ -26,17 +32,25 @@ TORCH_OPTIMIZER = {"cnn": ("adam", 1e-3), "resnet_lite": ("adam", 1e-3), "incept
                    "googlenet": ("adam", 1e-4), "resnet18": ("sgd", 1e-3)}
 
 
-def time_cli_fit(model, epochs, batch_size, data, device, extra=()):
-    """Wall seconds of `cli.py fit` in a fresh process, and the run's per-epoch log."""
+def cli_fit_epochs(args, data, device, epochs=3):
+    """`cli.py fit ARGS` for `epochs` epochs in a fresh process: its `elapsed_s` column (seconds
+    from the first step to each epoch's end) and its training images per epoch."""
     with tempfile.TemporaryDirectory() as logs:
-        command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", "--model", model, "--epochs", str(epochs),
-                   "--batch-size", str(batch_size), "--data", data, "--log-dir", logs, "--device", device, *extra]
-        started = time.perf_counter()
+        command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", *args, "--epochs", str(epochs),
+                   "--data", data, "--log-dir", logs, "--device", device]
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        elapsed = time.perf_counter() - started
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return elapsed
+        if result.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        (run,) = glob.glob(os.path.join(logs, "*", ""))
+        with open(os.path.join(run, "metrics.csv")) as file:
+            elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(file)]
+        with open(os.path.join(run, "summary.json")) as file:
+            return elapsed, json.load(file)["train_images_per_epoch"]
+
+
+def steady_epoch(elapsed):
+    """Mean of epochs 2 and 3 from cumulative seconds at each epoch's end."""
+    return (elapsed[2] - elapsed[0]) / 2
 
 
 def tidy_epochs(model, batch_size, data, device, epochs=3, probe_steps=30):
@@ -66,30 +80,46 @@ print(json.dumps({{"times": times, "memory_format": setup, "implementation": run
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     if result.returncode:
         raise RuntimeError(f"tidy loop failed:\n{result.stderr[-3000:]}")
-    import json
-
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure(model, batch_size, data, device):
-    one = time_cli_fit(model, 1, batch_size, data, device)
-    tidy = tidy_epochs(model, batch_size, data, device)
-    three = time_cli_fit(model, 3, batch_size, data, device)
-    cli_epoch = (three - one) / 2
+def measure(model, batch_size, data, device, tidy_first=False):
+    runs = {}
+    for program in ("tidy", "cli") if tidy_first else ("cli", "tidy"):
+        if program == "cli":
+            runs["cli"], _ = cli_fit_epochs(["--model", model, "--batch-size", str(batch_size)], data, device)
+        else:
+            runs["tidy"] = tidy_epochs(model, batch_size, data, device)
+    tidy = runs["tidy"]
+    cli_epoch = steady_epoch(runs["cli"])
     tidy_epoch = sum(tidy["times"][1:3]) / 2
     return {"model": model, "batch": batch_size, "cli": cli_epoch, "tidy": tidy_epoch, "ratio": tidy_epoch / cli_epoch,
-            "tidy_setup": f"{tidy['memory_format']}, {tidy['implementation']}", "cli_1": one, "cli_3": three}
+            "tidy_setup": f"{tidy['memory_format']}, {tidy['implementation']}", "cli_elapsed": runs["cli"],
+            "order": "tidy, cli" if tidy_first else "cli, tidy"}
+
+
+def summarize(rounds):
+    """Per model and batch: the median of the rounds' seconds per epoch, and every round's ratio."""
+    rows = []
+    for key in dict.fromkeys((r["model"], r["batch"]) for r in rounds):
+        mine = [r for r in rounds if (r["model"], r["batch"]) == key]
+        cli = statistics.median(r["cli"] for r in mine)
+        tidy = statistics.median(r["tidy"] for r in mine)
+        rows.append({"model": key[0], "batch": key[1], "cli": cli, "tidy": tidy, "ratio": tidy / cli,
+                     "ratios": [r["ratio"] for r in mine], "tidy_setup": mine[0]["tidy_setup"]})
+    return rows
 
 
 def print_table(rows, machine):
     print(f"\nEnd-to-end seconds per epoch (train + test evaluation + checkpoints + logs), {machine}")
-    print("ratio = tidy PyTorch s/epoch / cli.py fit s/epoch (> 1: cli.py fit is faster)")
-    print("| model | batch | cli.py fit s/epoch | tidy PyTorch s/epoch | ratio | tidy loop's fastest setup "
-          "| cli.py fit 1 / 3 epochs wall s |")
+    print("ratio = tidy PyTorch s/epoch / cli.py fit s/epoch (> 1: cli.py fit is faster); medians over rounds")
+    print("| model | batch | cli.py fit s/epoch | tidy PyTorch s/epoch | ratio | each round's ratio "
+          "| tidy loop's fastest setup |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['cli']:.1f} | {r['tidy']:.1f} | {r['ratio']:.2f} | "
-              f"{r['tidy_setup']} | {r['cli_1']:.0f} / {r['cli_3']:.0f} |", flush=True)
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in r["ratios"])
+        print(f"| {r['model']} | {r['batch']} | {r['cli']:.1f} | {r['tidy']:.1f} | {r['ratio']:.2f} | {rounds} | "
+              f"{r['tidy_setup']} |", flush=True)
 
 
 def machine_name(device):
@@ -108,14 +138,18 @@ def machine_name(device):
 @click.option("--batch-size", type=int, default=None, help="Default: each model's original batch size.")
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="Any --data source of cli.py.")
 @click.option("--device", default="cpu", show_default=True)
-def main(models, batch_size, data, device):
-    rows = []
-    for model in models.split(","):
-        print(f"{model}: cli.py fit 1 epoch, tidy loop 3 epochs, cli.py fit 3 epochs ...", file=sys.stderr,
-              flush=True)
-        rows.append(measure(model, batch_size or ORIGINAL_BATCH[model], data, device))
-        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-    print_table(rows, machine_name(device))
+@click.option("--rounds", type=int, default=1, show_default=True,
+              help="Repetitions, alternating which program goes first (the table: the median).")
+def main(models, batch_size, data, device, rounds):
+    results = []
+    for index in range(rounds):
+        for model in models.split(","):
+            print(f"round {index + 1}/{rounds}, {model}: cli.py fit and the tidy loop, 3 epochs each ...",
+                  file=sys.stderr, flush=True)
+            results.append(measure(model, batch_size or ORIGINAL_BATCH[model], data, device,
+                                   tidy_first=index % 2 == 1))
+            print(f"  {results[-1]}", file=sys.stderr, flush=True)
+    print_table(summarize(results), machine_name(device))
 
 
 if __name__ == "__main__":

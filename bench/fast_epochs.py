@@ -15,8 +15,6 @@ each side's images per epoch read from its own run (summary.json's `train_images
     python -m bench.fast_epochs --precision none     # float32 on both sides
 """
 
-import csv
-import glob
 import json
 import os
 import statistics
@@ -26,7 +24,7 @@ import tempfile
 
 import click
 
-from bench.epochs import DEFAULT_DATA, REPO, machine_name
+from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, steady_epoch
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
 
@@ -46,20 +44,9 @@ def airbench_epochs(data, precision, threads, epochs=3):
 
 
 def keras_epochs(data, precision, epochs=3):
-    """`cli.py fit`'s `elapsed_s` column (seconds from the first step to each epoch's end) and its
-    training images per epoch, in a fresh process."""
-    with tempfile.TemporaryDirectory() as logs:
-        command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", "--config",
-                   os.path.join(REPO, "configs", "fast.yaml"), "--epochs", str(epochs), "--data", data,
-                   "--log-dir", logs, "--device", "cpu", "--no-tta", "--mixed-precision", precision]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        if result.returncode:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        (run,) = glob.glob(os.path.join(logs, "*", ""))
-        with open(os.path.join(run, "metrics.csv")) as file:
-            elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(file)]
-        with open(os.path.join(run, "summary.json")) as file:
-            return elapsed, json.load(file)["train_images_per_epoch"]
+    """`cli.py fit --config configs/fast.yaml`'s `elapsed_s` column and training images per epoch."""
+    return cli_fit_epochs(["--config", os.path.join(REPO, "configs", "fast.yaml"), "--no-tta",
+                           "--mixed-precision", precision], data, "cpu", epochs)
 
 
 def measure(data, precision, threads, airbench_first=False):
@@ -69,7 +56,7 @@ def measure(data, precision, threads, airbench_first=False):
             airbench_epochs(data, precision, threads)
     elapsed, keras_images = runs["keras"]
     steady = runs["airbench"][1:3]
-    return {"keras": (elapsed[2] - elapsed[0]) / 2, "keras_images": keras_images,
+    return {"keras": steady_epoch(elapsed), "keras_images": keras_images,
             "airbench": statistics.mean(r["train_time_s"] + r["eval_time_s"] for r in steady),
             "airbench_images": 1024 * steady[0]["steps"], "keras_elapsed": elapsed,
             "order": "airbench, keras" if airbench_first else "keras, airbench"}

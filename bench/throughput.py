@@ -423,7 +423,7 @@ def main(models, steps, rounds, eval_images, data, data_dir, device, threads, re
         from bench import epochs as end_to_end
 
         rows = [end_to_end.measure(model, ORIGINAL_BATCH[model], data, args["device"]) for model in args["models"]]
-        end_to_end.print_table(rows, end_to_end.machine_name(args["device"]))
+        end_to_end.print_table(end_to_end.summarize(rows), end_to_end.machine_name(args["device"]))
     if memory and not levers:
         memory_check(args)
 

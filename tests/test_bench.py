@@ -187,3 +187,23 @@ def test_fast_epochs_reads_the_cli_runs_elapsed_column(monkeypatch, tmp_path):
 
     monkeypatch.setattr(fast_epochs.subprocess, "run", fake_run)
     assert fast_epochs.keras_epochs("data", "bf16") == ([120.5, 230.0, 341.0], 49152)
+
+
+def test_epochs_steady_epoch_of_both_sides_over_alternating_rounds(monkeypatch, capsys):
+    """bench.epochs: the CLI's steady epoch from its elapsed_s column (epochs 2-3), the tidy loop's
+    mean of epochs 2-3, rounds alternating which runs first, the table the median of the rounds."""
+    epochs = load_script("epochs")
+    calls = []
+    cli_runs = iter([[30.0, 50.0, 70.0], [31.0, 53.0, 75.0], [29.0, 47.0, 65.0]])
+    monkeypatch.setattr(epochs, "cli_fit_epochs", lambda args, *rest: calls.append(("cli", args)) or (
+        next(cli_runs), 50000))
+    monkeypatch.setattr(epochs, "tidy_epochs", lambda *args: calls.append(("tidy",)) or {
+        "times": [25.0, 22.0, 22.0], "memory_format": "channels_last", "implementation": "fused"})
+    rounds = [epochs.measure("cnn", 32, "data", "cpu", tidy_first=index % 2 == 1) for index in range(3)]
+    assert [call[0] for call in calls] == ["cli", "tidy", "tidy", "cli", "cli", "tidy"]
+    assert calls[0][1] == ["--model", "cnn", "--batch-size", "32"]
+    assert [r["cli"] for r in rounds] == [20.0, 22.0, 18.0]
+    (row,) = epochs.summarize(rounds)
+    assert (row["cli"], row["tidy"]) == (20.0, 22.0) and row["ratio"] == pytest.approx(1.1)
+    epochs.print_table([row], "test machine")
+    assert "| cnn | 32 | 20.0 | 22.0 | 1.10 | 1.10, 1.00, 1.22 | channels_last, fused |" in capsys.readouterr().out
