@@ -83,18 +83,21 @@ print(json.dumps({{"times": times, "memory_format": setup, "implementation": run
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def in_turn(programs, reverse=False):
+    """Runs `programs` (name -> callable without arguments) one after another, in their order or
+    reversed (rounds alternate, so drift of the machine falls on all); -> {name: result}."""
+    names = list(programs)[::-1] if reverse else list(programs)
+    return {name: programs[name]() for name in names}
+
+
 def measure(model, batch_size, data, device, tidy_first=False):
-    runs = {}
-    for program in ("tidy", "cli") if tidy_first else ("cli", "tidy"):
-        if program == "cli":
-            runs["cli"], _ = cli_fit_epochs(["--model", model, "--batch-size", str(batch_size)], data, device)
-        else:
-            runs["tidy"] = tidy_epochs(model, batch_size, data, device)
+    runs = in_turn({"cli": lambda: cli_fit_epochs(["--model", model, "--batch-size", str(batch_size)], data, device),
+                    "tidy": lambda: tidy_epochs(model, batch_size, data, device)}, reverse=tidy_first)
     tidy = runs["tidy"]
-    cli_epoch = steady_epoch(runs["cli"])
+    cli_epoch = steady_epoch(runs["cli"][0])
     tidy_epoch = sum(tidy["times"][1:3]) / 2
     return {"model": model, "batch": batch_size, "cli": cli_epoch, "tidy": tidy_epoch, "ratio": tidy_epoch / cli_epoch,
-            "tidy_setup": f"{tidy['memory_format']}, {tidy['implementation']}", "cli_elapsed": runs["cli"],
+            "tidy_setup": f"{tidy['memory_format']}, {tidy['implementation']}", "cli_elapsed": runs["cli"][0],
             "order": "tidy, cli" if tidy_first else "cli, tidy"}
 
 

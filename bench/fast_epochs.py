@@ -11,7 +11,7 @@ on both. Both train 48 full steps (49,152 images) per epoch: airbench's loader a
 (`drop_last`) drop the last partial batch; the table gives seconds per epoch and images per second,
 each side's images per epoch read from its own run (summary.json's `train_images_per_epoch`).
 
-    python -m bench.fast_epochs --rounds 2           # bf16 on the CPU, as configs/fast.yaml
+    python -m bench.fast_epochs --rounds 3           # bf16 on the CPU, as configs/fast.yaml
     python -m bench.fast_epochs --precision none     # float32 on both sides
 """
 
@@ -24,7 +24,7 @@ import tempfile
 
 import click
 
-from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, steady_epoch
+from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, in_turn, machine_name, steady_epoch
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
 
@@ -50,10 +50,8 @@ def keras_epochs(data, precision, epochs=3):
 
 
 def measure(data, precision, threads, airbench_first=False):
-    runs = {}
-    for program in (("airbench", "keras") if airbench_first else ("keras", "airbench")):
-        runs[program] = keras_epochs(data, precision) if program == "keras" else \
-            airbench_epochs(data, precision, threads)
+    runs = in_turn({"keras": lambda: keras_epochs(data, precision),
+                    "airbench": lambda: airbench_epochs(data, precision, threads)}, reverse=airbench_first)
     elapsed, keras_images = runs["keras"]
     steady = runs["airbench"][1:3]
     return {"keras": steady_epoch(elapsed), "keras_images": keras_images,
