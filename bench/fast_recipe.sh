@@ -3,6 +3,7 @@
 # share the CPU and the times would be wrong). Each run writes its own folder (summary.json,
 # metrics.csv) as it goes, so a killed sequence keeps what finished.
 #   bash bench/fast_recipe.sh OUT_DIR [seeds...]        the Keras recipe, 3 seeds by default
+#   EPOCHS=30 bash bench/fast_recipe.sh OUT_DIR 0      the same recipe over a longer schedule (keras-e30-seed0)
 #   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
 #   STAGE=ablation bash bench/fast_recipe.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
 #                                                      run reports its accuracy with and without it);
@@ -17,8 +18,10 @@ mkdir -p "$OUT"
 case "${STAGE:-keras}" in
 keras)
   for seed in $SEEDS; do
-    $PY cli.py fit --config configs/fast.yaml --data "$DATA" --seed "$seed" --log-dir "$OUT/keras-seed$seed" \
-      --target-accuracy 0.94 2>&1 | tee "$OUT/keras-seed$seed.log"
+    name=keras${EPOCHS:+-e$EPOCHS}-seed$seed
+    # shellcheck disable=SC2086
+    $PY cli.py fit --config configs/fast.yaml --data "$DATA" --seed "$seed" --log-dir "$OUT/$name" \
+      ${EPOCHS:+--epochs $EPOCHS} --target-accuracy 0.94 2>&1 | tee "$OUT/$name.log"
   done ;;
 torch)
   for seed in $SEEDS; do

@@ -2,7 +2,8 @@
 
     python -m bench.fast_table OUT_DIR
 
-Reads OUT_DIR/keras-seed*/<run>/ (summary.json, metrics.csv), OUT_DIR/torch-seed*.json
+Reads OUT_DIR/keras-seed*/<run>/ and OUT_DIR/keras-eN-seed*/<run>/ (summary.json, metrics.csv; one
+group per schedule length), OUT_DIR/torch-seed*.json
 (bench/airbench_torch.py) and OUT_DIR/ablation-*/<run>/, and prints markdown tables. Times
 are wall-clock seconds from the first training step, counting every epoch's test evaluation
 for both programs (airbench's own count leaves those out; its column is given as well).
@@ -96,9 +97,13 @@ def results_table(out_dir):
     lines = ["| program | seed | epochs | test acc. % | with TTA % | s/epoch (median of 3rd on) | first epoch s | "
              "time to 90% s | time to 94% s | total s |", "|---" * 10 + "|"]
     groups = []
-    for label, runs in (("keras-cifar `fast`", [keras_run(f) for f in _folders(out_dir, "keras-seed")]),
-                        ("airbench94, plain PyTorch", [torch_run(p) for p in
-                                                       sorted(glob.glob(os.path.join(out_dir, "torch-seed*.json")))])):
+    keras_runs = [keras_run(f) for f in _folders(out_dir, "keras-")]
+    by_epochs = {}
+    for run in keras_runs:
+        by_epochs.setdefault(run["epochs"], []).append(run)
+    torch_runs = [torch_run(p) for p in sorted(glob.glob(os.path.join(out_dir, "torch-seed*.json")))]
+    for label, runs in [*(("keras-cifar `fast`", runs) for _, runs in sorted(by_epochs.items())),
+                        ("airbench94, plain PyTorch", torch_runs)]:
         groups.append((label, runs))
         for run in runs:
             lines.append(f"| {label} | {run['seed']} | {run['epochs']} | {_fmt(run['accuracy'], '%')} | "

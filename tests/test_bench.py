@@ -110,7 +110,7 @@ def test_tidy_loop_trains_like_the_reference_loop_and_evaluates_every_image(real
 
 def test_fast_table_reads_both_programs_runs(tmp_path):
     """bench.fast_table on hand-made outputs of the two programs: times to 90% and 94%, TTA,
-    means over seeds, and the ablation's change against the recipe."""
+    means over seeds (a longer schedule, keras-eN-seed*, apart), and the ablation's change against the recipe."""
     fast_table = load_script("fast_table")
 
     def keras_run(folder, seed, accuracies, tta):
@@ -131,6 +131,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
 
     keras_run("keras-seed0", 0, [0.80, 0.91, 0.935], 0.945)
     keras_run("keras-seed1", 1, [0.70, 0.85, 0.89], 0.93)
+    keras_run("keras-e4-seed0", 0, [0.70, 0.85, 0.92, 0.95], 0.96)
     keras_run("ablation-recipe", 0, [0.8, 0.9], 0.91)
     keras_run("ablation-no-lookahead", 0, [0.8, 0.89], 0.9)
     (tmp_path / "torch-seed0.json").write_text(json.dumps({
@@ -139,7 +140,9 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
                    {"epoch": 2, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.92},
                    {"epoch": 3, "train_time_s": 8.0, "eval_time_s": 1.0, "test_acc": 0.93}]}))
     table, groups = fast_table.results_table(str(tmp_path))
-    keras_runs, torch_runs = groups[0][1], groups[1][1]
+    assert [len(runs) for _, runs in groups] == [2, 1, 1]  # 3 epochs (2 seeds), 4 epochs, airbench
+    keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[2][1]
+    assert longer_runs[0]["epochs"] == 4 and longer_runs[0]["time_to_90"] == 35.0  # its 3rd epoch
     assert [run["time_to_90"] for run in keras_runs] == [25.0, 38.0]  # seed 1: only with the final TTA
     assert keras_runs[0]["time_to_94"] == 38.0 and keras_runs[1]["time_to_94"] is None
     assert keras_runs[0]["epoch_s"] == 10.0 and keras_runs[0]["first_epoch_s"] == 15.0
