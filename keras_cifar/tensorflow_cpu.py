@@ -3,12 +3,23 @@
 TensorFlow serves only TFDS (data preparation) and TensorBoard summaries. A GPU build of
 TensorFlow, if the user has one installed, would reserve nearly all GPU memory at its first op,
 before torch trains: so the GPUs are hidden from it as it is first imported. Building models,
-training from prepared arrays, `predict` and bench/gpu_check.py never import it.
+training from prepared arrays, `predict` and bench/gpu_check.py never import it. Where it is not
+installed (`installed()`), `fit(tensorboard=False)` trains and a local copy of the data is read
+straight from its files.
 """
 
+import importlib.util
 import warnings
 
 _hidden = False
+
+
+def installed(name="tensorflow"):
+    """Whether `name` can be imported, without importing it (TensorFlow takes seconds)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+        return False
 
 
 def import_tensorflow():

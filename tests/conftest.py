@@ -75,3 +75,38 @@ def data_dir(tmp_path):
 
 def random_images(count, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+BLOCKER = '''
+import sys
+
+BLOCKED = ("tensorflow", "tensorflow_datasets", "tensorboard")
+
+
+class _NotInstalled:
+    """A finder of sys.meta_path that finds nothing of TensorFlow, TFDS and TensorBoard, as if
+    they were not installed (`importlib.util.find_spec` gives None, `import` fails)."""
+
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attribute):
+        return getattr(self.finder, attribute)
+
+
+sys.meta_path[:] = [_NotInstalled(finder) for finder in sys.meta_path]
+'''
+
+
+@pytest.fixture
+def without_tensorflow(tmp_path):
+    """Environment variables for a subprocess in which TensorFlow cannot be found."""
+    folder = tmp_path / "blocker"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(BLOCKER)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}

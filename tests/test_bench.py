@@ -210,3 +210,32 @@ def test_epochs_steady_epoch_of_both_sides_over_alternating_rounds(monkeypatch, 
     assert (row["cli"], row["tidy"]) == (20.0, 22.0) and row["ratio"] == pytest.approx(1.1)
     epochs.print_table([row], "test machine")
     assert "| cnn | 32 | 20.0 | 22.0 | 1.10 | 1.10, 1.00, 1.22 | channels_last, fused |" in capsys.readouterr().out
+
+
+def test_gpu_session_smoke_on_cpu_without_tensorflow(real_folder_small, tmp_path, without_tensorflow):
+    """bench/gpu_session.sh, the prepared GPU session, as its header's CPU smoke run: both
+    programs of the fast stage on a slice of the real data, TensorFlow unavailable as on the GPU
+    machine, and the runs collected into runs.tgz."""
+    import sys
+    import tarfile
+
+    from tests import data_formats as fmt
+    from tests.conftest import REPO
+
+    data = fmt.tar_folder(str(real_folder_small), str(tmp_path / "slice.tar.gz"), ".")
+    out = tmp_path / "out"
+    env = dict(os.environ, **without_tensorflow, OUT=str(out), DEVICE="cpu", SEEDS="0", DATA=data,
+               RUNS=str(tmp_path / "runs"), PYTHON=sys.executable,
+               FIT_ARGS="--epochs 1 --batch-size 64 --eval-batch-size 100 --mixed-precision none",
+               AIRBENCH_ARGS="--epochs 1 --batch-size 64")
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh"), "fast"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=900)
+    log = (out / "session.log").read_text()
+    assert result.returncode == 0, log[-3000:]
+    assert "without TFDS" in log and "Traceback" not in log
+    with tarfile.open(out / "runs.tgz") as tar:
+        names = tar.getnames()
+    assert any(n.startswith("./keras-seed0/") and n.endswith("summary.json") for n in names), names
+    assert any(n.startswith("./keras-seed0/") and n.endswith("metrics.csv") for n in names), names
+    assert "./torch-seed0.json" in names and not any(n.endswith(".keras") for n in names)
+    assert "| keras-cifar `fast` | 0 | 1 |" in log and "| airbench94, plain PyTorch | 0 | 1 |" in log

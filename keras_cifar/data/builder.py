@@ -41,11 +41,5 @@ class Cifar10Local(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split) for split in readers.SPLITS}
 
     def _generate_examples(self, split):
-        if self.source.kind == "python":
-            examples = readers.read_python_batches(self.source.path, self.source.prefix, split)
-        elif self.source.kind == "binary":
-            examples = readers.read_binary_batches(self.source.path, self.source.prefix, split)
-        else:
-            examples = self.image_folder.read(split)
-        for key, image, label in examples:
+        for key, image, label in readers.read_examples(self.source, split, self.image_folder):
             yield key, {"id": key, "image": image, "label": label}

@@ -3,7 +3,9 @@
 Every source is prepared through TFDS (the `cifar10` builder or
 `Cifar10Local`). The decoded arrays of a prepared source are then cached next
 to the TFDS data as one `.npz` file, so a second run reads 180 MB of arrays
-instead of decoding 60,000 images again.
+instead of decoding 60,000 images again. Where TensorFlow Datasets is not
+installed (a GPU image with torch alone), a local copy is read straight from
+its files into the same arrays and the same cache.
 """
 
 import contextlib
@@ -16,6 +18,7 @@ import tempfile
 
 import numpy as np
 
+from keras_cifar import tensorflow_cpu
 from keras_cifar.data import readers
 from keras_cifar.data.sources import DataSource, layouts_message, resolve_source
 from keras_cifar.errors import DataError, UsageError
@@ -254,6 +257,11 @@ def load_cifar(data="cifar10", data_dir=None, val_split=0.0, seed=0, log=None):
         os.makedirs(root, exist_ok=True)
     except OSError as error:
         raise DataError(f"Cannot create the data directory {root}: {error.strerror}.") from None
+    with_tfds = tensorflow_cpu.installed("tensorflow") and tensorflow_cpu.installed("tensorflow_datasets")
+    if source.kind == "tfds" and not with_tfds:
+        raise DataError("The TFDS dataset `data='cifar10'` needs TensorFlow and tensorflow-datasets, which are not "
+                        "installed here. Point `data` at a local copy instead (read without them), for example "
+                        "`data='cifar10-jpeg.tar.gz'`. " + layouts_message())
     builder = _make_builder(source, root) if source.kind == "tfds" else None
     cache = _cache_path(root, source, builder)
     loaded = _read_cache(cache) if os.path.exists(cache) else None
@@ -261,25 +269,48 @@ def load_cifar(data="cifar10", data_dir=None, val_split=0.0, seed=0, log=None):
         with _exclusive(cache + ".lock"):
             loaded = _read_cache(cache) if os.path.exists(cache) else None  # prepared while we waited?
             if loaded is None:
-                loaded = _prepare_and_cache(source, root, builder, cache, log)
+                loaded = _prepare_and_cache(source, root, builder, cache, log, with_tfds)
     if val_split:
         loaded.train, loaded.val = hold_out(loaded.train, val_split, seed)
     return loaded
 
 
-def _prepare_and_cache(source, root, builder, cache, log):
-    builder = builder or _make_builder(source, root)
-    if not builder.is_prepared():
-        log(f"Preparing {source.describe()} with TFDS into {root} (once) ...")
-    _prepare(builder, source, root)
-    splits = {split: _read_split(builder, split) for split in readers.SPLITS}
+def _read_directly(source):
+    """A local copy straight from its files, without TFDS: the arrays that the TFDS path gives
+    (records sorted by id; TFDS keeps the decoded images losslessly). Returns (splits, class
+    names, image folder or None)."""
+    folder = readers.ImageFolder(source.path, source.prefix) if source.kind == "image_folder" else None
+    splits = {}
+    for split in readers.SPLITS:
+        ids, images, labels = [], [], []
+        for key, image, label in readers.read_examples(source, split, folder):
+            ids.append(key)
+            images.append(image)
+            labels.append(label)
+        order = np.argsort(np.array(ids), kind="stable")
+        stacked = np.stack(images) if images else np.zeros((0, readers.IMAGE_SIZE, readers.IMAGE_SIZE, 3), np.uint8)
+        splits[split] = Split(np.ascontiguousarray(stacked[order]), np.array(labels, dtype=np.int64)[order])
+    return splits, (folder.class_names if folder else readers.CIFAR10_CLASSES), folder
+
+
+def _prepare_and_cache(source, root, builder, cache, log, with_tfds=True):
+    if with_tfds:
+        builder = builder or _make_builder(source, root)
+        if not builder.is_prepared():
+            log(f"Preparing {source.describe()} with TFDS into {root} (once) ...")
+        _prepare(builder, source, root)
+        splits = {split: _read_split(builder, split) for split in readers.SPLITS}
+        class_names = tuple(builder.info.features["label"].names)
+        image_folder = getattr(builder, "image_folder", None)
+    else:
+        log(f"Reading {source.describe()} without TFDS (not installed) into {root} (once) ...")
+        splits, class_names, image_folder = _read_directly(source)
     if min(len(s) for s in splits.values()) == 0:
         raise DataError(f"{source.describe()} holds no images in one of its splits.")
-    class_names = tuple(builder.info.features["label"].names)
     if source.kind == "tfds" and len(class_names) == 10:
         class_names = readers.CIFAR10_CLASSES
     loaded = CifarData(splits["train"], splits["test"], class_names, source.describe())
-    skipped = getattr(getattr(builder, "image_folder", None), "skipped", None)
+    skipped = getattr(image_folder, "skipped", None)
     if skipped and any(skipped.values()):
         names = [name for names in skipped.values() for name in names]
         log(f"Skipped {len(names)} file(s) that are not images: {', '.join(names[:5])}"

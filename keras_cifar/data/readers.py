@@ -282,3 +282,13 @@ class ImageFolder:
             self.skipped[split].append(f"{split}/{class_name}/{file_name}")
             return
         yield f"{split}/{class_name}/{file_name}", image, labels[class_name]
+
+
+def read_examples(source, split, image_folder=None):
+    """`(id, image, label)` of one split of a local source (`DataSource` of kind python, binary or
+    image_folder; `image_folder`: its `ImageFolder`, made here when None)."""
+    if source.kind == "python":
+        return read_python_batches(source.path, source.prefix, split)
+    if source.kind == "binary":
+        return read_binary_batches(source.path, source.prefix, split)
+    return (image_folder or ImageFolder(source.path, source.prefix)).read(split)

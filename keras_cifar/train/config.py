@@ -141,6 +141,9 @@ class RunConfig:
     dist_timeout: float = setting(300.0, "Under torchrun: seconds after which a stopped or hung process ends the "
                                          "job, naming its rank.", min=0, min_open=True, resumable=True)
     log_dir: str = setting("logs", "Where run folders go (default logs/, in the working folder).", path="dir")
+    tensorboard: bool = setting(True, "Write TensorBoard summaries into the run folder (needs TensorFlow). Off: "
+                                      "metrics.csv, summary.json and the checkpoints only, for machines without "
+                                      "TensorFlow (a GPU image with torch alone).", resumable=True)
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(RunConfig)}

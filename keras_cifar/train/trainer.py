@@ -8,6 +8,7 @@ import time
 
 import keras
 
+from keras_cifar import tensorflow_cpu
 from keras_cifar.data import TensorLoader, load_cifar
 from keras_cifar.data.augment import Augmentation
 from keras_cifar.errors import CheckpointError, ConfigError, KerasCifarError, TrainingError, UsageError
@@ -108,11 +109,10 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=No
     if clock is not None:
         callbacks.append(clock)
     if group.is_main:
-        callbacks += [
-            Checkpointer(run_path, state, nan_guard),
-            OriginalTags(run_path, len(train_loader), eval_is_test=eval_is_test),
-            EpochTensorBoard(run_path),
-        ]
+        callbacks.append(Checkpointer(run_path, state, nan_guard))
+        if config.tensorboard:
+            callbacks += [OriginalTags(run_path, len(train_loader), eval_is_test=eval_is_test),
+                          EpochTensorBoard(run_path)]
     return callbacks, nan_guard
 
 
@@ -162,6 +162,10 @@ def _absolute_paths(config):
 
 def _fit(config, resume_path, verbose, echo):
     started = time.perf_counter()
+    if config.tensorboard and not tensorflow_cpu.installed():
+        raise UsageError("TensorBoard summaries need TensorFlow, which is not installed here (`pip install "
+                         "tensorflow-cpu`). Set `tensorboard=False` to train without them: metrics.csv, "
+                         "summary.json and the checkpoints are written all the same.")
     config = _absolute_paths(config)
     device = select_device(config.device, model=config.model)
     set_precision(config.mixed_precision, device, config.deterministic)
@@ -287,7 +291,8 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                    train_images_per_epoch=train_loader.images_per_epoch * group.world_size)
     if group.is_main:
         rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
-        write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
+        if config.tensorboard:
+            write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
     best = state.get("best")
     if best:
         echo(f"Best {data.eval_split_name} accuracy {100 * best['value']:.2f}% (epoch {best['epoch']}); "

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU session as one prepared command, for the lent GPU machine (its own torch, no keras, no
+# TensorFlow, no internet). First, here: `bash bench/gpu_prepare.sh`. Then, with the device tool,
+# carry [".whl", ".gpu_data"] and run from the repository root:
+#   bash bench/gpu_session.sh fast     # the fast recipe, ~5 min: cli.py fit --config configs/fast.yaml
+#                                      # (--no-tensorboard) and airbench94 in plain PyTorch (bf16 as
+#                                      # the recipe, then its own fp16), seeds 0 1 2 each, real data
+#   bash bench/gpu_session.sh check    # python -m bench.gpu_check, ~5 min
+# Everything lands in $OUT (the device tool's folder; OUT=DIR elsewhere): session.log, nvidia-smi.txt,
+# runs.tgz (each run's summary.json and metrics.csv, airbench's JSON reports), gpu_check.txt; each
+# run writes as it goes, so a run stopped at its timeout keeps what finished.
+# A smoke run on the CPU here: OUT=/tmp/g DEVICE=cpu SEEDS=0 FIT_ARGS="--epochs 1 --train-images 2048
+#   --mixed-precision none" AIRBENCH_ARGS="--epochs 1 --train-images 2048" bash bench/gpu_session.sh fast
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT (the device tool sets it)}
+DEVICE=${DEVICE:-cuda}
+SEEDS=${SEEDS:-0 1 2}
+DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
+RUNS=${RUNS:-/tmp/keras-cifar-runs}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT" "$RUNS"
+
+session() {
+if ! "$PY" -c "import keras" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing .whl/ failed: run bench/gpu_prepare.sh here first and carry .whl"; return 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/nvidia-smi.txt"
+"$PY" -c "import torch, keras; print('torch', torch.__version__, 'keras', keras.__version__, 'cuda', torch.cuda.is_available())"
+
+failed=0
+case "${1:-fast}" in
+fast)
+  for seed in $SEEDS; do
+    echo "== cli.py fit --config configs/fast.yaml, seed $seed"
+    # shellcheck disable=SC2086
+    timeout 300 "$PY" cli.py fit --config configs/fast.yaml --data "$DATA" --data-dir "$RUNS/data" --device "$DEVICE" \
+      --seed "$seed" --no-tensorboard --log-dir "$RUNS/keras-seed$seed" --target-accuracy 0.94 ${FIT_ARGS:-} || failed=1
+    echo "== airbench94, plain PyTorch, bf16 autocast, seed $seed"
+    # shellcheck disable=SC2086
+    timeout 300 "$PY" -m bench.airbench_torch --device "$DEVICE" --precision bf16 --seed "$seed" --data "$DATA" \
+      --data-dir "$RUNS/data" --out "$RUNS/torch-seed$seed.json" ${AIRBENCH_ARGS:-} || failed=1
+  done
+  if [ "$DEVICE" != cpu ]; then
+    echo "== airbench94, plain PyTorch, its own fp16, seed 0"
+    # shellcheck disable=SC2086
+    timeout 300 "$PY" -m bench.airbench_torch --device "$DEVICE" --precision fp16 --seed 0 --data "$DATA" \
+      --data-dir "$RUNS/data" --out "$RUNS/fp16/torch-seed0.json" ${AIRBENCH_ARGS:-} || failed=1
+  fi
+  "$PY" -m bench.fast_table "$RUNS" || failed=1
+  tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude data --exclude '*.keras' . || failed=1 ;;
+check)
+  # shellcheck disable=SC2086
+  timeout 540 "$PY" -m bench.gpu_check --device "$DEVICE" ${CHECK_ARGS:-} > "$OUT/gpu_check.txt" 2>&1 || failed=1
+  cat "$OUT/gpu_check.txt" ;;
+*)
+  echo "usage: bash bench/gpu_session.sh fast|check"; return 2 ;;
+esac
+return $failed
+}
+
+session "$@" 2>&1 | tee -a "$OUT/session.log"
+exit "${PIPESTATUS[0]}"
