@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
-KERAS=$("$PY" -c "import keras; print(keras.__version__)")
+KERAS=$("$PY" -c "import importlib.metadata as m; print(m.version('keras'))")
 rm -rf .whl && mkdir -p .whl .gpu_data
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \

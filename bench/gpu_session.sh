@@ -21,8 +21,10 @@ RUNS=${RUNS:-/tmp/keras-cifar-runs}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$RUNS"
 
+export KERAS_BACKEND=torch  # keras_cifar sets it too; the version line below imports keras first
+
 session() {
-if ! "$PY" -c "import keras" 2>/dev/null; then
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('keras') is None)"; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing .whl/ failed: run bench/gpu_prepare.sh here first and carry .whl"; return 1; }
   export PYTHONPATH=/tmp/site
