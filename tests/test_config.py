@@ -177,7 +177,7 @@ def test_resumable_settings_are_declared_in_the_schema():
     from keras_cifar.train.trainer import RESUMABLE_CHANGES
 
     assert RESUMABLE_CHANGES == {"epochs", "device", "jit", "eval_batch_size", "data", "data_dir", "dist_timeout",
-                                 "deterministic", "tta", "target_accuracy", "stop_at_target"}
+                                 "deterministic", "tta", "target_accuracy", "stop_at_target", "tensorboard"}
 
 
 # --- model-specific settings: declared by the registry entry -------------------------------------
