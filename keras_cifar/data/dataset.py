@@ -220,8 +220,13 @@ def _read_split(builder, split):
     # Batches, not batch_size=-1: TF aborts materialising some datasets (TFDS mocks) in one element.
     chunks = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096)))
     arrays = {key: np.concatenate([chunk[key] for chunk in chunks]) for key in ("id", "image", "label")}
-    order = np.argsort(arrays["id"], kind="stable")  # TFDS shuffles records; ids make the order canonical
-    return Split(np.ascontiguousarray(arrays["image"][order]), arrays["label"][order].astype(np.int64))
+    return _split_in_id_order(arrays["id"], arrays["image"], arrays["label"])  # TFDS shuffles its records
+
+
+def _split_in_id_order(ids, images, labels):
+    """A Split in the canonical order of its record ids, whichever path read it."""
+    order = np.argsort(ids, kind="stable")
+    return Split(np.ascontiguousarray(images[order]), np.asarray(labels)[order].astype(np.int64))
 
 
 def _validate(val_split, seed):
@@ -287,9 +292,8 @@ def _read_directly(source):
             ids.append(key)
             images.append(image)
             labels.append(label)
-        order = np.argsort(np.array(ids), kind="stable")
         stacked = np.stack(images) if images else np.zeros((0, readers.IMAGE_SIZE, readers.IMAGE_SIZE, 3), np.uint8)
-        splits[split] = Split(np.ascontiguousarray(stacked[order]), np.array(labels, dtype=np.int64)[order])
+        splits[split] = _split_in_id_order(np.array(ids), stacked, np.array(labels, dtype=np.int64))
     return splits, (folder.class_names if folder else readers.CIFAR10_CLASSES), folder
 
 
