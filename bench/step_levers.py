@@ -19,6 +19,9 @@ Variants:
                        instead of the lean step
   Keras Adam           Keras's own Adam update (per-variable Python, Keras's epsilon)
   no graph capture     eager Keras: every layer through `Layer.__call__`
+  tidy PyTorch loop    not a lever: the same model, batches and optimizer in bench.torch_loop's
+                       TidyRun (channels_last, fused Adam), the yardstick of the end-to-end
+                       benchmarks, measured in the same process and the same turns
 """
 
 import statistics
@@ -31,6 +34,7 @@ import numpy as np
 
 import keras_cifar  # noqa: F401  (selects Keras's torch backend before keras is imported)
 import keras  # noqa: E402
+from bench.torch_loop import TidyRun
 from keras_cifar.data.dataset import Split
 from keras_cifar.data.loader import TensorLoader
 from keras_cifar.train.callbacks import RunCallbacks
@@ -38,7 +42,8 @@ from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
 
 ORIGINAL_BATCH = {"cnn": 32, "resnet_lite": 32, "inception_lite": 16, "googlenet": 32, "resnet18": 32}
-VARIANTS = ("product", "Keras CallbackList", "Keras thread pool", "generic step", "Keras Adam", "no graph capture")
+VARIANTS = ("product", "Keras CallbackList", "Keras thread pool", "generic step", "Keras Adam", "no graph capture",
+            "tidy PyTorch loop")
 
 
 class Variant:
@@ -47,6 +52,10 @@ class Variant:
         rng = np.random.default_rng(0)
         split = Split(rng.integers(0, 256, (batch_size * steps, 32, 32, 3), dtype=np.uint8),
                       rng.integers(0, 10, batch_size * steps))
+        self.label = label
+        if label == "tidy PyTorch loop":
+            self.tidy = TidyRun(model_name, split, split, batch_size, config.optimizer, config.lr)
+            return
         self.loader = TensorLoader(split, batch_size, shuffle=True, seed=0)
         self.model = build_model(config, 10)
         compile_model(self.model, config, len(self.loader))
@@ -59,6 +68,10 @@ class Variant:
         self.label, self.config, self.folder = label, config, folder
 
     def epoch(self):
+        if self.label == "tidy PyTorch loop":
+            start = time.perf_counter()
+            self.tidy.train_epoch()
+            return (time.perf_counter() - start) / -(-len(self.tidy.train_y) // self.tidy.batch_size)
         callbacks, _ = make_callbacks(self.config, tempfile.mkdtemp(dir=self.folder), new_run_state(), self.loader,
                                       eval_is_test=True)
         if self.label == "Keras thread pool":

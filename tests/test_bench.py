@@ -239,3 +239,42 @@ def test_gpu_session_smoke_on_cpu_without_tensorflow(real_folder_small, tmp_path
     assert any(n.startswith("./keras-seed0/") and n.endswith("metrics.csv") for n in names), names
     assert "./torch-seed0.json" in names and not any(n.endswith(".keras") for n in names)
     assert "| keras-cifar `fast` | 0 | 1 |" in log and "| airbench94, plain PyTorch | 0 | 1 |" in log
+
+
+def test_jpeg_again_writes_the_same_layout_once_more_compressed(real_folder_small, tmp_path, capsys):
+    from keras_cifar.data.readers import read_examples
+    from keras_cifar.data.sources import resolve_source
+
+    jpeg_again = load_script("jpeg_again")
+    out = tmp_path / "again.tar.gz"
+    jpeg_again.main([str(real_folder_small), str(out)])
+    printed = capsys.readouterr().out
+    assert "train: 300 images" in printed and "test: 100 images" in printed
+
+    def by_name(path, split):
+        return {os.path.splitext(i)[0]: (image, label) for i, image, label in read_examples(resolve_source(path), split)}
+
+    for split in ("train", "test"):
+        source, again = by_name(str(real_folder_small), split), by_name(str(out), split)
+        assert sorted(again) == sorted(source)  # the same names in the same class folders
+        for name, (image, label) in source.items():
+            assert again[name][1] == label
+            # read back exactly as compressed: 32x32, nothing resized or compressed a third time
+            np.testing.assert_array_equal(again[name][0], jpeg_again.compress_again(image, 75, 4)[0])
+        change = np.stack([again[name][0].astype(float) - source[name][0] for name in source])
+        assert 2 < np.sqrt(np.mean(change**2)) < 15  # a few levels of 255: one more JPEG's loss
+    with pytest.raises(SystemExit):
+        jpeg_again.main([str(real_folder_small), str(out), "--shift", "8"])
+
+
+def test_step_levers_times_every_variant_and_the_tidy_loop_in_turns():
+    from click.testing import CliRunner
+
+    step_levers = load_script("step_levers")
+    result = CliRunner().invoke(step_levers.main, ["--models", "cnn", "--steps", "3", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("|")[1].strip(): line for line in result.output.splitlines() if line.startswith("| ")}
+    assert set(step_levers.VARIANTS) <= set(rows)
+    assert rows["product"].rstrip().endswith("| 1.00x |")
+    for label in step_levers.VARIANTS:
+        assert float(rows[label].split("|")[2]) > 0  # ms per step, measured
