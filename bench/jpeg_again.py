@@ -56,6 +56,8 @@ def main(argv=None):
         parser.error(f"--shift must be 0..7 (pixels within an 8x8 block), got {args.shift}")
 
     source = resolve_source(args.source)
+    if source.kind == "tfds":
+        parser.error(f"{args.source!r} is not a local copy: give an archive or folder of CIFAR-10 files")
     before, after, errors = [], [], []
     with tarfile.open(args.out, "w:gz") as tar:
         for split in ("train", "test"):

@@ -42,20 +42,37 @@ from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
 
 ORIGINAL_BATCH = {"cnn": 32, "resnet_lite": 32, "inception_lite": 16, "googlenet": 32, "resnet18": 32}
+TIDY = "tidy PyTorch loop"
 VARIANTS = ("product", "Keras CallbackList", "Keras thread pool", "generic step", "Keras Adam", "no graph capture",
-            "tidy PyTorch loop")
+            TIDY)
+
+
+def synthetic_split(batch_size, steps):
+    """The step's cost does not depend on pixel values: the same random batches for every variant."""
+    rng = np.random.default_rng(0)
+    return Split(rng.integers(0, 256, (batch_size * steps, 32, 32, 3), dtype=np.uint8),
+                 rng.integers(0, 10, batch_size * steps))
+
+
+class TidyVariant:
+    """The tidy PyTorch loop's epoch on the same batches, with the settings `Variant` resolves."""
+
+    def __init__(self, label, model_name, batch_size, steps, folder):
+        config = resolve_config(None, {"model": model_name, "batch_size": batch_size})
+        split = synthetic_split(batch_size, steps)
+        self.label, self.steps = label, steps
+        self.tidy = TidyRun(model_name, split, split, batch_size, config.optimizer, config.lr)
+
+    def epoch(self):
+        start = time.perf_counter()
+        self.tidy.train_epoch()
+        return (time.perf_counter() - start) / self.steps
 
 
 class Variant:
     def __init__(self, label, model_name, batch_size, steps, folder):
         config = resolve_config(None, {"model": model_name, "batch_size": batch_size})
-        rng = np.random.default_rng(0)
-        split = Split(rng.integers(0, 256, (batch_size * steps, 32, 32, 3), dtype=np.uint8),
-                      rng.integers(0, 10, batch_size * steps))
-        self.label = label
-        if label == "tidy PyTorch loop":
-            self.tidy = TidyRun(model_name, split, split, batch_size, config.optimizer, config.lr)
-            return
+        split = synthetic_split(batch_size, steps)
         self.loader = TensorLoader(split, batch_size, shuffle=True, seed=0)
         self.model = build_model(config, 10)
         compile_model(self.model, config, len(self.loader))
@@ -68,10 +85,6 @@ class Variant:
         self.label, self.config, self.folder = label, config, folder
 
     def epoch(self):
-        if self.label == "tidy PyTorch loop":
-            start = time.perf_counter()
-            self.tidy.train_epoch()
-            return (time.perf_counter() - start) / -(-len(self.tidy.train_y) // self.tidy.batch_size)
         callbacks, _ = make_callbacks(self.config, tempfile.mkdtemp(dir=self.folder), new_run_state(), self.loader,
                                       eval_is_test=True)
         if self.label == "Keras thread pool":
@@ -96,7 +109,8 @@ def main(models, steps, rounds, batch_size):
     for model_name in models.split(","):
         with tempfile.TemporaryDirectory() as folder:
             batch = batch_size or ORIGINAL_BATCH[model_name]
-            variants = [Variant(label, model_name, batch, steps, folder) for label in VARIANTS]
+            variants = [(TidyVariant if label == TIDY else Variant)(label, model_name, batch, steps, folder)
+                        for label in VARIANTS]
             times = {label: [] for label in VARIANTS}
             for round_index in range(rounds + 1):
                 for variant in variants if round_index % 2 == 0 else variants[::-1]:

@@ -265,6 +265,8 @@ def test_jpeg_again_writes_the_same_layout_once_more_compressed(real_folder_smal
         assert 2 < np.sqrt(np.mean(change**2)) < 15  # a few levels of 255: one more JPEG's loss
     with pytest.raises(SystemExit):
         jpeg_again.main([str(real_folder_small), str(out), "--shift", "8"])
+    with pytest.raises(SystemExit):
+        jpeg_again.main(["cifar10", str(out)])  # TFDS's dataset, not files it can read
 
 
 def test_step_levers_times_every_variant_and_the_tidy_loop_in_turns():
