@@ -13,6 +13,8 @@ each side's images per epoch read from its own run (summary.json's `train_images
 
     python -m bench.fast_epochs --rounds 3           # bf16 on the CPU, as configs/fast.yaml
     python -m bench.fast_epochs --precision none     # float32 on both sides
+    python -m bench.fast_epochs --recipe muon        # configs/fast_muon.yaml against airbench94_muon
+                                                     # (bench/airbench_muon_torch.py): 25 steps of 2000
 """
 
 import json
@@ -27,13 +29,16 @@ import click
 from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, in_turn, machine_name, steady_epoch
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
+# recipe -> (config of cli.py fit, airbench's program in plain PyTorch, its batch size)
+RECIPES = {"airbench94": ("fast.yaml", "bench.airbench_torch", 1024),
+           "muon": ("fast_muon.yaml", "bench.airbench_muon_torch", 2000)}
 
 
-def airbench_epochs(data, precision, threads, epochs=3):
-    """airbench94's per-epoch rows (train_time_s, eval_time_s, steps), in a fresh process."""
+def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):
+    """airbench's per-epoch rows (train_time_s, eval_time_s, steps), in a fresh process."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "airbench.json")
-        command = [sys.executable, "-m", "bench.airbench_torch", "--device", "cpu", "--threads", str(threads),
+        command = [sys.executable, "-m", RECIPES[recipe][1], "--device", "cpu", "--threads", str(threads),
                    "--precision", AIRBENCH_PRECISION[precision], "--epochs", str(epochs), "--data", data,
                    "--out", out]
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -43,20 +48,21 @@ def airbench_epochs(data, precision, threads, epochs=3):
             return json.load(file)["epochs"]
 
 
-def keras_epochs(data, precision, epochs=3):
-    """`cli.py fit --config configs/fast.yaml`'s `elapsed_s` column and training images per epoch."""
-    return cli_fit_epochs(["--config", os.path.join(REPO, "configs", "fast.yaml"), "--no-tta",
+def keras_epochs(data, precision, epochs=3, recipe="airbench94"):
+    """`cli.py fit --config configs/<recipe's>.yaml`'s `elapsed_s` column and training images per epoch."""
+    return cli_fit_epochs(["--config", os.path.join(REPO, "configs", RECIPES[recipe][0]), "--no-tta",
                            "--mixed-precision", precision], data, "cpu", epochs)
 
 
-def measure(data, precision, threads, airbench_first=False):
-    runs = in_turn({"keras": lambda: keras_epochs(data, precision),
-                    "airbench": lambda: airbench_epochs(data, precision, threads)}, reverse=airbench_first)
+def measure(data, precision, threads, airbench_first=False, recipe="airbench94"):
+    runs = in_turn({"keras": lambda: keras_epochs(data, precision, recipe=recipe),
+                    "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe)},
+                   reverse=airbench_first)
     elapsed, keras_images = runs["keras"]
     steady = runs["airbench"][1:3]
     return {"keras": steady_epoch(elapsed), "keras_images": keras_images,
             "airbench": statistics.mean(r["train_time_s"] + r["eval_time_s"] for r in steady),
-            "airbench_images": 1024 * steady[0]["steps"], "keras_elapsed": elapsed,
+            "airbench_images": RECIPES[recipe][2] * steady[0]["steps"], "keras_elapsed": elapsed,
             "order": "airbench, keras" if airbench_first else "keras, airbench"}
 
 
@@ -69,12 +75,14 @@ def summarize(rows):
             "keras_rate": keras_rate, "airbench_rate": airbench_rate, "ratio_rate": keras_rate / airbench_rate}
 
 
-def print_table(rows, precision, machine):
+def print_table(rows, precision, machine, recipe="airbench94"):
     s = summarize(rows)
-    print(f"\nfast recipe, seconds per epoch (training + test evaluation), {precision}, {machine}; "
+    config = RECIPES[recipe][0]
+    program = "airbench94_muon" if recipe == "muon" else "airbench94"
+    print(f"\n{config}, seconds per epoch (training + test evaluation), {precision}, {machine}; "
           f"median of {len(rows)} round(s)")
     print("ratio > 1: cli.py fit is faster (epoch: airbench s / cli s; images: cli images/s / airbench images/s)")
-    print("| | cli.py fit (Keras `fast`) | airbench94, plain PyTorch | ratio |")
+    print(f"| | cli.py fit (Keras, {config}) | {program}, plain PyTorch | ratio |")
     print("|---|---|---|---|")
     print(f"| s per epoch | {s['keras']:.1f} | {s['airbench']:.1f} | {s['ratio_epoch']:.2f} |")
     print(f"| training images per epoch | {rows[0]['keras_images']:,} | {rows[0]['airbench_images']:,} | |")
@@ -88,16 +96,19 @@ def print_table(rows, precision, machine):
 @click.option("--precision", type=click.Choice(["bf16", "none"]), default="bf16", show_default=True)
 @click.option("--rounds", type=int, default=2, show_default=True,
               help="Repetitions, alternating which program goes first (the table: the median).")
-def main(data, precision, rounds):
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="airbench94", show_default=True,
+              help="airbench94: configs/fast.yaml; muon: configs/fast_muon.yaml, each against its airbench.")
+def main(data, precision, rounds, recipe):
     import torch
 
     rows = []
     for index in range(rounds):
-        print(f"round {index + 1}/{rounds}: cli.py fit and airbench94, 3 epochs each ...", file=sys.stderr,
+        print(f"round {index + 1}/{rounds}: cli.py fit and {recipe}, 3 epochs each ...", file=sys.stderr,
               flush=True)
-        rows.append(measure(data, precision, torch.get_num_threads(), airbench_first=index % 2 == 1))
+        rows.append(measure(data, precision, torch.get_num_threads(), airbench_first=index % 2 == 1,
+                            recipe=recipe))
         print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-    print_table(rows, precision, machine_name("cpu"))
+    print_table(rows, precision, machine_name("cpu"), recipe)
 
 
 if __name__ == "__main__":

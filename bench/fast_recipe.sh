@@ -5,6 +5,8 @@
 #   bash bench/fast_recipe.sh OUT_DIR [seeds...]        the Keras recipe, 3 seeds by default
 #   EPOCHS=30 bash bench/fast_recipe.sh OUT_DIR 0      the same recipe over a longer schedule (keras-e30-seed0)
 #   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
+#   RECIPE=muon bash bench/fast_recipe.sh OUT_DIR      configs/fast_muon.yaml (airbench94_muon) instead, and with
+#                                                      STAGE=torch airbench94_muon itself (bench/airbench_muon_torch.py)
 #   STAGE=ablation bash bench/fast_recipe.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
 #                                                      run reports its accuracy with and without it);
 #                                                      VARIANTS_ORDER="fp32 random-flip" picks some
@@ -14,19 +16,24 @@ shift
 SEEDS=${*:-0 1 2}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 PY=${PYTHON:-.venv/bin/python}
+case "${RECIPE:-airbench94}" in
+airbench94) CONFIG=configs/fast.yaml; TAG=""; REFERENCE=bench.airbench_torch ;;
+muon) CONFIG=configs/fast_muon.yaml; TAG="-muon"; REFERENCE=bench.airbench_muon_torch ;;
+*) echo "RECIPE must be airbench94 or muon, not '$RECIPE'" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 case "${STAGE:-keras}" in
 keras)
   for seed in $SEEDS; do
-    name=keras${EPOCHS:+-e$EPOCHS}-seed$seed
+    name=keras$TAG${EPOCHS:+-e$EPOCHS}-seed$seed
     # shellcheck disable=SC2086
-    $PY cli.py fit --config configs/fast.yaml --data "$DATA" --seed "$seed" --log-dir "$OUT/$name" \
+    $PY cli.py fit --config "$CONFIG" --data "$DATA" --seed "$seed" --log-dir "$OUT/$name" \
       ${EPOCHS:+--epochs $EPOCHS} --target-accuracy 0.94 2>&1 | tee "$OUT/$name.log"
   done ;;
 torch)
   for seed in $SEEDS; do
-    $PY -m bench.airbench_torch --device cpu --threads 2 --precision bf16 --seed "$seed" --data "$DATA" \
-      --out "$OUT/torch-seed$seed.json" 2>&1 | tee "$OUT/torch-seed$seed.log"
+    $PY -m "$REFERENCE" --device cpu --threads 2 --precision bf16 --seed "$seed" --data "$DATA" \
+      --out "$OUT/torch$TAG-seed$seed.json" 2>&1 | tee "$OUT/torch$TAG-seed$seed.log"
   done ;;
 ablation)
   EPOCHS=${EPOCHS:-3}

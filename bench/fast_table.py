@@ -2,9 +2,10 @@
 
     python -m bench.fast_table OUT_DIR
 
-Reads OUT_DIR/keras-seed*/<run>/ and OUT_DIR/keras-eN-seed*/<run>/ (summary.json, metrics.csv; one
-group per schedule length), OUT_DIR/torch-seed*.json
-(bench/airbench_torch.py) and OUT_DIR/ablation-*/<run>/, and prints markdown tables. Times
+Reads OUT_DIR/keras-seed*/<run>/, OUT_DIR/keras-eN-seed*/<run>/ and OUT_DIR/keras-muon-seed*/<run>/
+(summary.json, metrics.csv; one group per recipe and schedule length), OUT_DIR/torch-seed*.json
+(bench/airbench_torch.py), OUT_DIR/torch-muon-seed*.json (bench/airbench_muon_torch.py) and
+OUT_DIR/ablation-*/<run>/, and prints markdown tables. Times
 are wall-clock seconds from the first training step, counting every epoch's test evaluation
 for both programs (airbench's own count leaves those out; its column is given as well).
 """
@@ -41,6 +42,7 @@ def keras_run(folder):
     total = (summary["elapsed_s"] or 0) + (summary.get("tta_time_s") or 0)
     return {
         "seed": summary["config"]["seed"],
+        "recipe": "fast_muon" if summary["config"].get("optimizer") == "muon" else "fast",
         "epochs": summary["epochs"],
         "accuracy": summary["final_accuracy_without_tta"] if summary.get("tta") else summary["final_accuracy"],
         "tta_accuracy": summary["final_accuracy"] if summary.get("tta") else None,
@@ -98,12 +100,15 @@ def results_table(out_dir):
              "time to 90% s | time to 94% s | total s |", "|---" * 10 + "|"]
     groups = []
     keras_runs = [keras_run(f) for f in _folders(out_dir, "keras-")]
-    by_epochs = {}
+    by_recipe = {}
     for run in keras_runs:
-        by_epochs.setdefault(run["epochs"], []).append(run)
+        by_recipe.setdefault((run["recipe"], run["epochs"]), []).append(run)
     torch_runs = [torch_run(p) for p in sorted(glob.glob(os.path.join(out_dir, "torch-seed*.json")))]
-    for label, runs in [*(("keras-cifar `fast`", runs) for _, runs in sorted(by_epochs.items())),
-                        ("airbench94, plain PyTorch", torch_runs)]:
+    muon_runs = [torch_run(p) for p in sorted(glob.glob(os.path.join(out_dir, "torch-muon-seed*.json")))]
+    for label, runs in [*((f"keras-cifar `{recipe}`", runs) for (recipe, _), runs in sorted(by_recipe.items())),
+                        ("airbench94, plain PyTorch", torch_runs), ("airbench94_muon, plain PyTorch", muon_runs)]:
+        if not runs:
+            continue
         groups.append((label, runs))
         for run in runs:
             lines.append(f"| {label} | {run['seed']} | {run['epochs']} | {_fmt(run['accuracy'], '%')} | "

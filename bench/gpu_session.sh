@@ -5,6 +5,7 @@
 #   bash bench/gpu_session.sh fast     # the fast recipe, ~5 min: cli.py fit --config configs/fast.yaml
 #                                      # (--no-tensorboard) and airbench94 in plain PyTorch (bf16 as
 #                                      # the recipe, then its own fp16), seeds 0 1 2 each, real data
+#   bash bench/gpu_session.sh muon     # the same for configs/fast_muon.yaml and airbench94_muon, ~5 min
 #   bash bench/gpu_session.sh check    # python -m bench.gpu_check, ~5 min
 # Everything lands in $OUT (the device tool's folder; OUT=DIR elsewhere): session.log, nvidia-smi.txt,
 # runs.tgz (each run's summary.json and metrics.csv, airbench's JSON reports), gpu_check.txt; each
@@ -35,22 +36,25 @@ command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/nvidia-smi.txt"
 
 failed=0
 case "${1:-fast}" in
-fast)
+fast|muon)
+  if [ "$1" = muon ]; then config=configs/fast_muon.yaml tag=-muon reference=bench.airbench_muon_torch
+  else config=configs/fast.yaml tag="" reference=bench.airbench_torch; fi
   for seed in $SEEDS; do
-    echo "== cli.py fit --config configs/fast.yaml, seed $seed"
+    echo "== cli.py fit --config $config, seed $seed"
     # shellcheck disable=SC2086
-    timeout 300 "$PY" cli.py fit --config configs/fast.yaml --data "$DATA" --data-dir "$RUNS/data" --device "$DEVICE" \
-      --seed "$seed" --no-tensorboard --log-dir "$RUNS/keras-seed$seed" --target-accuracy 0.94 ${FIT_ARGS:-} || failed=1
-    echo "== airbench94, plain PyTorch, bf16 autocast, seed $seed"
+    timeout 300 "$PY" cli.py fit --config "$config" --data "$DATA" --data-dir "$RUNS/data" --device "$DEVICE" \
+      --seed "$seed" --no-tensorboard --log-dir "$RUNS/keras$tag-seed$seed" --target-accuracy 0.94 ${FIT_ARGS:-} \
+      || failed=1
+    echo "== $reference, plain PyTorch, bf16 autocast, seed $seed"
     # shellcheck disable=SC2086
-    timeout 300 "$PY" -m bench.airbench_torch --device "$DEVICE" --precision bf16 --seed "$seed" --data "$DATA" \
-      --data-dir "$RUNS/data" --out "$RUNS/torch-seed$seed.json" ${AIRBENCH_ARGS:-} || failed=1
+    timeout 300 "$PY" -m "$reference" --device "$DEVICE" --precision bf16 --seed "$seed" --data "$DATA" \
+      --data-dir "$RUNS/data" --out "$RUNS/torch$tag-seed$seed.json" ${AIRBENCH_ARGS:-} || failed=1
   done
   if [ "$DEVICE" != cpu ]; then
-    echo "== airbench94, plain PyTorch, its own fp16, seed 0"
+    echo "== $reference, plain PyTorch, its own fp16, seed 0"
     # shellcheck disable=SC2086
-    timeout 300 "$PY" -m bench.airbench_torch --device "$DEVICE" --precision fp16 --seed 0 --data "$DATA" \
-      --data-dir "$RUNS/data" --out "$RUNS/fp16/torch-seed0.json" ${AIRBENCH_ARGS:-} || failed=1
+    timeout 300 "$PY" -m "$reference" --device "$DEVICE" --precision fp16 --seed 0 --data "$DATA" \
+      --data-dir "$RUNS/data" --out "$RUNS/fp16/torch$tag-seed0.json" ${AIRBENCH_ARGS:-} || failed=1
   fi
   "$PY" -m bench.fast_table "$RUNS" || failed=1
   tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude data --exclude '*.keras' . || failed=1 ;;
@@ -59,7 +63,7 @@ check)
   timeout 540 "$PY" -m bench.gpu_check --device "$DEVICE" ${CHECK_ARGS:-} > "$OUT/gpu_check.txt" 2>&1 || failed=1
   cat "$OUT/gpu_check.txt" ;;
 *)
-  echo "usage: bash bench/gpu_session.sh fast|check"; return 2 ;;
+  echo "usage: bash bench/gpu_session.sh fast|muon|check"; return 2 ;;
 esac
 return $failed
 }

@@ -84,3 +84,38 @@ def test_time_to_counts_tta_only_when_no_epoch_reached(airbench):
     assert airbench.time_to(0.94, rows, 0.941, 3.0) == 23.0
     assert airbench.time_to(0.94, rows, 0.939, 3.0) is None
     assert airbench.time_to(0.94, rows) is None
+
+
+def test_airbench94_muon_one_short_epoch_writes_the_report(tmp_path):
+    """bench/airbench_muon_torch.py: airbench94_muon's loop over the same loader and report."""
+    muon = importlib.import_module("bench.airbench_muon_torch")
+    out = tmp_path / "muon.json"
+    lines = []
+    threads = torch.get_num_threads()
+    try:
+        report = muon.main(["--device", "cpu", "--threads", str(threads), "--epochs", "2", "--batch-size", "64",
+                            "--precision", "fp32", "--out", str(out)], data=synthetic_data(320, 100),
+                           log=lines.append)
+    finally:
+        torch.set_num_threads(threads)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(report)) and written["finished"] is True
+    assert written["config"]["program"] == "airbench94_muon" and written["config"]["total_train_steps"] == 10
+    assert [row["steps"] for row in written["epochs"]] == [5, 5]
+    assert written["total_time_s"] == pytest.approx(written["epochs"][-1]["cumulative_train_s"] + written["tta_time_s"])
+    assert 0 <= written["tta_acc"] <= 1 and any("airbench94_muon" in line for line in lines)
+
+
+def test_airbench94_muon_normalises_and_orthogonalises_the_kernels():
+    """Its Muon step leaves every trained kernel at norm sqrt(output channels) before the
+    update, and the update of a kernel is the Newton-Schulz image of its (Nesterov) momentum."""
+    muon = importlib.import_module("bench.airbench_muon_torch")
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(16, 8, 3, 3))
+    weight.grad = torch.randn_like(weight)
+    before = weight.detach().clone()
+    optimizer = muon.Muon([weight], lr=0.1, momentum=0.6, nesterov=True)
+    optimizer.step()
+    normalised = before * (16 ** 0.5 / before.norm())
+    expected_update = muon.zeropower_via_newtonschulz5((weight.grad * 1.6).reshape(16, -1)).view(16, 8, 3, 3)
+    torch.testing.assert_close(weight.detach(), normalised - 0.1 * expected_update.float(), rtol=0, atol=1e-6)

@@ -113,7 +113,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     means over seeds (a longer schedule, keras-eN-seed*, apart), and the ablation's change against the recipe."""
     fast_table = load_script("fast_table")
 
-    def keras_run(folder, seed, accuracies, tta):
+    def keras_run(folder, seed, accuracies, tta, optimizer="sgd"):
         run = tmp_path / folder / "fast-20261129-000000"
         run.mkdir(parents=True)
         rows = [{"epoch": i + 1, "val_accuracy": a, "epoch_time_s": 10.0 + (5 if i == 0 else 0),
@@ -123,7 +123,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
             writer.writeheader()
             writer.writerows(rows)
         reached = tta >= 0.94
-        summary = {"config": {"seed": seed}, "epochs": len(rows), "tta": True, "final_accuracy": tta,
+        summary = {"config": {"seed": seed, "optimizer": optimizer}, "epochs": len(rows), "tta": True, "final_accuracy": tta,
                    "final_accuracy_without_tta": accuracies[-1], "elapsed_s": rows[-1]["elapsed_s"],
                    "tta_time_s": 3.0, "prepare_s": 1.0, "first_step_s": 2.0, "device_name": "cpu",
                    "target": {"reached": reached, "elapsed_s": rows[-1]["elapsed_s"] + 3.0 if reached else None}}
@@ -132,6 +132,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     keras_run("keras-seed0", 0, [0.80, 0.91, 0.935], 0.945)
     keras_run("keras-seed1", 1, [0.70, 0.85, 0.89], 0.93)
     keras_run("keras-e4-seed0", 0, [0.70, 0.85, 0.92, 0.95], 0.96)
+    keras_run("keras-muon-seed0", 0, [0.80, 0.91, 0.935], 0.945, optimizer="muon")
     keras_run("ablation-recipe", 0, [0.8, 0.9], 0.91)
     keras_run("ablation-no-lookahead", 0, [0.8, 0.89], 0.9)
     (tmp_path / "torch-seed0.json").write_text(json.dumps({
@@ -139,9 +140,14 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
         "epochs": [{"epoch": 1, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.85},
                    {"epoch": 2, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.92},
                    {"epoch": 3, "train_time_s": 8.0, "eval_time_s": 1.0, "test_acc": 0.93}]}))
+    (tmp_path / "torch-muon-seed0.json").write_text((tmp_path / "torch-seed0.json").read_text())
     table, groups = fast_table.results_table(str(tmp_path))
-    assert [len(runs) for _, runs in groups] == [2, 1, 1]  # 3 epochs (2 seeds), 4 epochs, airbench
-    keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[2][1]
+    # fast 3 epochs (2 seeds), fast 4 epochs, fast_muon, airbench94, airbench94_muon
+    assert [(label, len(runs)) for label, runs in groups] == [
+        ("keras-cifar `fast`", 2), ("keras-cifar `fast`", 1), ("keras-cifar `fast_muon`", 1),
+        ("airbench94, plain PyTorch", 1), ("airbench94_muon, plain PyTorch", 1)]
+    keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[3][1]
+    assert groups[2][1][0]["time_to_94"] == 38.0 and groups[4][1][0]["time_to_94"] == 34.0
     assert longer_runs[0]["epochs"] == 4 and longer_runs[0]["time_to_90"] == 35.0  # its 3rd epoch
     assert [run["time_to_90"] for run in keras_runs] == [25.0, 38.0]  # seed 1: only with the final TTA
     assert keras_runs[0]["time_to_94"] == 38.0 and keras_runs[1]["time_to_94"] is None
@@ -162,8 +168,8 @@ def test_fast_epochs_takes_steady_epochs_of_both_and_compares_per_image(monkeypa
     fast_epochs = load_script("fast_epochs")
     calls = []
     monkeypatch.setattr(fast_epochs, "keras_epochs",
-                        lambda *args: calls.append("keras") or ([150.0, 262.0, 370.0], 50000))
-    monkeypatch.setattr(fast_epochs, "airbench_epochs", lambda *args: calls.append("airbench") or [
+                        lambda *args, recipe: calls.append("keras") or ([150.0, 262.0, 370.0], 50000))
+    monkeypatch.setattr(fast_epochs, "airbench_epochs", lambda *args, recipe: calls.append("airbench") or [
         {"train_time_s": 130.0, "eval_time_s": 9.0, "steps": 48},
         {"train_time_s": 100.0, "eval_time_s": 8.0, "steps": 48},
         {"train_time_s": 104.0, "eval_time_s": 8.0, "steps": 48}])
@@ -174,6 +180,15 @@ def test_fast_epochs_takes_steady_epochs_of_both_and_compares_per_image(monkeypa
     assert summary["ratio_epoch"] == 1.0
     assert summary["ratio_rate"] == pytest.approx(50000 / 49152)
     assert "| s per epoch | 110.0 | 110.0 | 1.00 |" in capsys.readouterr().out
+    recipes = []
+    monkeypatch.setattr(fast_epochs, "keras_epochs", lambda *args, recipe: recipes.append(recipe) or (
+        [150.0, 262.0, 370.0], 50000))
+    monkeypatch.setattr(fast_epochs, "airbench_epochs", lambda *args, recipe: recipes.append(recipe) or [
+        {"train_time_s": 130.0, "eval_time_s": 9.0, "steps": 25}] * 3)
+    muon = fast_epochs.measure("data", "bf16", 2, recipe="muon")
+    assert recipes == ["muon", "muon"] and muon["airbench_images"] == 50000  # 25 steps of 2000
+    fast_epochs.print_table([muon], "bf16", "test machine", "muon")
+    assert "| | cli.py fit (Keras, fast_muon.yaml) | airbench94_muon, plain PyTorch | ratio |" in capsys.readouterr().out
 
 
 def test_fast_epochs_reads_the_cli_runs_elapsed_column(monkeypatch, tmp_path):
@@ -212,10 +227,11 @@ def test_epochs_steady_epoch_of_both_sides_over_alternating_rounds(monkeypatch, 
     assert "| cnn | 32 | 20.0 | 22.0 | 1.10 | 1.10, 1.00, 1.22 | channels_last, fused |" in capsys.readouterr().out
 
 
-def test_gpu_session_smoke_on_cpu_without_tensorflow(real_folder_small, tmp_path, without_tensorflow):
+@pytest.mark.parametrize("stage", ["fast", "muon"])
+def test_gpu_session_smoke_on_cpu_without_tensorflow(stage, real_folder_small, tmp_path, without_tensorflow):
     """bench/gpu_session.sh, the prepared GPU session, as its header's CPU smoke run: both
-    programs of the fast stage on a slice of the real data, TensorFlow unavailable as on the GPU
-    machine, and the runs collected into runs.tgz."""
+    programs of the fast (or muon) stage on a slice of the real data, TensorFlow unavailable as
+    on the GPU machine, and the runs collected into runs.tgz."""
     import sys
     import tarfile
 
@@ -228,17 +244,18 @@ def test_gpu_session_smoke_on_cpu_without_tensorflow(real_folder_small, tmp_path
                RUNS=str(tmp_path / "runs"), PYTHON=sys.executable,
                FIT_ARGS="--epochs 1 --batch-size 64 --eval-batch-size 100 --mixed-precision none",
                AIRBENCH_ARGS="--epochs 1 --batch-size 64")
-    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh"), "fast"], env=env, cwd=tmp_path,
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh"), stage], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=900)
     log = (out / "session.log").read_text()
     assert result.returncode == 0, log[-3000:]
     assert "without TFDS" in log and "Traceback" not in log
     with tarfile.open(out / "runs.tgz") as tar:
         names = tar.getnames()
-    assert any(n.startswith("./keras-seed0/") and n.endswith("summary.json") for n in names), names
-    assert any(n.startswith("./keras-seed0/") and n.endswith("metrics.csv") for n in names), names
-    assert "./torch-seed0.json" in names and not any(n.endswith(".keras") for n in names)
-    assert "| keras-cifar `fast` | 0 | 1 |" in log and "| airbench94, plain PyTorch | 0 | 1 |" in log
+    tag, recipe, program = ("", "fast", "airbench94") if stage == "fast" else ("-muon", "fast_muon", "airbench94_muon")
+    assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("summary.json") for n in names), names
+    assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("metrics.csv") for n in names), names
+    assert f"./torch{tag}-seed0.json" in names and not any(n.endswith(".keras") for n in names)
+    assert f"| keras-cifar `{recipe}` | 0 | 1 |" in log and f"| {program}, plain PyTorch | 0 | 1 |" in log
 
 
 def test_jpeg_again_writes_the_same_layout_once_more_compressed(real_folder_small, tmp_path, capsys):

@@ -2,6 +2,7 @@
 whitening, augmentation and test-time augmentation, each against a plain PyTorch reference
 written from airbench94.py; time to a target accuracy in `fit`."""
 
+import contextlib
 import json
 import math
 import os
@@ -272,6 +273,37 @@ def test_recipe_settings_are_checked():
         resolve_config(None, {"model": "cnn", "target_accuracy": 1.5})
     with pytest.raises(ConfigError, match="crop_fill"):
         resolve_config(None, {"model": "cnn", "crop_fill": "wrap"})
+    with pytest.raises(ConfigError, match="muon_lr.*optimizer muon only.*optimizer='sgd'"):
+        resolve_config(None, {"model": "fast", "optimizer": "sgd", "muon_lr": 0.1})
+    with pytest.raises(ConfigError, match="lookahead.*sgd only.*optimizer='muon'"):
+        resolve_config(None, {"model": "fast", "optimizer": "muon", "lookahead": 5})
+    with pytest.raises(ConfigError, match="head_lr_scale.*sgd and muon only"):
+        resolve_config(None, {"model": "cnn", "optimizer": "adam", "head_lr_scale": 2.0})
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_config(None, {"model": "fast", "optimizer": "muon", "lookahead": 0, "mixed_precision": "fp16"})
+    with pytest.raises(ConfigError, match="`head` applies to fast only"):
+        resolve_config(None, {"model": "cnn", "head": "muon"})
+    with pytest.raises(ConfigError, match="schedule"):
+        resolve_config(None, {"model": "cnn", "schedule": "step"})
+
+
+def test_linear_schedule_and_muon_optimizer_round_trip():
+    from keras_cifar import keras_internals
+    from keras_cifar.train.optim import Linear, TorchMuon
+
+    schedule = Linear(106.0, 200)
+    assert [schedule.value_at(step) for step in (0, 100, 200, 250)] == [106.0, 53.0, 0.0, 0.0]
+    assert schedule.value_at(25, end=75) == pytest.approx(106.0 * (1 - 25 / 75))  # a variable's own last step
+    optimizer = TorchMuon(learning_rate=schedule, muon_lr_scale=0.24 / 106, muon_momentum=0.6, momentum=0.85,
+                          nesterov=True, weight_decay=3.7736e-5, lr_scales={"fc/kernel": 12.6},
+                          frozen_after={"whiten/bias": 75})
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(again) is TorchMuon and again.get_config() == optimizer.get_config()
+    restored = keras_internals.optimizer_learning_rate(again)
+    assert isinstance(restored, Linear) and restored.get_config() == schedule.get_config()
+    for bad in (dict(muon_lr_scale=0), dict(muon_momentum=1.0), dict(lookahead_every=5, lookahead_total=10)):
+        with pytest.raises(ValueError, match=next(iter(bad)).replace("_every", "")):
+            TorchMuon(learning_rate=0.1, **bad)
 
 
 def test_fit_reports_time_to_target_and_stops(real_folder_small, tmp_path):
@@ -305,17 +337,20 @@ def test_fit_reports_time_to_target_and_stops(real_folder_small, tmp_path):
     assert report["tta"] and report["accuracy"] == pytest.approx(summary["final_accuracy"], abs=1e-9)
 
 
-def test_resume_mid_lookahead_equals_an_uninterrupted_run(real_folder_small, tmp_path):
-    """Lookahead's running average is optimizer state in the checkpoint: stopping after epoch 1
-    (step 6, one step after a lookahead pull) and resuming gives the uninterrupted run's weights."""
+@pytest.mark.parametrize("recipe", ["fast", "fast_muon"])
+def test_resume_mid_lookahead_equals_an_uninterrupted_run(recipe, real_folder_small, tmp_path):
+    """Lookahead's running average (fast.yaml) and Muon's momentum buffers (fast_muon.yaml) are
+    optimizer state in the checkpoint: stopping after epoch 1 (fast: step 6, one step after a
+    lookahead pull) and resuming gives the uninterrupted run's weights."""
     from keras_cifar.train.trainer import resumed_config
 
+    make_config = fast_config if recipe == "fast" else fast_muon_config
     common = dict(data=str(real_folder_small), epochs=2, batch_size=50, eval_batch_size=100, mixed_precision="none",
                   device="cpu", tta=False)
     quiet = dict(verbose=0, echo=lambda message: None)
-    whole = fit(fast_config(**common, log_dir=str(tmp_path / "whole")), **quiet)
-    stopped = fit(fast_config(**common, log_dir=str(tmp_path / "stopped"), target_accuracy=0.01, stop_at_target=True),
-                  **quiet)
+    whole = fit(make_config(**common, log_dir=str(tmp_path / "whole")), **quiet)
+    stopped = fit(make_config(**common, log_dir=str(tmp_path / "stopped"), target_accuracy=0.01,
+                              stop_at_target=True), **quiet)
     assert stopped.summary["epochs"] == 1
     resumed = fit(resumed_config(stopped.run_path, {"stop_at_target": False}), resume_path=stopped.run_path, **quiet)
     assert resumed.summary["epochs"] == 2
@@ -325,3 +360,113 @@ def test_resume_mid_lookahead_equals_an_uninterrupted_run(real_folder_small, tmp
         rtol = 1e-4 if "moving" in actual.path else 0
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=rtol, atol=1e-6, err_msg=actual.path)
     assert resumed.history[-1]["elapsed_s"] > resumed.history[0]["elapsed_s"]  # the clock continued
+
+
+# airbench94_muon.py's hyperparameters, in its own (summed-loss) terms
+MUON = dict(batch_size=2000, bias_lr=0.053, head_lr=0.67, wd_per_image=2e-6, muon_lr=0.24, muon_momentum=0.6,
+            momentum=0.85, epochs=8, whiten_bias_epochs=3, label_smoothing=0.2)
+
+
+def fast_muon_config(**overrides):
+    """configs/fast_muon.yaml with `overrides`."""
+    return resolve_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "fast_muon.yaml"),
+                          overrides)
+
+
+def test_fast_muon_yaml_is_airbench94_muon_converted_to_the_mean_loss():
+    config = fast_muon_config()
+    batch = MUON["batch_size"]
+    assert (config.model, config.head, config.optimizer, config.batch_size, config.epochs) == (
+        "fast", "muon", "muon", batch, MUON["epochs"])
+    # summed loss over the batch: its SGD learning rates times the batch are ours
+    assert config.lr == pytest.approx(MUON["bias_lr"] * batch, rel=1e-6)
+    assert config.lr * config.head_lr_scale == pytest.approx(MUON["head_lr"] * batch, rel=1e-6)
+    # torch's L2 term: the decay per step, lr x weight_decay, is airbench's wd in every SGD group
+    assert config.lr * config.weight_decay == pytest.approx(MUON["wd_per_image"] * batch, rel=1e-4)
+    assert (config.muon_lr, config.muon_momentum, config.momentum, config.nesterov) == (
+        MUON["muon_lr"], MUON["muon_momentum"], MUON["momentum"], True)
+    assert (config.schedule, config.label_smoothing, config.bn_bias_lr_scale, config.lookahead) == (
+        "linear", MUON["label_smoothing"], 1.0, 0)
+    assert (config.crop_padding, config.crop_fill, config.flip, config.drop_last, config.tta) == (
+        2, "reflect", "alternate", True, True)
+    model = kc.create_model("fast", head=config.head)
+    assert model.get_layer("whiten").bias_epochs == MUON["whiten_bias_epochs"]
+
+
+def muon_reference_as_fast(module):
+    """airbench94_muon's CifarNet renamed as the `fast` model's layers (reference.Airbench94's names)."""
+    names = {"layers.1.": "block1.", "layers.2.": "block2.", "layers.3.": "block3.", "head.": "fc."}
+    state = {}
+    for name, value in module.state_dict().items():
+        for old, new in names.items():
+            name = name.replace(old, new) if name.startswith(old) else name
+        state[name] = value
+    widths = (module.layers[1].conv1.out_channels, module.layers[2].conv1.out_channels,
+              module.layers[3].conv1.out_channels)
+    renamed = reference.Airbench94(widths=widths)
+    renamed.load_state_dict(state)
+    return renamed
+
+
+def test_newton_schulz_on_keras_kernels_is_airbench94_muons():
+    """The product's iteration on a kernel in Keras's layout (kh, kw, in, out) gives airbench's on
+    the same kernel in torch's (out, in, kh, kw), in bfloat16 as both run it; both push the
+    singular values of a full-rank matrix into about [0.5, 1.5]."""
+    from bench import airbench_muon_torch as muon_ref
+    from keras_cifar.train.optim import newton_schulz
+
+    torch.manual_seed(0)
+    for shape in ((16, 8, 3, 3), (8, 24, 3, 3), (32, 32, 3, 3)):
+        torch_kernel = torch.randn(shape)
+        expected = muon_ref.zeropower_via_newtonschulz5(torch_kernel.reshape(shape[0], -1)).view(shape).float()
+        keras_kernel = torch_kernel.permute(2, 3, 1, 0)
+        ours = newton_schulz(keras_kernel.reshape(-1, shape[0]).T).T.reshape(keras_kernel.shape).float()
+        np.testing.assert_allclose(ours.permute(3, 2, 0, 1).numpy(), expected.numpy(), rtol=0, atol=2e-2)
+        singular = torch.linalg.svdvals(ours.reshape(-1, shape[0]))
+        assert 0.3 < singular.min() and singular.max() < 1.6, singular
+
+
+def test_fast_muon_training_equals_airbench94_muon_loop(monkeypatch):
+    """12 steps (3 epochs of 4) of `fit`'s optimizer on `fast` with the muon head against
+    airbench94_muon's own loop and Muon (bench/airbench_muon_torch.py): Muon on the kernels,
+    SGD groups for biases and head, the linear schedules, the whitening bias's own decay to its
+    last step; the same weights at the end."""
+    from bench import airbench_muon_torch as muon_ref
+    from keras_cifar.train.optim import TorchMuon
+
+    # Newton-Schulz in float32 on both sides: in bfloat16 the two matrix layouts round
+    # differently, and the iteration amplifies that within a few steps
+    monkeypatch.setattr(muon_ref.Muon, "ns_dtype", torch.float32)
+    monkeypatch.setattr(TorchMuon, "ns_dtype", torch.float32)
+    torch.manual_seed(0)
+    widths, batch, epochs, steps = (8, 16, 16), 16, 3, 4
+    module = muon_ref.CifarNet(widths=widths)
+    module.reset()
+    with torch.no_grad():
+        module.whiten.weight.normal_(0, 0.3)
+    model = kc.create_model("fast", widths=widths, whiten_bias_epochs=1, head="muon")
+    copy_torch_weights(model, muon_reference_as_fast(module))
+    base = fast_muon_config()
+    config = fast_muon_config(batch_size=batch, epochs=epochs, mixed_precision="none",
+                              lr=MUON["bias_lr"] * batch, weight_decay=MUON["wd_per_image"] / MUON["bias_lr"])
+    assert config.head_lr_scale == base.head_lr_scale
+    model.compile(optimizer=build_optimizer(config, steps, model), loss=build_loss(config), metrics=["accuracy"])
+    model.set_graph_capture(True)
+
+    images = random_images(batch * steps * epochs, seed=3)
+    labels = np.random.default_rng(0).integers(0, 10, len(images))
+    initial = {variable.path: keras.ops.convert_to_numpy(variable).copy() for variable in model.trainable_variables}
+    optimizers = muon_ref.make_optimizers(module, batch_size=batch)
+    total = epochs * steps
+    module.train()
+    for step, i in enumerate(range(0, len(images), batch)):
+        inputs = reference.preprocess_nchw(images[i:i + batch], "fast")
+        muon_ref.train_step(module, optimizers, inputs, torch.as_tensor(labels[i:i + batch]), step, total,
+                            steps, contextlib.nullcontext)
+        model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))
+
+    expected = airbench_weights(muon_reference_as_fast(module))
+    for variable in model.trainable_variables:
+        value = keras.ops.convert_to_numpy(variable)
+        assert not np.allclose(value, initial[variable.path]), variable.path  # every weight trained
+        np.testing.assert_allclose(value, expected[variable.path], rtol=2e-4, atol=2e-5, err_msg=variable.path)

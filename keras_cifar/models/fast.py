@@ -7,10 +7,14 @@ norm, GELU) of 64, 256 and 256 channels, a 3x3 max-pool, a bias-free linear head
 1/9 scale on the logits. Batch norms learn only their bias (no scale), with momentum 0.6 and
 epsilon 1e-12; the 3x3 convolutions start as identity on their first input channels (Dirac).
 `whitening="learned"` (an ablation) trains the first 2x2 convolution like the others instead.
+`head="muon"` is airbench94_muon's head: the same bias-free linear layer with its initial weights
+scaled to unit standard deviation and the logits divided by the last block's width (256).
 
 The rest of the recipe is run settings (configs/fast.yaml): Nesterov SGD at batch 1024 with a
 triangular schedule, batch-norm biases at 64x the learning rate, lookahead, label smoothing,
 alternating flips with 2-pixel reflected translations, and test-time augmentation.
+configs/fast_muon.yaml is airbench94_muon's: the muon head, Muon for the 3x3 kernels
+(`optimizer: muon`), batch 2000, 8 epochs.
 """
 
 import keras
@@ -24,6 +28,7 @@ from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_im
 from keras_cifar.models.registry import register_model
 
 WHITENINGS = ("data", "learned")
+HEADS = ("airbench94", "muon")
 WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues before scaling by 1/sqrt
 
 
@@ -145,21 +150,27 @@ def apply_conv_group(x, filters, data_format, bn_momentum, name):
     input_size="32x32",
     experiment="airbench94 (KellerJordan/cifar10-airbench), not one of the originals",
     description="airbench94's network: patch whitening, 3 conv groups (64-256-256), 94% recipe",
-    settings=("whitening",),
+    settings=("whitening", "head"),
     data_init=init_whitening,
 )
 def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
-               widths=(64, 256, 256), bn_momentum=0.6, whiten_bias_epochs=3, logit_scale=1 / 9, whitening="data",
-               name="fast"):
+               widths=(64, 256, 256), bn_momentum=0.6, whiten_bias_epochs=3, logit_scale=None, whitening="data",
+               head="airbench94", name="fast"):
     """`whitening`: "data" (airbench's frozen PatchWhitening, set by `init_whitening`) or "learned"
-    (the same 2x2 convolution trained like the others, from airbench's initialisation)."""
+    (the same 2x2 convolution trained like the others, from airbench's initialisation). `head`:
+    "airbench94" (logits x 1/9) or "muon" (unit-std initial weights, logits / the last width).
+    `logit_scale`, where given, replaces the head's scale."""
     validate_common(data_format, input_shape)
     if whitening not in WHITENINGS:
         raise ValueError(f"`whitening` must be one of {WHITENINGS}. Received: whitening={whitening!r}")
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
     if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
         raise ValueError(f"`widths` must be 3 positive integers. Received: widths={widths!r}")
     if not 0 <= bn_momentum < 1:
         raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum!r}")
+    if logit_scale is None:
+        logit_scale = 1 / 9 if head == "airbench94" else 1 / widths[-1]
     inputs = raw_image_input(input_shape)
     x = preprocess(inputs, "standardize", data_format)
     if whitening == "data":
@@ -179,6 +190,10 @@ def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMA
         for layer in model.layers:
             if isinstance(layer, layers.Conv2D):
                 dirac_init(layer)
+        if head == "muon":  # airbench94_muon: `w *= 1 / w.std()` after PyTorch's init
+            fc = model.get_layer("fc")
+            kernel = ops.convert_to_numpy(fc.kernel)
+            fc.kernel.assign(kernel / kernel.std(ddof=1))
         if whitening == "learned":
             whiten = model.get_layer("whiten")
             whiten.bias.assign(ops.zeros_like(whiten.bias))  # airbench's Conv zeroes its bias

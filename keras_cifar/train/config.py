@@ -63,6 +63,10 @@ class RunConfig:
                                      "whitens the training images' patches (airbench); learned: an ordinary "
                                      "trainable convolution (the ablation).", choices=("data", "learned"),
                              model_specific=True)
+    head: str = setting("airbench94", "fast's classifier head. airbench94: PyTorch's initialisation, logits "
+                                      "x 1/9; muon (airbench94_muon): weights scaled to unit std, logits / 256 "
+                                      "(the last block's width).", choices=("airbench94", "muon"),
+                        model_specific=True)
     normalize: bool = setting(False, "Standardize pixels with CIFAR-10's per-channel mean and std instead of only "
                                      "scaling to [0, 1] (off in the original configs).", model_specific=True)
     # --- data
@@ -94,22 +98,35 @@ class RunConfig:
                                      "full batch (airbench; each epoch leaves out a different random remainder).")
     eval_batch_size: int = setting(500, "Images per evaluation step (no effect on results).", min=1,
                                    resumable=True)
-    optimizer: str = setting("adam", "Optimizer (adam, adamw and sgd step as torch.optim's, fused).",
-                             choices=("adam", "adamw", "sgd"))
+    optimizer: str = setting("adam", "Optimizer (adam, adamw and sgd step as torch.optim's, fused; muon: "
+                                     "airbench94_muon's Muon for the convolution kernels at `muon_lr`, sgd at `lr` "
+                                     "for every other weight).", choices=("adam", "adamw", "sgd", "muon"))
     lr: float = setting(1e-3, "(Peak) learning rate.", min=0, min_open=True, label="learning rate")
     momentum: float = setting(0.9, "SGD momentum.", min=0, max=1, max_open=True)
-    nesterov: bool = setting(False, "SGD with Nesterov momentum.")
+    nesterov: bool = setting(False, "SGD (and Muon) with Nesterov momentum.")
+    muon_lr: float = setting(0.24, "muon: (peak) learning rate of the convolution kernels; it follows "
+                                   "`schedule` as `lr` does. The step is orthogonalised, so the loss's scale "
+                                   "does not matter.", min=0, min_open=True)
+    muon_momentum: float = setting(0.6, "muon: momentum of the convolution kernels' Muon step.", min=0, max=1,
+                                   max_open=True)
     weight_decay: float = setting(0.0, "Weight decay, as torch.optim's: adamw decoupled (per step, times the learning "
-                                       "rate); adam and sgd an L2 term added to the gradients.", min=0)
+                                       "rate); adam and sgd an L2 term added to the gradients; muon: the SGD part's "
+                                       "(Muon keeps each kernel at a fixed norm instead).", min=0)
     schedule: str = setting("constant", "Learning-rate schedule over all training steps.",
-                            choices=("constant", "cosine", "one-cycle", "triangle"))
+                            choices=("constant", "cosine", "one-cycle", "triangle", "linear"))
     warmup_epochs: float = setting(0.0, "Warm-up length in epochs (cosine), or rise length (one-cycle; 0: 30% of "
                                         "the steps; triangle: 0: 23%, linear from 0.2 x lr to lr, then linear to "
-                                        "0.07 x lr at the end). At most `epochs`.", min=0)
+                                        "0.07 x lr at the end). At most `epochs`. linear: from lr at the "
+                                        "first step to 0 at the last, no warm-up (a weight that trains for the "
+                                        "first epochs only, as fast's whitening bias, reaches 0 at its own "
+                                        "last step).", min=0)
     label_smoothing: float = setting(0.0, "Label smoothing.", min=0, max=1, max_open=True)
-    bn_bias_lr_scale: float = setting(1.0, "sgd: learning-rate multiplier of batch-norm biases; their weight decay "
+    bn_bias_lr_scale: float = setting(1.0, "sgd, muon: learning-rate multiplier of batch-norm biases; their weight decay "
                                            "is divided by it, so the decay per step is unchanged (airbench: 64).",
                                       min=0, min_open=True)
+    head_lr_scale: float = setting(1.0, "sgd, muon: learning-rate multiplier of the classifier head (the last "
+                                        "Dense layer's weights); their weight decay is divided by it "
+                                        "(airbench94_muon: 0.67 / 0.053).", min=0, min_open=True)
     lookahead: int = setting(0, "sgd: every this many steps, pull the weights to their running average "
                                 "(airbench's lookahead, decay rising to 0.77 at the end, where the weights take "
                                 "the average); 0: off.", min=0)
@@ -273,10 +290,21 @@ def _check_values(config):
     require(config.warmup_epochs <= config.epochs,
             f"`warmup_epochs` must be in [0, epochs]. Received: `warmup_epochs={config.warmup_epochs!r}`, "
             f"`epochs={config.epochs!r}`")
-    require(config.optimizer == "sgd" or (config.lookahead == 0 and config.bn_bias_lr_scale == 1.0),
-            f"`lookahead` and `bn_bias_lr_scale` apply to optimizer sgd only. Received: "
-            f"`optimizer={config.optimizer!r}`, `lookahead={config.lookahead!r}`, "
-            f"`bn_bias_lr_scale={config.bn_bias_lr_scale!r}`")
+    require(config.optimizer == "sgd" or config.lookahead == 0,
+            f"`lookahead` applies to optimizer sgd only. Received: `optimizer={config.optimizer!r}`, "
+            f"`lookahead={config.lookahead!r}`")
+    require(config.optimizer in ("sgd", "muon") or (config.bn_bias_lr_scale == 1.0 and config.head_lr_scale == 1.0),
+            f"`bn_bias_lr_scale` and `head_lr_scale` apply to optimizers sgd and muon only. Received: "
+            f"`optimizer={config.optimizer!r}`, `bn_bias_lr_scale={config.bn_bias_lr_scale!r}`, "
+            f"`head_lr_scale={config.head_lr_scale!r}`")
+    muon_fields = {name: getattr(config, name) for name in ("muon_lr", "muon_momentum")
+                   if getattr(config, name) != FIELDS[name].default}
+    require(config.optimizer == "muon" or not muon_fields,
+            "`muon_lr` and `muon_momentum` apply to optimizer muon only. Received: "
+            f"`optimizer={config.optimizer!r}`, " + ", ".join(f"`{k}={v!r}`" for k, v in muon_fields.items()))
+    require(config.optimizer != "muon" or config.mixed_precision != "fp16",
+            "optimizer muon does not take fp16's loss scaling; use `mixed_precision` bf16 or none. Received: "
+            "`optimizer='muon'`, `mixed_precision='fp16'`")
     require(not config.stop_at_target or config.target_accuracy is not None,
             "`stop_at_target` needs `target_accuracy`. Received: `stop_at_target=True`, `target_accuracy=None`")
     takes = get_model_info(config.model).settings

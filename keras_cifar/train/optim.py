@@ -102,10 +102,30 @@ class Triangle(_PythonSchedule):
                 "start": self.start, "end": self.end}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Linear(_PythonSchedule):
+    """airbench94_muon's schedule: linear from `peak` at the first step down to 0 at `total_steps`."""
+
+    def __init__(self, peak, total_steps):
+        self.peak = peak
+        self.total_steps = total_steps
+
+    def value_at(self, step, end=None):
+        """The learning rate at `step` of a decay that reaches 0 at `end` (default `total_steps`):
+        a variable that trains for the first steps only falls to 0 at its own last step."""
+        end = self.total_steps if end is None else end
+        return self.peak * max(1.0 - step / max(end, 1), 0.0)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps}
+
+
 def learning_rate(config, steps_per_epoch):
     total = config.epochs * steps_per_epoch
     if config.schedule == "constant":
         return config.lr
+    if config.schedule == "linear":
+        return Linear(config.lr, total)
     if config.schedule == "cosine":
         return WarmupCosine(config.lr, total, int(round(config.warmup_epochs * steps_per_epoch)))
     rise = config.warmup_epochs * steps_per_epoch if config.warmup_epochs else 0.3 * total
@@ -207,9 +227,15 @@ class _TorchOptimUpdate:
             if parameter.grad is not grad:
                 parameter.grad = grad
         lr = self._learning_rate_now(step)
+        schedule = keras_internals.optimizer_learning_rate(self)
         for group in step.optimizer.param_groups:
-            frozen = group["frozen_at"] is not None and step.iterations >= group["frozen_at"]
-            group["lr"] = 0.0 if frozen else (lr if group["scale"] == 1.0 else lr * group["scale"])
+            frozen_at = group["frozen_at"]
+            if frozen_at is not None and step.iterations >= frozen_at:
+                group["lr"] = 0.0
+            elif frozen_at is not None and isinstance(schedule, Linear):  # falls to 0 at its own last step
+                group["lr"] = schedule.value_at(step.iterations, end=frozen_at) * group["scale"]
+            else:
+                group["lr"] = lr if group["scale"] == 1.0 else lr * group["scale"]
         if found_inf is not None and not step.fused:
             raise ValueError(f"{type(self).__name__}: skipping non-finite updates needs torch's fused optimizer, "
                              f"which {step.parameters[0].device} lacks.")
@@ -360,6 +386,106 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
         return config
 
 
+def newton_schulz(matrix, steps=3, eps=1e-7, dtype=torch.bfloat16):
+    """airbench94_muon's quintic Newton-Schulz iteration, in `dtype` (airbench's bfloat16):
+    `matrix` (2-D) with its singular values pushed towards 1 (roughly into [0.5, 1.5]), its
+    singular vectors kept."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    x = matrix.to(dtype)
+    x = x / (x.norm() + eps)  # the largest singular value at most 1
+    tall = matrix.size(0) > matrix.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TorchMuon(TorchSGD):
+    """airbench94_muon's optimizer pair as one Keras optimizer: Muon for every trainable
+    convolution kernel (4-D), `TorchSGD` (with its learning-rate scales and frozen variables) for
+    every other variable.
+
+    Muon's step for a kernel (Keller Jordan's, as in airbench94_muon): momentum buffer
+    `b = m * b + g` (Nesterov: `u = g + m * b`, else `u = b`); the kernel rescaled to a norm of
+    sqrt(output channels); then `w -= lr * NS(u)`, where NS is `newton_schulz` of `u` as an
+    (output channels) x (inputs) matrix. The orthogonalised update does not depend on the
+    gradient's scale, so a mean or a summed loss give the same step. Muon's learning rate is
+    `muon_lr_scale` times the schedule's, and follows it; its buffers are optimizer variables,
+    saved in checkpoints."""
+
+    ns_dtype = torch.bfloat16  # Newton-Schulz's precision (airbench's); float32 in tests that compare runs
+
+    def __init__(self, learning_rate=0.01, muon_lr_scale=1.0, muon_momentum=0.6, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        if isinstance(muon_lr_scale, bool) or not isinstance(muon_lr_scale, (int, float)) or muon_lr_scale <= 0:
+            raise ValueError(f"`muon_lr_scale` must be a positive number. Received: muon_lr_scale={muon_lr_scale!r}")
+        if isinstance(muon_momentum, bool) or not isinstance(muon_momentum, (int, float)) \
+                or not 0 <= muon_momentum < 1:
+            raise ValueError(f"`muon_momentum` must be in [0, 1). Received: muon_momentum={muon_momentum!r}")
+        if self.lookahead_every:
+            raise ValueError("TorchMuon does not take lookahead. Received: "
+                             f"lookahead_every={self.lookahead_every!r}")
+        self.muon_lr_scale = float(muon_lr_scale)
+        self.muon_momentum = float(muon_momentum)
+
+    @staticmethod
+    def takes_muon_step(variable):
+        return variable.trainable and len(variable.shape) == 4
+
+    def build(self, variables):
+        super().build(variables)
+        self._muon_buffers = {variable.path: self.add_variable_from_reference(variable, "muon_momentum")
+                              for variable in variables if self.takes_muon_step(variable)}
+
+    def apply(self, grads, trainable_variables=None, found_inf=None):
+        if found_inf is not None:
+            raise ValueError("TorchMuon does not take float16 loss scaling; train in bf16 or float32.")
+        if trainable_variables is None:
+            trainable_variables = keras_internals.optimizer_variables(self)
+        else:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name):
+                    self.build(trainable_variables)
+                self.built = True
+        grads = list(grads)
+        muon = [i for i, variable in enumerate(trainable_variables) if self.takes_muon_step(variable)]
+        others = sorted(set(range(len(trainable_variables))) - set(muon))
+        if not others:
+            raise ValueError("TorchMuon needs at least one variable that is not a convolution kernel "
+                             "(its step count lives in the SGD part).")
+        other_variables = [trainable_variables[i] for i in others]
+        step = self._torch_step(other_variables)
+        lr = self._learning_rate_now(step) * self.muon_lr_scale
+        with torch.no_grad():
+            for i in muon:
+                self._muon_step(trainable_variables[i], grads[i], lr)
+        super().apply([grads[i] for i in others], other_variables)
+
+    def _muon_step(self, variable, grad, lr):
+        if grad is None:
+            return
+        weight = variable.value
+        buffer = self._muon_buffers[variable.path].value
+        buffer.mul_(self.muon_momentum).add_(grad)
+        update = grad.add(buffer, alpha=self.muon_momentum) if self.nesterov else buffer
+        outputs = weight.shape[-1]  # Keras's kernel layout: (kh, kw, in, out)
+        weight.mul_(outputs ** 0.5 / weight.norm())
+        orthogonal = newton_schulz(update.reshape(-1, outputs).T, dtype=self.ns_dtype).T.reshape(weight.shape)
+        if isinstance(lr, torch.Tensor):
+            weight.sub_(orthogonal.to(weight.dtype) * lr)
+        else:
+            weight.add_(orthogonal, alpha=-lr)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(muon_lr_scale=self.muon_lr_scale, muon_momentum=self.muon_momentum)
+        return config
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TorchLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """Keras's dynamic loss scaling for float16 (the same variables, schedule and checkpoint
@@ -403,9 +529,15 @@ def _variable_options(config, steps_per_epoch, model):
     if model is None:
         return options
     sublayers = keras_internals.all_layers(model)
+    scales = {}
     if config.bn_bias_lr_scale != 1.0:
-        options["lr_scales"] = {layer.beta.path: config.bn_bias_lr_scale for layer in sublayers
-                                if isinstance(layer, keras.layers.BatchNormalization) and layer.center}
+        scales.update({layer.beta.path: config.bn_bias_lr_scale for layer in sublayers
+                       if isinstance(layer, keras.layers.BatchNormalization) and layer.center})
+    heads = [layer for layer in sublayers if isinstance(layer, keras.layers.Dense)]
+    if config.head_lr_scale != 1.0 and heads:
+        scales[heads[-1].kernel.path] = config.head_lr_scale
+    if scales:
+        options["lr_scales"] = scales
     frozen = {layer.bias.path: layer.bias_epochs * steps_per_epoch for layer in sublayers
               if isinstance(getattr(layer, "bias_epochs", None), int) and getattr(layer, "bias", None) is not None}
     if frozen:
@@ -420,8 +552,13 @@ def _build_optimizer(config, steps_per_epoch, model=None):
         return TorchAdam(learning_rate=lr, weight_decay=decay)
     if config.optimizer == "adamw":
         return TorchAdamW(learning_rate=lr, weight_decay=config.weight_decay)
+    options = _variable_options(config, steps_per_epoch, model)
+    if config.optimizer == "muon":
+        return TorchMuon(learning_rate=lr, muon_lr_scale=config.muon_lr / config.lr,
+                         muon_momentum=config.muon_momentum, momentum=config.momentum, nesterov=config.nesterov,
+                         weight_decay=decay, **options)
     return TorchSGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay,
-                    **_variable_options(config, steps_per_epoch, model))
+                    **options)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
