@@ -18,7 +18,6 @@ compare two implementations in float32, where bfloat16's rounding would not canc
 network nor of the Newton-Schulz iteration), and the per-epoch test evaluation is not timed.
 """
 
-import math
 import time
 from math import ceil
 
@@ -250,17 +249,8 @@ def train(args, data, log=print):
 
 
 def main(argv=None, data=None, log=None):
-    """Parses `argv` (bench/airbench_torch.py's flags), loads the data unless given, trains; -> the report."""
-    args = ab.parse_args(argv)
-    log = log or (lambda line: print(line, flush=True))
-    if data is None:
-        data = ab.load_data(args)
-    else:
-        data = data.limit(args.train_images, args.test_images, seed=args.seed)
-    report = train(args, data, log)
-    if not math.isfinite(report["tta_acc"]):
-        raise SystemExit("The TTA accuracy is not finite.")
-    return report
+    """bench/airbench_torch.py's flags, data and checks around this program's `train`; -> the report."""
+    return ab.main(argv, data, log, train_run=train)
 
 
 if __name__ == "__main__":

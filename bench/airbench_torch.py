@@ -623,15 +623,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None, data=None, log=None):
-    """Parses `argv`, loads the data (unless given a CifarData), trains; -> the report."""
+def main(argv=None, data=None, log=None, train_run=None):
+    """Parses `argv`, loads the data (unless given a CifarData), trains with `train_run`
+    (default: airbench94's `train`; bench/airbench_muon_torch.py passes its own); -> the report."""
     args = parse_args(argv)
     log = log or (lambda line: print(line, flush=True))
     if data is None:
         data = load_data(args)
     else:
         data = data.limit(args.train_images, args.test_images, seed=args.seed)
-    report = train(args, data, log)
+    report = (train_run or train)(args, data, log)
     if not math.isfinite(report["tta_acc"]):
         raise SystemExit("The TTA accuracy is not finite.")
     return report

@@ -30,16 +30,22 @@ def synthetic_data(train, test, seed=0):
     return CifarData(split(train), split(test), tuple(str(i) for i in range(10)), "synthetic")
 
 
-def test_one_short_epoch_writes_the_report(airbench, tmp_path):
-    out = tmp_path / "airbench.json"
+def short_run(program, out, epochs):
+    """`program.main` in-process for `epochs` at batch 64 on 320 synthetic images; -> (report, log lines)."""
     lines = []
     threads = torch.get_num_threads()
     try:
-        report = airbench.main(["--device", "cpu", "--threads", str(threads), "--epochs", "1", "--batch-size", "64",
-                                "--precision", "fp32", "--out", str(out)], data=synthetic_data(320, 100),
-                               log=lines.append)
+        report = program.main(["--device", "cpu", "--threads", str(threads), "--epochs", str(epochs),
+                               "--batch-size", "64", "--precision", "fp32", "--out", str(out)],
+                              data=synthetic_data(320, 100), log=lines.append)
     finally:
         torch.set_num_threads(threads)
+    return report, lines
+
+
+def test_one_short_epoch_writes_the_report(airbench, tmp_path):
+    out = tmp_path / "airbench.json"
+    report, lines = short_run(airbench, out, 1)
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(report))
     for key in ("config", "machine", "whiten_init_s", "epochs", "tta_acc", "tta_time_s", "total_time_s",
@@ -90,14 +96,7 @@ def test_airbench94_muon_one_short_epoch_writes_the_report(tmp_path):
     """bench/airbench_muon_torch.py: airbench94_muon's loop over the same loader and report."""
     muon = importlib.import_module("bench.airbench_muon_torch")
     out = tmp_path / "muon.json"
-    lines = []
-    threads = torch.get_num_threads()
-    try:
-        report = muon.main(["--device", "cpu", "--threads", str(threads), "--epochs", "2", "--batch-size", "64",
-                            "--precision", "fp32", "--out", str(out)], data=synthetic_data(320, 100),
-                           log=lines.append)
-    finally:
-        torch.set_num_threads(threads)
+    report, lines = short_run(muon, out, 2)
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(report)) and written["finished"] is True
     assert written["config"]["program"] == "airbench94_muon" and written["config"]["total_train_steps"] == 10

@@ -210,18 +210,22 @@ class _TorchOptimUpdate:
         value = schedule(self.iterations) if callable(schedule) else schedule.value
         return value if step.fused else float(value)  # torch's foreach update takes a tensor only if capturable
 
+    def _built_for(self, trainable_variables):
+        """The variables `apply` updates (the optimizer's own when None), building it on first use."""
+        if trainable_variables is None:
+            return keras_internals.optimizer_variables(self)
+        trainable_variables = list(trainable_variables)
+        if not self.built:
+            with keras.name_scope(self.name):
+                self.build(trainable_variables)
+            self.built = True
+        return trainable_variables
+
     def apply(self, grads, trainable_variables=None, found_inf=None):
         """`found_inf` (a device tensor, 1 where a gradient was not finite) skips the update on the
         device, as torch's GradScaler does: the step count on the device counts applied updates,
         the host's (and so the schedule) every step, as with torch's schedulers."""
-        if trainable_variables is None:
-            trainable_variables = keras_internals.optimizer_variables(self)
-        else:
-            trainable_variables = list(trainable_variables)
-            if not self.built:
-                with keras.name_scope(self.name):
-                    self.build(trainable_variables)
-                self.built = True
+        trainable_variables = self._built_for(trainable_variables)
         step = self._torch_step(trainable_variables)
         for parameter, grad in zip(step.parameters, grads):
             if parameter.grad is not grad:
@@ -443,20 +447,9 @@ class TorchMuon(TorchSGD):
     def apply(self, grads, trainable_variables=None, found_inf=None):
         if found_inf is not None:
             raise ValueError("TorchMuon does not take float16 loss scaling; train in bf16 or float32.")
-        if trainable_variables is None:
-            trainable_variables = keras_internals.optimizer_variables(self)
-        else:
-            trainable_variables = list(trainable_variables)
-            if not self.built:
-                with keras.name_scope(self.name):
-                    self.build(trainable_variables)
-                self.built = True
+        trainable_variables = self._built_for(trainable_variables)
         grads = list(grads)
-        muon = [i for i, variable in enumerate(trainable_variables) if self.takes_muon_step(variable)]
-        others = sorted(set(range(len(trainable_variables))) - set(muon))
-        if not others:
-            raise ValueError("TorchMuon needs at least one variable that is not a convolution kernel "
-                             "(its step count lives in the SGD part).")
+        muon, others = self._split(trainable_variables)
         other_variables = [trainable_variables[i] for i in others]
         step = self._torch_step(other_variables)
         lr = self._learning_rate_now(step) * self.muon_lr_scale
@@ -464,6 +457,19 @@ class TorchMuon(TorchSGD):
             for i in muon:
                 self._muon_step(trainable_variables[i], grads[i], lr)
         super().apply([grads[i] for i in others], other_variables)
+
+    def _split(self, variables):
+        """(indices of the kernels Muon steps, indices of the rest), worked out once per variable list."""
+        splits = self.__dict__.setdefault("_splits", {})
+        key = tuple(id(variable) for variable in variables)
+        if key not in splits:
+            muon = [i for i, variable in enumerate(variables) if self.takes_muon_step(variable)]
+            others = sorted(set(range(len(variables))) - set(muon))
+            if not others:
+                raise ValueError("TorchMuon needs at least one variable that is not a convolution kernel "
+                                 "(its step count lives in the SGD part).")
+            splits[key] = (muon, others)
+        return splits[key]
 
     def _muon_step(self, variable, grad, lr):
         if grad is None:
