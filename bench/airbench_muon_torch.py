@@ -4,6 +4,7 @@ in 2.59 s on an A100, on the original CIFAR-10).
 
     python -m bench.airbench_muon_torch --device cpu --threads 2 --precision bf16 --out muon_cpu.json
     python -m bench.airbench_muon_torch --train-images 2048 --test-images 1000 --epochs 1   # smoke run
+    python -m bench.airbench_muon_torch --whiten-bias zeros ...   # its whitening bias starts at 0, as airbench94's
 
 Adapted from KellerJordan/cifar10-airbench, airbench94_muon.py
 (https://github.com/KellerJordan/cifar10-airbench), MIT licence, Copyright (c) 2024 Keller Jordan.
@@ -120,6 +121,19 @@ class CifarNet(nn.Module):
         return self.head(x) / x.size(-1)
 
 
+def new_model(device, memory_format, precision, whiten_bias="uniform"):
+    """airbench94_muon's CifarNet after `reset()`; `whiten_bias="zeros"` then zeroes the whitening
+    bias, as airbench94 starts it (the --whiten-bias check of the two recipes' difference)."""
+    model = CifarNet().to(device, memory_format=memory_format)
+    if precision == "fp16":  # airbench94_muon's own path: the network in half, BatchNorm in float
+        for mod in model.modules():
+            (mod.float() if isinstance(mod, ab.BatchNorm) else mod.half())
+    model.reset()
+    if whiten_bias == "zeros":
+        model.whiten.bias.data.zero_()
+    return model
+
+
 def make_optimizers(model, batch_size=BATCH_SIZE, bias_lr=BIAS_LR, head_lr=HEAD_LR):
     """airbench94_muon's two optimizers (summed loss over the batch)."""
     wd = 2e-6 * batch_size
@@ -176,12 +190,8 @@ def train(args, data, log=print):
     if total_train_steps < 1:
         raise SystemExit(f"{len(data.train)} training images make no step of batch {batch_size} in {epochs} epochs.")
 
-    model = CifarNet().to(device, memory_format=memory_format)
-    if precision == "fp16":  # airbench94_muon's own path: the network in half, BatchNorm in float
-        for mod in model.modules():
-            (mod.float() if isinstance(mod, ab.BatchNorm) else mod.half())
+    model = new_model(device, memory_format, precision, args.whiten_bias)
     optimizers = make_optimizers(model, batch_size)
-    model.reset()
     step = 0
 
     report = {
@@ -248,9 +258,16 @@ def train(args, data, log=print):
     return report
 
 
+def add_arguments(parser):
+    parser.add_argument("--whiten-bias", default="uniform", choices=["uniform", "zeros"],
+                        help="the whitening bias's initial values: uniform (airbench94_muon's: nn.Conv2d's "
+                             "default, U(+-1/sqrt(12))) or zeros (airbench94's); default uniform")
+
+
 def main(argv=None, data=None, log=None):
-    """bench/airbench_torch.py's flags, data and checks around this program's `train`; -> the report."""
-    return ab.main(argv, data, log, train_run=train)
+    """bench/airbench_torch.py's flags (and --whiten-bias), data and checks around this program's
+    `train`; -> the report."""
+    return ab.main(argv, data, log, train_run=train, add_arguments=add_arguments)
 
 
 if __name__ == "__main__":

@@ -604,7 +604,8 @@ def train(args, data, log=print):
     return report
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, add_arguments=None):
+    """The command line; `add_arguments(parser)` adds a program's own flags (airbench_muon_torch)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -620,13 +621,16 @@ def parse_args(argv=None):
     parser.add_argument("--data", default=DEFAULT_DATA, help="any source load_cifar reads")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (load_cifar's default when unset)")
     parser.add_argument("--out", default=None, help="JSON report, rewritten after every epoch")
+    if add_arguments is not None:
+        add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def main(argv=None, data=None, log=None, train_run=None):
+def main(argv=None, data=None, log=None, train_run=None, add_arguments=None):
     """Parses `argv`, loads the data (unless given a CifarData), trains with `train_run`
-    (default: airbench94's `train`; bench/airbench_muon_torch.py passes its own); -> the report."""
-    args = parse_args(argv)
+    (default: airbench94's `train`; bench/airbench_muon_torch.py passes its own, and its own flags
+    through `add_arguments`); -> the report."""
+    args = parse_args(argv, add_arguments)
     log = log or (lambda line: print(line, flush=True))
     if data is None:
         data = load_data(args)

@@ -105,6 +105,26 @@ def test_airbench94_muon_one_short_epoch_writes_the_report(tmp_path):
     assert 0 <= written["tta_acc"] <= 1 and any("airbench94_muon" in line for line in lines)
 
 
+def test_airbench94_muon_whitening_bias_starts_as_nn_conv2d_or_at_zero():
+    """airbench94_muon's whitening layer is a plain nn.Conv2d, so its bias starts in
+    U(+-1/sqrt(12)); `--whiten-bias zeros` starts it at zero, as airbench94's Conv does."""
+    muon = importlib.import_module("bench.airbench_muon_torch")
+    torch.manual_seed(0)
+    bound = 1 / 12 ** 0.5
+    biases = torch.cat([muon.new_model("cpu", torch.channels_last, "bf16").whiten.bias.detach() for _ in range(4)])
+    assert 0.9 * bound < biases.abs().max() <= bound and (biases != 0).all()
+    zeroed = muon.new_model("cpu", torch.channels_last, "bf16", whiten_bias="zeros").whiten.bias
+    assert torch.count_nonzero(zeroed) == 0
+    args = ab_args(muon, ["--whiten-bias", "zeros"])
+    assert args.whiten_bias == "zeros" and ab_args(muon, []).whiten_bias == "uniform"
+
+
+def ab_args(program, argv):
+    from bench import airbench_torch
+
+    return airbench_torch.parse_args(argv, program.add_arguments)
+
+
 def test_airbench94_muon_normalises_and_orthogonalises_the_kernels():
     """Its Muon step leaves every trained kernel at norm sqrt(output channels) before the
     update, and the update of a kernel is the Newton-Schulz image of its (Nesterov) momentum."""

@@ -297,3 +297,22 @@ def test_step_levers_times_every_variant_and_the_tidy_loop_in_turns():
     assert rows["product"].rstrip().endswith("| 1.00x |")
     for label in step_levers.VARIANTS:
         assert float(rows[label].split("|")[2]) > 0  # ms per step, measured
+
+
+def test_tta_batch_times_every_batch_size_on_a_saved_checkpoint(real_folder_small, data_dir, tmp_path, capsys):
+    """bench.tta_batch: one warm-up and `rounds` timed TTA passes per batch size on a .keras
+    checkpoint, the same accuracy at every size, a row per size; bad sizes are refused."""
+    import keras_cifar as kc
+
+    tta_batch = load_script("tta_batch")
+    path = tmp_path / "fast.keras"
+    kc.create_model("fast", widths=(8, 8, 8)).save(path)
+    times, accuracy = tta_batch.main([str(path), "--data", str(real_folder_small), "--data-dir", str(data_dir),
+                                      "--batch-sizes", "7,50",
+                                      "--rounds", "3", "--test-images", "60"])
+    assert list(times) == [7, 50] and all(len(seconds) == 3 and min(seconds) > 0 for seconds in times.values())
+    assert accuracy[7] == pytest.approx(accuracy[50], abs=1 / 60)
+    out = capsys.readouterr().out
+    assert "| 7 |" in out and "| 50 |" in out
+    with pytest.raises(SystemExit):
+        tta_batch.main([str(path), "--batch-sizes", "0,50"])

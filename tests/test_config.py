@@ -191,7 +191,8 @@ def test_model_specific_settings_are_declared_by_the_registry():
     from keras_cifar.models import get_model_info
     from keras_cifar.train.config import MODEL_SPECIFIC
 
-    assert set(MODEL_SPECIFIC) == {"resize_to", "weights", "normalize", "whitening", "head"}
+    assert set(MODEL_SPECIFIC) == {"resize_to", "weights", "normalize", "whitening", "head",
+                                   "whiten_bias_init"}
     declared = set()
     for model in list_models():
         info = get_model_info(model)
@@ -203,7 +204,7 @@ def test_model_specific_settings_are_declared_by_the_registry():
     assert declared == set(MODEL_SPECIFIC)
     assert get_model_info("resnet18").settings == ("resize_to", "weights")
     assert get_model_info("googlenet").settings == ("resize_to",)
-    assert get_model_info("fast").settings == ("whitening", "head")
+    assert get_model_info("fast").settings == ("whitening", "head", "whiten_bias_init")
 
 
 def test_a_new_model_declares_its_settings_in_one_place(monkeypatch, tmp_path):

@@ -20,7 +20,7 @@ from keras_cifar.data.augment import Augmentation, random_crop_flip
 from keras_cifar.errors import ConfigError
 from keras_cifar.models.convert import copy_torch_weights
 from keras_cifar.models.fast import PatchWhitening, init_whitening, whitening_kernel
-from keras_cifar.train.config import resolve_config
+from keras_cifar.train.config import model_options, resolve_config
 from keras_cifar.train.evaluation import predict_logits, predict_logits_tta, tta_views
 from keras_cifar.train.optim import Triangle, build_loss, build_optimizer
 from keras_cifar.train.trainer import fit
@@ -180,7 +180,6 @@ def test_learned_whitening_is_airbenchs_first_conv_trained_like_the_others():
     """`whitening="learned"` (the ablation): the same 2x2 convolution, trainable from airbench's
     Conv initialisation (Dirac on the first 3 filters, zero bias), untouched by the data init and
     never frozen by the optimizer; the setting reaches the builder from the run config."""
-    from keras_cifar.train.config import model_options
     from keras_cifar.train.trainer import build_model
 
     data_model = kc.create_model("fast", widths=(8, 8, 8))
@@ -283,6 +282,10 @@ def test_recipe_settings_are_checked():
         resolve_config(None, {"model": "fast", "optimizer": "muon", "lookahead": 0, "mixed_precision": "fp16"})
     with pytest.raises(ConfigError, match="`head` applies to fast only"):
         resolve_config(None, {"model": "cnn", "head": "muon"})
+    with pytest.raises(ConfigError, match="`whiten_bias_init` applies to fast only"):
+        resolve_config(None, {"model": "cnn", "whiten_bias_init": "uniform"})
+    with pytest.raises(ConfigError, match="whiten_bias_init.*zeros, uniform"):
+        resolve_config(None, {"model": "fast", "whiten_bias_init": "normal"})
     with pytest.raises(ConfigError, match="schedule"):
         resolve_config(None, {"model": "cnn", "schedule": "step"})
 
@@ -389,8 +392,33 @@ def test_fast_muon_yaml_is_airbench94_muon_converted_to_the_mean_loss():
         "linear", MUON["label_smoothing"], 1.0, 0)
     assert (config.crop_padding, config.crop_fill, config.flip, config.drop_last, config.tta) == (
         2, "reflect", "alternate", True, True)
-    model = kc.create_model("fast", head=config.head)
+    assert model_options(config) == {"head": "muon", "whiten_bias_init": "uniform"}
+    model = kc.create_model("fast", **model_options(config))
     assert model.get_layer("whiten").bias_epochs == MUON["whiten_bias_epochs"]
+
+
+def test_whitening_bias_starts_as_airbench94_muons_or_at_zero():
+    """airbench94_muon's whitening layer is a plain nn.Conv2d: its bias starts in U(+-1/sqrt(fan_in))
+    (`whiten_bias_init="uniform"`); airbench94's Conv zeroes it (the default)."""
+    from bench import airbench_muon_torch as muon_ref
+
+    torch.manual_seed(0)
+    reference = muon_ref.CifarNet(widths=(8, 8, 8))
+    reference.reset()
+    bound = 1 / math.sqrt(reference.whiten.weight[0].numel())
+    assert 0 < reference.whiten.bias.abs().max() <= bound
+    keras.utils.set_random_seed(0)
+    biases = np.concatenate([
+        keras.ops.convert_to_numpy(kc.create_model("fast", widths=(8, 8, 8), whiten_bias_init="uniform")
+                                   .get_layer("whiten").bias) for _ in range(4)])
+    assert biases.shape == (4 * reference.whiten.out_channels,)
+    assert 0.9 * bound < np.abs(biases).max() <= bound and np.all(biases != 0)
+    assert abs(biases.mean()) < 0.25 * bound  # centred, as U(-bound, bound)
+    for options in ({}, {"head": "muon"}, {"whitening": "learned"}):
+        zeros = kc.create_model("fast", widths=(8, 8, 8), **options).get_layer("whiten").bias
+        assert not np.any(keras.ops.convert_to_numpy(zeros)), options
+    with pytest.raises(ValueError, match="whiten_bias_init='normal'"):
+        kc.create_model("fast", widths=(8, 8, 8), whiten_bias_init="normal")
 
 
 def muon_reference_as_fast(module):
@@ -469,4 +497,5 @@ def test_fast_muon_training_equals_airbench94_muon_loop(monkeypatch):
     for variable in model.trainable_variables:
         value = keras.ops.convert_to_numpy(variable)
         assert not np.allclose(value, initial[variable.path]), variable.path  # every weight trained
-        np.testing.assert_allclose(value, expected[variable.path], rtol=2e-4, atol=2e-5, err_msg=variable.path)
+        # atol: one thread sums in another order than two; measured up to 5e-5 after 12 steps
+        np.testing.assert_allclose(value, expected[variable.path], rtol=2e-4, atol=1e-4, err_msg=variable.path)

@@ -9,6 +9,8 @@ epsilon 1e-12; the 3x3 convolutions start as identity on their first input chann
 `whitening="learned"` (an ablation) trains the first 2x2 convolution like the others instead.
 `head="muon"` is airbench94_muon's head: the same bias-free linear layer with its initial weights
 scaled to unit standard deviation and the logits divided by the last block's width (256).
+`whiten_bias_init="uniform"` is airbench94_muon's whitening bias: PyTorch's `nn.Conv2d` default,
+U(-1/sqrt(12), 1/sqrt(12)), where airbench94 starts it at zero.
 
 The rest of the recipe is run settings (configs/fast.yaml): Nesterov SGD at batch 1024 with a
 triangular schedule, batch-norm biases at 64x the learning rate, lookahead, label smoothing,
@@ -29,6 +31,7 @@ from keras_cifar.models.registry import register_model
 
 WHITENINGS = ("data", "learned")
 HEADS = ("airbench94", "muon")
+WHITEN_BIAS_INITS = ("zeros", "uniform")
 WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues before scaling by 1/sqrt
 
 
@@ -150,21 +153,25 @@ def apply_conv_group(x, filters, data_format, bn_momentum, name):
     input_size="32x32",
     experiment="airbench94 (KellerJordan/cifar10-airbench), not one of the originals",
     description="airbench94's network: patch whitening, 3 conv groups (64-256-256), 94% recipe",
-    settings=("whitening", "head"),
+    settings=("whitening", "head", "whiten_bias_init"),
     data_init=init_whitening,
 )
 def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
                widths=(64, 256, 256), bn_momentum=0.6, whiten_bias_epochs=3, logit_scale=None, whitening="data",
-               head="airbench94", name="fast"):
+               head="airbench94", whiten_bias_init="zeros", name="fast"):
     """`whitening`: "data" (airbench's frozen PatchWhitening, set by `init_whitening`) or "learned"
     (the same 2x2 convolution trained like the others, from airbench's initialisation). `head`:
     "airbench94" (logits x 1/9) or "muon" (unit-std initial weights, logits / the last width).
-    `logit_scale`, where given, replaces the head's scale."""
+    `logit_scale`, where given, replaces the head's scale. `whiten_bias_init` (with `init="torch"`):
+    "zeros" (airbench94) or "uniform" (airbench94_muon: U(+-1/sqrt(fan_in)), `nn.Conv2d`'s default)."""
     validate_common(data_format, input_shape)
     if whitening not in WHITENINGS:
         raise ValueError(f"`whitening` must be one of {WHITENINGS}. Received: whitening={whitening!r}")
     if head not in HEADS:
         raise ValueError(f"`head` must be one of {HEADS}. Received: head={head!r}")
+    if whiten_bias_init not in WHITEN_BIAS_INITS:
+        raise ValueError(f"`whiten_bias_init` must be one of {WHITEN_BIAS_INITS}. "
+                         f"Received: whiten_bias_init={whiten_bias_init!r}")
     if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
         raise ValueError(f"`widths` must be 3 positive integers. Received: widths={widths!r}")
     if not 0 <= bn_momentum < 1:
@@ -194,8 +201,11 @@ def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMA
             fc = model.get_layer("fc")
             kernel = ops.convert_to_numpy(fc.kernel)
             fc.kernel.assign(kernel / kernel.std(ddof=1))
-        if whitening == "learned":
-            whiten = model.get_layer("whiten")
-            whiten.bias.assign(ops.zeros_like(whiten.bias))  # airbench's Conv zeroes its bias
+        whiten = model.get_layer("whiten")
+        if whiten_bias_init == "uniform":  # airbench94_muon's whiten is a plain nn.Conv2d
+            bound = 1 / np.sqrt(np.prod(whiten.kernel.shape[:-1]))
+            whiten.bias.assign(keras.random.uniform(tuple(whiten.bias.shape), -bound, bound))
+        else:  # airbench94's Conv zeroes its bias
+            whiten.bias.assign(ops.zeros_like(whiten.bias))
     return model
 

@@ -67,6 +67,9 @@ class RunConfig:
                                       "x 1/9; muon (airbench94_muon): weights scaled to unit std, logits / 256 "
                                       "(the last block's width).", choices=("airbench94", "muon"),
                         model_specific=True)
+    whiten_bias_init: str = setting("zeros", "fast's whitening bias at the start. zeros: airbench94's; uniform "
+                                             "(airbench94_muon): PyTorch's nn.Conv2d default, U(+-1/sqrt(12)).",
+                                    choices=("zeros", "uniform"), model_specific=True)
     normalize: bool = setting(False, "Standardize pixels with CIFAR-10's per-channel mean and std instead of only "
                                      "scaling to [0, 1] (off in the original configs).", model_specific=True)
     # --- data
