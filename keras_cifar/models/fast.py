@@ -15,8 +15,8 @@ U(-1/sqrt(12), 1/sqrt(12)), where airbench94 starts it at zero.
 The rest of the recipe is run settings (configs/fast.yaml): Nesterov SGD at batch 1024 with a
 triangular schedule, batch-norm biases at 64x the learning rate, lookahead, label smoothing,
 alternating flips with 2-pixel reflected translations, and test-time augmentation.
-configs/fast_muon.yaml is airbench94_muon's: the muon head, Muon for the 3x3 kernels
-(`optimizer: muon`), batch 2000, 8 epochs.
+configs/fast_muon.yaml is airbench94_muon's: the muon head, the uniform whitening bias, Muon for
+the 3x3 kernels (`optimizer: muon`), batch 2000, 8 epochs.
 """
 
 import keras
