@@ -132,6 +132,35 @@ def test_fast_training_equals_airbench_loop():
     for variable in model.trainable_variables:
         np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected[variable.path], rtol=2e-4,
                                    atol=2e-5, err_msg=variable.path)
+    assert_gradient_stopped(model)
+
+
+def assert_gradient_stopped(model):
+    """After its freeze step the whitening bias takes no gradient: the backward pass skipped it."""
+    bias = model.get_layer("whiten").bias.value
+    assert not bias.requires_grad and bias.grad is None
+    assert all(variable.value.requires_grad for variable in model.trainable_weights if variable.value is not bias)
+
+
+def test_fit_stops_the_frozen_bias_gradient_and_restores_it_after_training(real_folder_small, tmp_path,
+                                                                           monkeypatch):
+    """Through `fit`: fast.yaml's whitening bias (3 epochs) stops requiring gradients for epoch 4,
+    and every trainable weight requires them again once training ends."""
+    from keras_cifar.train import trainer
+
+    seen = {}
+    restore = trainer.restore_gradients
+
+    def spy(model):
+        seen["during"] = model.get_layer("whiten").bias.value.requires_grad
+        restore(model)
+        seen["after"] = all(variable.value.requires_grad for variable in model.trainable_weights)
+
+    monkeypatch.setattr(trainer, "restore_gradients", spy)
+    fit(fast_config(data=str(real_folder_small), epochs=4, batch_size=100, eval_batch_size=100,
+                    mixed_precision="none", device="cpu", tta=False, log_dir=str(tmp_path)),
+        verbose=0, echo=lambda message: None)
+    assert seen == {"during": False, "after": True}
 
 
 def airbench_weights(module):
@@ -499,3 +528,4 @@ def test_fast_muon_training_equals_airbench94_muon_loop(monkeypatch):
         assert not np.allclose(value, initial[variable.path]), variable.path  # every weight trained
         # atol: one thread sums in another order than two; measured up to 5e-5 after 12 steps
         np.testing.assert_allclose(value, expected[variable.path], rtol=2e-4, atol=1e-4, err_msg=variable.path)
+    assert_gradient_stopped(model)

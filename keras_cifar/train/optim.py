@@ -175,7 +175,10 @@ class _TorchOptimUpdate:
         raise NotImplementedError
 
     def param_group_of(self, variable):
-        """(learning-rate scale, step from which the variable stays still or None) of `variable`."""
+        """(learning-rate scale, step from which the variable stays still or None) of `variable`.
+        From that step on its tensor stops requiring gradients (for `fast`'s whitening bias the
+        backward pass then skips the first layer and block1's input gradient, as airbench's
+        `bias.detach()` does); `restore_gradients` turns them back on after training."""
         return 1.0, None
 
     def _param_groups(self, variables, parameters):
@@ -236,6 +239,10 @@ class _TorchOptimUpdate:
             frozen_at = group["frozen_at"]
             if frozen_at is not None and step.iterations >= frozen_at:
                 group["lr"] = 0.0
+                if not group.get("no_grad"):  # the backward pass skips what only these needed
+                    group["no_grad"] = True
+                    for parameter in group["params"]:
+                        parameter.requires_grad_(False)
             elif frozen_at is not None and isinstance(schedule, Linear):  # falls to 0 at its own last step
                 group["lr"] = schedule.value_at(step.iterations, end=frozen_at) * group["scale"]
             else:
@@ -514,6 +521,13 @@ class TorchLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         self.inner_optimizer.apply(grads, trainable_variables, found_inf=found_inf)
         torch._amp_update_scale_(self.dynamic_scale.value, self.step_counter.value, found_inf, 2.0, 0.5,
                                  self.dynamic_growth_steps)
+
+
+def restore_gradients(model):
+    """Every trainable weight of `model` requires gradients again (after a run whose optimizer
+    froze some, so that later training of the same model object trains them)."""
+    for variable in model.trainable_weights:
+        variable.value.requires_grad_(True)
 
 
 def build_optimizer(config, steps_per_epoch, model=None):

@@ -23,7 +23,7 @@ from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerc
 from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
                                      set_precision)
 from keras_cifar.train.evaluation import classification_report, predict_logits, predict_logits_tta
-from keras_cifar.train.optim import build_loss, build_optimizer
+from keras_cifar.train.optim import build_loss, build_optimizer, restore_gradients
 from keras_cifar.train.reports import write_final_summaries
 
 # Keys a resumed run may change (declared `resumable` in RunConfig); the rest define the run and must stay.
@@ -258,6 +258,8 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
                 f"saved in {run_path}. Resume with: `fit(resume_path={run_path!r})`"
             ) from None
+        finally:
+            restore_gradients(model)
     if group.distributed:  # rank 0's Checkpointer kept the record
         state = group.broadcast(state)
     if nan_guard.bad_step is not None:
