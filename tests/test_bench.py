@@ -316,3 +316,24 @@ def test_tta_batch_times_every_batch_size_on_a_saved_checkpoint(real_folder_smal
     assert "| 7 |" in out and "| 50 |" in out
     with pytest.raises(SystemExit):
         tta_batch.main([str(path), "--batch-sizes", "0,50"])
+
+
+def test_frozen_gradient_times_both_variants_in_turns_and_restores_the_bias():
+    """bench.frozen_gradient: `rounds` x `steps` timed steps with the whitening bias taking a
+    gradient and not; the bias requires gradients again afterwards; a row per variant."""
+    import torch
+
+    import keras_cifar as kc
+
+    frozen_gradient = load_script("frozen_gradient")
+    model = kc.create_model("fast", widths=(8, 8, 8))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    images = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    labels = torch.as_tensor(np.arange(16) % 10)
+    times = frozen_gradient.measure(model, images, labels, rounds=2, steps=2)
+    assert {name: len(seconds) for name, seconds in times.items()} == {"gradient": 4, "no gradient": 4}
+    assert model.get_layer("whiten").bias.value.requires_grad
+    text = frozen_gradient.table(times, 16)
+    assert "| gradient |" in text and "| no gradient |" in text and "| 1.000 |" in text
+    with pytest.raises(SystemExit):
+        frozen_gradient.main(["--rounds", "0"])
