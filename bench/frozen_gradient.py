@@ -23,6 +23,7 @@ import keras_cifar  # noqa: F401  (selects Keras's torch backend before keras is
 import keras  # noqa: E402
 
 CONFIGS = {"airbench94": "fast.yaml", "muon": "fast_muon.yaml"}
+TRAIN_IMAGES = 50000  # CIFAR-10's training split: sets the schedule's length only
 
 
 def measure(model, images, labels, rounds, steps):
@@ -67,17 +68,19 @@ def main(argv=None):
 
     import torch
 
-    import keras_cifar as kc
-    from keras_cifar.train.config import model_options, resolve_config
+    from keras_cifar.train.config import resolve_config
     from keras_cifar.train.optim import build_loss, build_optimizer
+    from keras_cifar.train.trainer import build_model
 
     torch.set_num_threads(args.threads)
     config = resolve_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                          CONFIGS[args.recipe]), {})
     if config.mixed_precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = kc.create_model("fast", **model_options(config))
-    model.compile(optimizer=build_optimizer(config, 25, model), loss=build_loss(config), metrics=["accuracy"])
+    model = build_model(config, num_classes=10)
+    steps_per_epoch = TRAIN_IMAGES // config.batch_size  # the recipes drop the last partial batch
+    model.compile(optimizer=build_optimizer(config, steps_per_epoch, model), loss=build_loss(config),
+                  metrics=["accuracy"])
     model.set_graph_capture(True)
     rng = np.random.default_rng(0)
     images = torch.as_tensor(rng.integers(0, 256, (config.batch_size, 32, 32, 3), dtype=np.uint8))

@@ -53,10 +53,11 @@ def main(argv=None):
         parser.error(f"--batch-sizes must be positive integers and --rounds >= 1. Received: "
                      f"--batch-sizes {args.batch_sizes!r}, --rounds {args.rounds}")
 
-    from keras_cifar.cli import _load_for_inference
     from keras_cifar.data import load_cifar
+    from keras_cifar.train.checkpoints import load_checkpoint
+    from keras_cifar.train.run_dir import resolve_checkpoint
 
-    _, model, _, _ = _load_for_inference(args.checkpoint, "logs", "cpu")
+    model = load_checkpoint(resolve_checkpoint(args.checkpoint, "logs"))
     model.set_graph_capture(True)
     test = load_cifar(args.data, args.data_dir).test
     if args.test_images:

@@ -239,9 +239,8 @@ class _TorchOptimUpdate:
             frozen_at = group["frozen_at"]
             if frozen_at is not None and step.iterations >= frozen_at:
                 group["lr"] = 0.0
-                if not group.get("no_grad"):  # the backward pass skips what only these needed
-                    group["no_grad"] = True
-                    for parameter in group["params"]:
+                for parameter in group["params"]:  # the backward pass skips what only these needed
+                    if parameter.requires_grad:
                         parameter.requires_grad_(False)
             elif frozen_at is not None and isinstance(schedule, Linear):  # falls to 0 at its own last step
                 group["lr"] = schedule.value_at(step.iterations, end=frozen_at) * group["scale"]
