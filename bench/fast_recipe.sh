@@ -3,7 +3,8 @@
 # share the CPU and the times would be wrong). Each run writes its own folder (summary.json,
 # metrics.csv) as it goes, so a killed sequence keeps what finished.
 #   bash bench/fast_recipe.sh OUT_DIR [seeds...]        the Keras recipe, 3 seeds by default
-#   EPOCHS=30 bash bench/fast_recipe.sh OUT_DIR 0      the same recipe over a longer schedule (keras-e30-seed0)
+#   EPOCHS=30 bash bench/fast_recipe.sh OUT_DIR 0      the same recipe over another schedule length (keras-e30-seed0;
+#                                                      with STAGE=torch, airbench's: torch-e30-seed0.json)
 #   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
 #   RECIPE=muon bash bench/fast_recipe.sh OUT_DIR      configs/fast_muon.yaml (airbench94_muon) instead, and with
 #                                                      STAGE=torch airbench94_muon itself (bench/airbench_muon_torch.py)
@@ -32,8 +33,10 @@ keras)
   done ;;
 torch)
   for seed in $SEEDS; do
+    name=torch$TAG${EPOCHS:+-e$EPOCHS}-seed$seed
+    # shellcheck disable=SC2086
     $PY -m "$REFERENCE" --device cpu --threads 2 --precision bf16 --seed "$seed" --data "$DATA" \
-      --out "$OUT/torch$TAG-seed$seed.json" 2>&1 | tee "$OUT/torch$TAG-seed$seed.log"
+      ${EPOCHS:+--epochs $EPOCHS} --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
   done ;;
 ablation)
   EPOCHS=${EPOCHS:-3}

@@ -2,10 +2,10 @@
 
     python -m bench.fast_table OUT_DIR
 
-Reads OUT_DIR/keras-seed*/<run>/, OUT_DIR/keras-eN-seed*/<run>/ and OUT_DIR/keras-muon-seed*/<run>/
-(summary.json, metrics.csv; one group per recipe and schedule length), OUT_DIR/torch-seed*.json
-(bench/airbench_torch.py), OUT_DIR/torch-muon-seed*.json (bench/airbench_muon_torch.py) and
-OUT_DIR/ablation-*/<run>/, and prints markdown tables. Times
+Reads OUT_DIR/keras[-muon][-eN][-VARIANT]-seedS/<run>/ (summary.json, metrics.csv),
+OUT_DIR/torch[-muon][-eN][-VARIANT]-seedS.json (bench/airbench_torch.py, bench/airbench_muon_torch.py)
+and OUT_DIR/ablation-*/<run>/, and prints markdown tables: one group of seeds per name, a VARIANT
+(a run with other flags, e.g. keras-muon-e7-eb500-seed0) named in its label. Times
 are wall-clock seconds from the first training step, counting every epoch's test evaluation
 for both programs (airbench's own count leaves those out; its column is given as well).
 """
@@ -14,6 +14,7 @@ import csv
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -95,18 +96,34 @@ def _mean(values):
     return statistics.mean(values) if values else None
 
 
+def _group(path):
+    """A run's group and its variant: "keras-muon-e7-eb500-seed0" -> ("keras-muon-e7-eb500", "eb500")."""
+    name = re.sub(r"-seed\d+(\.json)?$", "", os.path.basename(path))
+    return name, re.sub(r"^(keras|torch)(-muon)?(-e\d+)?-?", "", name)
+
+
+def _label(base, variant):
+    return f"{base} ({variant})" if variant else base
+
+
 def results_table(out_dir):
     lines = ["| program | seed | epochs | test acc. % | with TTA % | s/epoch (median of 3rd on) | first epoch s | "
              "time to 90% s | time to 94% s | total s |", "|---" * 10 + "|"]
     groups = []
-    keras_runs = [keras_run(f) for f in _folders(out_dir, "keras-")]
     by_recipe = {}
-    for run in keras_runs:
-        by_recipe.setdefault((run["recipe"], run["epochs"]), []).append(run)
-    torch_runs = [torch_run(p) for p in sorted(glob.glob(os.path.join(out_dir, "torch-seed*.json")))]
-    muon_runs = [torch_run(p) for p in sorted(glob.glob(os.path.join(out_dir, "torch-muon-seed*.json")))]
-    for label, runs in [*((f"keras-cifar `{recipe}`", runs) for (recipe, _), runs in sorted(by_recipe.items())),
-                        ("airbench94, plain PyTorch", torch_runs), ("airbench94_muon, plain PyTorch", muon_runs)]:
+    for folder in _folders(out_dir, "keras-"):
+        run = keras_run(folder)
+        _, variant = _group(os.path.dirname(folder))
+        by_recipe.setdefault((run["recipe"], run["epochs"], variant), []).append(run)
+    by_name = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "torch-*seed*.json"))):
+        by_name.setdefault(_group(path), []).append(torch_run(path))
+    programs = [(_label(f"keras-cifar `{recipe}`", variant), runs)
+                for (recipe, _, variant), runs in sorted(by_recipe.items())]
+    programs += [(_label("airbench94_muon, plain PyTorch" if name.startswith("torch-muon") else
+                         "airbench94, plain PyTorch", variant), runs)
+                 for (name, variant), runs in sorted(by_name.items())]
+    for label, runs in programs:
         if not runs:
             continue
         groups.append((label, runs))

@@ -110,7 +110,8 @@ def test_tidy_loop_trains_like_the_reference_loop_and_evaluates_every_image(real
 
 def test_fast_table_reads_both_programs_runs(tmp_path):
     """bench.fast_table on hand-made outputs of the two programs: times to 90% and 94%, TTA,
-    means over seeds (a longer schedule, keras-eN-seed*, apart), and the ablation's change against the recipe."""
+    means over seeds (a longer schedule, keras-eN-seed*, and a run with other flags, keras-eN-VARIANT-seed*,
+    apart), and the ablation's change against the recipe."""
     fast_table = load_script("fast_table")
 
     def keras_run(folder, seed, accuracies, tta, optimizer="sgd"):
@@ -133,6 +134,9 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     keras_run("keras-seed1", 1, [0.70, 0.85, 0.89], 0.93)
     keras_run("keras-e4-seed0", 0, [0.70, 0.85, 0.92, 0.95], 0.96)
     keras_run("keras-muon-seed0", 0, [0.80, 0.91, 0.935], 0.945, optimizer="muon")
+    keras_run("keras-muon-e2-seed0", 0, [0.80, 0.91], 0.93, optimizer="muon")
+    keras_run("keras-muon-e2-seed1", 1, [0.80, 0.90], 0.92, optimizer="muon")
+    keras_run("keras-muon-e2-eb500-seed0", 0, [0.70, 0.80], 0.85, optimizer="muon")
     keras_run("ablation-recipe", 0, [0.8, 0.9], 0.91)
     keras_run("ablation-no-lookahead", 0, [0.8, 0.89], 0.9)
     (tmp_path / "torch-seed0.json").write_text(json.dumps({
@@ -140,14 +144,19 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
         "epochs": [{"epoch": 1, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.85},
                    {"epoch": 2, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.92},
                    {"epoch": 3, "train_time_s": 8.0, "eval_time_s": 1.0, "test_acc": 0.93}]}))
-    (tmp_path / "torch-muon-seed0.json").write_text((tmp_path / "torch-seed0.json").read_text())
+    for name in ["torch-muon-seed0", "torch-muon-e3-seed0", "torch-muon-zerobias-seed0"]:
+        (tmp_path / f"{name}.json").write_text((tmp_path / "torch-seed0.json").read_text())
     table, groups = fast_table.results_table(str(tmp_path))
-    # fast 3 epochs (2 seeds), fast 4 epochs, fast_muon, airbench94, airbench94_muon
+    # fast 3 epochs (2 seeds), fast 4 epochs, fast_muon 2 epochs (2 seeds, and the variant apart), 3 epochs,
+    # airbench94, airbench94_muon (and its shorter schedule and variant apart)
     assert [(label, len(runs)) for label, runs in groups] == [
-        ("keras-cifar `fast`", 2), ("keras-cifar `fast`", 1), ("keras-cifar `fast_muon`", 1),
-        ("airbench94, plain PyTorch", 1), ("airbench94_muon, plain PyTorch", 1)]
-    keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[3][1]
-    assert groups[2][1][0]["time_to_94"] == 38.0 and groups[4][1][0]["time_to_94"] == 34.0
+        ("keras-cifar `fast`", 2), ("keras-cifar `fast`", 1), ("keras-cifar `fast_muon`", 2),
+        ("keras-cifar `fast_muon` (eb500)", 1), ("keras-cifar `fast_muon`", 1),
+        ("airbench94, plain PyTorch", 1), ("airbench94_muon, plain PyTorch", 1),
+        ("airbench94_muon, plain PyTorch", 1), ("airbench94_muon, plain PyTorch (zerobias)", 1)]
+    assert [run["tta_accuracy"] for run in groups[2][1]] == [0.93, 0.92]
+    keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[5][1]
+    assert groups[4][1][0]["time_to_94"] == 38.0 and groups[6][1][0]["time_to_94"] == 34.0
     assert longer_runs[0]["epochs"] == 4 and longer_runs[0]["time_to_90"] == 35.0  # its 3rd epoch
     assert [run["time_to_90"] for run in keras_runs] == [25.0, 38.0]  # seed 1: only with the final TTA
     assert keras_runs[0]["time_to_94"] == 38.0 and keras_runs[1]["time_to_94"] is None
@@ -159,6 +168,24 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     assert "mean of 2" in table and "| 93.75 |" in table  # (94.5 + 93.0) / 2 with TTA
     ablation = fast_table.ablation_table(str(tmp_path))
     assert "| no-lookahead | 2 | 89.00 | 90.00 | +1.00 | -1.00 |" in ablation
+
+
+@pytest.mark.parametrize("stage, command, name", [
+    ("keras", "cli.py fit --config configs/fast_muon.yaml", "keras-muon-e7-seed3"),
+    ("torch", "-m bench.airbench_muon_torch --device cpu --threads 2 --precision bf16", "torch-muon-e7-seed3"),
+])
+def test_fast_recipe_script_names_runs_by_recipe_and_schedule(tmp_path, stage, command, name):
+    """bench/fast_recipe.sh: EPOCHS reaches either program and the run's name, which bench.fast_table groups by."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "RECIPE": "muon", "STAGE": stage, "EPOCHS": "7", "DATA": "D"}
+    subprocess.run(["bash", "bench/fast_recipe.sh", str(tmp_path / "out"), "3"], env=env, check=True,
+                   capture_output=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    call = (tmp_path / "calls").read_text()
+    assert call.startswith(command) and all(flag in call.split(" --") for flag in ["seed 3", "data D", "epochs 7"])
+    assert f"{tmp_path}/out/{name}" in call
+    assert (tmp_path / "out" / f"{name}.log").exists()
 
 
 def test_fast_epochs_takes_steady_epochs_of_both_and_compares_per_image(monkeypatch, capsys):
