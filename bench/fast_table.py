@@ -124,8 +124,6 @@ def results_table(out_dir):
                          "airbench94, plain PyTorch", variant), runs)
                  for (name, variant), runs in sorted(by_name.items())]
     for label, runs in programs:
-        if not runs:
-            continue
         groups.append((label, runs))
         for run in runs:
             lines.append(f"| {label} | {run['seed']} | {run['epochs']} | {_fmt(run['accuracy'], '%')} | "
