@@ -13,14 +13,12 @@ per step.
 """
 
 import argparse
-import os
 import statistics
 import time
 
 import numpy as np
 
 import keras_cifar  # noqa: F401  (selects Keras's torch backend before keras is imported)
-import keras  # noqa: E402
 
 CONFIGS = {"airbench94": "fast.yaml", "muon": "fast_muon.yaml"}
 TRAIN_IMAGES = 50000  # CIFAR-10's training split: sets the schedule's length only
@@ -68,15 +66,14 @@ def main(argv=None):
 
     import torch
 
-    from keras_cifar.train.config import resolve_config
+    from keras_cifar.train.config import configs_dir, resolve_config
+    from keras_cifar.train.device import set_precision
     from keras_cifar.train.optim import build_loss, build_optimizer
     from keras_cifar.train.trainer import build_model
 
     torch.set_num_threads(args.threads)
-    config = resolve_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                                         CONFIGS[args.recipe]), {})
-    if config.mixed_precision == "bf16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    config = resolve_config(str(configs_dir() / CONFIGS[args.recipe]), {})
+    set_precision(config.mixed_precision, "cpu")
     model = build_model(config, num_classes=10)
     steps_per_epoch = TRAIN_IMAGES // config.batch_size  # the recipes drop the last partial batch
     model.compile(optimizer=build_optimizer(config, steps_per_epoch, model), loss=build_loss(config),
