@@ -8,6 +8,9 @@
 #   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
 #   RECIPE=muon bash bench/fast_recipe.sh OUT_DIR      configs/fast_muon.yaml (airbench94_muon) instead, and with
 #                                                      STAGE=torch airbench94_muon itself (bench/airbench_muon_torch.py)
+#   RECIPE=airbench95 bash bench/fast_recipe.sh OUT_DIR configs/fast95.yaml (airbench95: the wider network, 15 epochs;
+#                                                      keras-95-seedS), and with STAGE=torch airbench95 itself
+#                                                      (bench/airbench_torch.py --variant airbench95; torch-95-seedS)
 #   STAGE=ablation bash bench/fast_recipe.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
 #                                                      run reports its accuracy with and without it);
 #                                                      VARIANTS_ORDER="fp32 random-flip" picks some
@@ -20,7 +23,8 @@ PY=${PYTHON:-.venv/bin/python}
 case "${RECIPE:-airbench94}" in
 airbench94) CONFIG=configs/fast.yaml; TAG=""; REFERENCE=bench.airbench_torch ;;
 muon) CONFIG=configs/fast_muon.yaml; TAG="-muon"; REFERENCE=bench.airbench_muon_torch ;;
-*) echo "RECIPE must be airbench94 or muon, not '$RECIPE'" >&2; exit 2 ;;
+airbench95) CONFIG=configs/fast95.yaml; TAG="-95"; REFERENCE="bench.airbench_torch --variant airbench95" ;;
+*) echo "RECIPE must be airbench94, muon or airbench95, not '$RECIPE'" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"
 case "${STAGE:-keras}" in
@@ -35,7 +39,8 @@ torch)
   for seed in $SEEDS; do
     name=torch$TAG${EPOCHS:+-e$EPOCHS}-seed$seed
     # shellcheck disable=SC2086
-    $PY -m "$REFERENCE" --device cpu --threads 2 --precision bf16 --seed "$seed" --data "$DATA" \
+    # shellcheck disable=SC2086
+    $PY -m $REFERENCE --device cpu --threads 2 --precision bf16 --seed "$seed" --data "$DATA" \
       ${EPOCHS:+--epochs $EPOCHS} --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
   done ;;
 ablation)

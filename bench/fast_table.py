@@ -2,8 +2,8 @@
 
     python -m bench.fast_table OUT_DIR
 
-Reads OUT_DIR/keras[-muon][-eN][-VARIANT]-seedS/<run>/ (summary.json, metrics.csv),
-OUT_DIR/torch[-muon][-eN][-VARIANT]-seedS.json (bench/airbench_torch.py, bench/airbench_muon_torch.py)
+Reads OUT_DIR/keras[-muon|-95][-eN][-VARIANT]-seedS/<run>/ (summary.json, metrics.csv),
+OUT_DIR/torch[-muon|-95][-eN][-VARIANT]-seedS.json (bench/airbench_torch.py, bench/airbench_muon_torch.py)
 and OUT_DIR/ablation-*/<run>/, and prints markdown tables: one group of seeds per name, a VARIANT
 (a run with other flags, e.g. keras-muon-e7-eb500-seed0) named in its label. Times
 are wall-clock seconds from the first training step, counting every epoch's test evaluation
@@ -43,7 +43,7 @@ def keras_run(folder):
     total = (summary["elapsed_s"] or 0) + (summary.get("tta_time_s") or 0)
     return {
         "seed": summary["config"]["seed"],
-        "recipe": "fast_muon" if summary["config"].get("optimizer") == "muon" else "fast",
+        "recipe": "fast_muon" if summary["config"].get("optimizer") == "muon" else summary["config"]["model"],
         "epochs": summary["epochs"],
         "accuracy": summary["final_accuracy_without_tta"] if summary.get("tta") else summary["final_accuracy"],
         "tta_accuracy": summary["final_accuracy"] if summary.get("tta") else None,
@@ -96,10 +96,14 @@ def _mean(values):
     return statistics.mean(values) if values else None
 
 
+NAME = re.compile(r"^(keras|torch)(-muon|-95)?(-e\d+)?-?(.*)$")  # program, recipe, schedule, variant
+TORCH_PROGRAMS = {None: "airbench94", "-muon": "airbench94_muon", "-95": "airbench95"}
+
+
 def _group(path):
     """A run's group and its variant: "keras-muon-e7-eb500-seed0" -> ("keras-muon-e7-eb500", "eb500")."""
     name = re.sub(r"-seed\d+(\.json)?$", "", os.path.basename(path))
-    return name, re.sub(r"^(keras|torch)(-muon)?(-e\d+)?-?", "", name)
+    return name, NAME.match(name).group(4)
 
 
 def _label(base, variant):
@@ -120,8 +124,7 @@ def results_table(out_dir):
         by_name.setdefault(_group(path), []).append(torch_run(path))
     programs = [(_label(f"keras-cifar `{recipe}`", variant), runs)
                 for (recipe, _, variant), runs in sorted(by_recipe.items())]
-    programs += [(_label("airbench94_muon, plain PyTorch" if name.startswith("torch-muon") else
-                         "airbench94, plain PyTorch", variant), runs)
+    programs += [(_label(f"{TORCH_PROGRAMS[NAME.match(name).group(2)]}, plain PyTorch", variant), runs)
                  for (name, variant), runs in sorted(by_name.items())]
     for label, runs in programs:
         groups.append((label, runs))

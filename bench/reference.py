@@ -198,6 +198,13 @@ class Airbench94(nn.Module):
         return self.fc(x.flatten(1)) / 9
 
 
+class Airbench95(Airbench94):
+    """legacy/airbench95.py's network: airbench94's at widths 128-384-384."""
+
+    def __init__(self, num_classes=10, widths=(128, 384, 384)):
+        super().__init__(num_classes, widths)
+
+
 # Keras model name -> (reference constructor, preprocessing of raw 0..255 pixels, resize target)
 REFERENCES = {
     "cnn": (CNN, "unit", None),
@@ -206,6 +213,7 @@ REFERENCES = {
     "googlenet": (GoogLeNet, "symmetric", 224),
     "resnet18": (resnet18, "symmetric", 224),
     "fast": (Airbench94, "standardize", None),
+    "fast95": (Airbench95, "standardize", None),
 }
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

@@ -30,13 +30,13 @@ def synthetic_data(train, test, seed=0):
     return CifarData(split(train), split(test), tuple(str(i) for i in range(10)), "synthetic")
 
 
-def short_run(program, out, epochs):
+def short_run(program, out, epochs, extra=()):
     """`program.main` in-process for `epochs` at batch 64 on 320 synthetic images; -> (report, log lines)."""
     lines = []
     threads = torch.get_num_threads()
     try:
         report = program.main(["--device", "cpu", "--threads", str(threads), "--epochs", str(epochs),
-                               "--batch-size", "64", "--precision", "fp32", "--out", str(out)],
+                               "--batch-size", "64", "--precision", "fp32", "--out", str(out), *extra],
                               data=synthetic_data(320, 100), log=lines.append)
     finally:
         torch.set_num_threads(threads)
@@ -61,6 +61,21 @@ def test_one_short_epoch_writes_the_report(airbench, tmp_path):
     assert written["total_time_s"] == pytest.approx(row["cumulative_train_s"] + written["tta_time_s"])
     assert 0 <= row["test_acc"] <= 1 and math.isfinite(written["tta_acc"]) and 0 <= written["tta_acc"] <= 1
     assert any("TTA" in line for line in lines)
+
+
+def test_airbench95_variant_runs_its_hyp_and_restores_airbench94s(airbench, tmp_path):
+    report, lines = short_run(airbench, tmp_path / "airbench95.json", 1, extra=("--variant", "airbench95"))
+    hyp = report["config"]["hyp"]
+    assert report["config"]["variant"] == "airbench95" and report["finished"] is True
+    assert hyp["opt"]["lr"] == 10.0 and hyp["opt"]["train_epochs"] == 15
+    assert hyp["net"]["widths"] == {"block1": 128, "block2": 384, "block3": 384}
+    assert hyp["opt"]["weight_decay"] == 0.0153 and hyp["aug"]["translate"] == 2  # airbench94's, unchanged
+    assert lines[0].startswith("airbench95 on cpu")
+    with airbench.variant("airbench95"):
+        net = airbench.make_net(torch.device("cpu"), "fp32", torch.contiguous_format)
+    assert [net[i].conv2.out_channels for i in (2, 3, 4)] == [128, 384, 384]
+    assert airbench.hyp["opt"]["lr"] == 11.5 and airbench.hyp["net"]["widths"]["block1"] == 64
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == 4_604_440
 
 
 def test_whitening_init_whitens_patches(airbench):

@@ -114,7 +114,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     apart), and the ablation's change against the recipe."""
     fast_table = load_script("fast_table")
 
-    def keras_run(folder, seed, accuracies, tta, optimizer="sgd"):
+    def keras_run(folder, seed, accuracies, tta, optimizer="sgd", model="fast"):
         run = tmp_path / folder / "fast-20261129-000000"
         run.mkdir(parents=True)
         rows = [{"epoch": i + 1, "val_accuracy": a, "epoch_time_s": 10.0 + (5 if i == 0 else 0),
@@ -124,7 +124,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
             writer.writeheader()
             writer.writerows(rows)
         reached = tta >= 0.94
-        summary = {"config": {"seed": seed, "optimizer": optimizer}, "epochs": len(rows), "tta": True, "final_accuracy": tta,
+        summary = {"config": {"seed": seed, "optimizer": optimizer, "model": model}, "epochs": len(rows), "tta": True, "final_accuracy": tta,
                    "final_accuracy_without_tta": accuracies[-1], "elapsed_s": rows[-1]["elapsed_s"],
                    "tta_time_s": 3.0, "prepare_s": 1.0, "first_step_s": 2.0, "device_name": "cpu",
                    "target": {"reached": reached, "elapsed_s": rows[-1]["elapsed_s"] + 3.0 if reached else None}}
@@ -137,6 +137,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     keras_run("keras-muon-e2-seed0", 0, [0.80, 0.91], 0.93, optimizer="muon")
     keras_run("keras-muon-e2-seed1", 1, [0.80, 0.90], 0.92, optimizer="muon")
     keras_run("keras-muon-e2-eb500-seed0", 0, [0.70, 0.80], 0.85, optimizer="muon")
+    keras_run("keras-95-seed0", 0, [0.80, 0.91, 0.95], 0.96, model="fast95")
     keras_run("ablation-recipe", 0, [0.8, 0.9], 0.91)
     keras_run("ablation-no-lookahead", 0, [0.8, 0.89], 0.9)
     (tmp_path / "torch-seed0.json").write_text(json.dumps({
@@ -144,19 +145,20 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
         "epochs": [{"epoch": 1, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.85},
                    {"epoch": 2, "train_time_s": 9.0, "eval_time_s": 1.0, "test_acc": 0.92},
                    {"epoch": 3, "train_time_s": 8.0, "eval_time_s": 1.0, "test_acc": 0.93}]}))
-    for name in ["torch-muon-seed0", "torch-muon-e3-seed0", "torch-muon-zerobias-seed0"]:
+    for name in ["torch-muon-seed0", "torch-muon-e3-seed0", "torch-muon-zerobias-seed0", "torch-95-seed0"]:
         (tmp_path / f"{name}.json").write_text((tmp_path / "torch-seed0.json").read_text())
     table, groups = fast_table.results_table(str(tmp_path))
-    # fast 3 epochs (2 seeds), fast 4 epochs, fast_muon 2 epochs (2 seeds, and the variant apart), 3 epochs,
-    # airbench94, airbench94_muon (and its shorter schedule and variant apart)
+    # fast 3 epochs (2 seeds), fast 4 epochs, fast95, fast_muon 2 epochs (2 seeds, and the variant apart),
+    # 3 epochs, airbench94, airbench95, airbench94_muon (and its shorter schedule and variant apart)
     assert [(label, len(runs)) for label, runs in groups] == [
-        ("keras-cifar `fast`", 2), ("keras-cifar `fast`", 1), ("keras-cifar `fast_muon`", 2),
-        ("keras-cifar `fast_muon` (eb500)", 1), ("keras-cifar `fast_muon`", 1),
-        ("airbench94, plain PyTorch", 1), ("airbench94_muon, plain PyTorch", 1),
+        ("keras-cifar `fast`", 2), ("keras-cifar `fast`", 1), ("keras-cifar `fast95`", 1),
+        ("keras-cifar `fast_muon`", 2), ("keras-cifar `fast_muon` (eb500)", 1), ("keras-cifar `fast_muon`", 1),
+        ("airbench94, plain PyTorch", 1), ("airbench95, plain PyTorch", 1), ("airbench94_muon, plain PyTorch", 1),
         ("airbench94_muon, plain PyTorch", 1), ("airbench94_muon, plain PyTorch (zerobias)", 1)]
-    assert [run["tta_accuracy"] for run in groups[2][1]] == [0.93, 0.92]
-    keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[5][1]
-    assert groups[4][1][0]["time_to_94"] == 38.0 and groups[6][1][0]["time_to_94"] == 34.0
+    assert [run["tta_accuracy"] for run in groups[3][1]] == [0.93, 0.92]
+    assert groups[2][1][0]["time_to_90"] == 25.0  # fast95: its 2nd epoch
+    keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[6][1]
+    assert groups[5][1][0]["time_to_94"] == 38.0 and groups[8][1][0]["time_to_94"] == 34.0
     assert longer_runs[0]["epochs"] == 4 and longer_runs[0]["time_to_90"] == 35.0  # its 3rd epoch
     assert [run["time_to_90"] for run in keras_runs] == [25.0, 38.0]  # seed 1: only with the final TTA
     assert keras_runs[0]["time_to_94"] == 38.0 and keras_runs[1]["time_to_94"] is None
@@ -170,16 +172,18 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     assert "| no-lookahead | 2 | 89.00 | 90.00 | +1.00 | -1.00 |" in ablation
 
 
-@pytest.mark.parametrize("stage, command, name", [
-    ("keras", "cli.py fit --config configs/fast_muon.yaml", "keras-muon-e7-seed3"),
-    ("torch", "-m bench.airbench_muon_torch --device cpu --threads 2 --precision bf16", "torch-muon-e7-seed3"),
+@pytest.mark.parametrize("recipe, stage, command, name", [
+    ("muon", "keras", "cli.py fit --config configs/fast_muon.yaml", "keras-muon-e7-seed3"),
+    ("muon", "torch", "-m bench.airbench_muon_torch --device cpu --threads 2 --precision bf16", "torch-muon-e7-seed3"),
+    ("airbench95", "keras", "cli.py fit --config configs/fast95.yaml", "keras-95-e7-seed3"),
+    ("airbench95", "torch", "-m bench.airbench_torch --variant airbench95 --device cpu", "torch-95-e7-seed3"),
 ])
-def test_fast_recipe_script_names_runs_by_recipe_and_schedule(tmp_path, stage, command, name):
+def test_fast_recipe_script_names_runs_by_recipe_and_schedule(tmp_path, recipe, stage, command, name):
     """bench/fast_recipe.sh: EPOCHS reaches either program and the run's name, which bench.fast_table groups by."""
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
     python.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(python), "RECIPE": "muon", "STAGE": stage, "EPOCHS": "7", "DATA": "D"}
+    env = {**os.environ, "PYTHON": str(python), "RECIPE": recipe, "STAGE": stage, "EPOCHS": "7", "DATA": "D"}
     subprocess.run(["bash", "bench/fast_recipe.sh", str(tmp_path / "out"), "3"], env=env, check=True,
                    capture_output=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     call = (tmp_path / "calls").read_text()

@@ -28,7 +28,7 @@ def test_every_model_has_a_config_with_the_original_hyperparameters():
         "resnet18": dict(lr=1e-3, batch_size=32, epochs=10, optimizer="sgd", momentum=0.0, weights="imagenet"),
     }
     for model in list_models():
-        if model == "fast":  # not one of the originals: airbench94's recipe (tests/test_fast_recipe.py)
+        if model in ("fast", "fast95"):  # not originals: airbench's recipes (tests/test_fast_recipe.py)
             continue
         config = resolve_config(None, {"model": model})
         for key, value in expected[model].items():

@@ -3,6 +3,7 @@ whitening, augmentation and test-time augmentation, each against a plain PyTorch
 written from airbench94.py; time to a target accuracy in `fit`."""
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -52,16 +53,26 @@ def test_triangle_schedule_is_airbenchs():
         assert schedule.value_at(step) == pytest.approx(1.5 * airbench_lr_schedule(step, total), rel=1e-12)
 
 
-def test_fast_yaml_is_airbench_converted_to_the_mean_loss():
-    config = fast_config()
+@pytest.mark.parametrize("model, airbench_lr", [("fast", AIRBENCH["lr"]), ("fast95", 10.0)])
+def test_fast_yaml_is_airbench_converted_to_the_mean_loss(model, airbench_lr):
+    """configs/fast.yaml is airbench94's hyp, configs/fast95.yaml airbench95's (its lr 10.0)."""
+    config = fast_config(model=model)
     kilostep = 1024 * (1 + 1 / (1 - AIRBENCH["momentum"]))
     # airbench sums the loss over the batch: its torch lr per image times the batch is ours
-    assert config.lr == pytest.approx(AIRBENCH["lr"] / kilostep * config.batch_size, rel=1e-6)
-    assert config.weight_decay == pytest.approx(AIRBENCH["weight_decay"] / AIRBENCH["lr"], rel=1e-4)
+    assert config.lr == pytest.approx(airbench_lr / kilostep * config.batch_size, rel=1e-4)
+    assert config.weight_decay == pytest.approx(AIRBENCH["weight_decay"] / airbench_lr, rel=1e-4)
     assert (config.batch_size, config.momentum, config.label_smoothing) == (1024, 0.85, 0.2)
     assert (config.bn_bias_lr_scale, config.lookahead, config.schedule) == (64, 5, "triangle")
     assert (config.crop_padding, config.crop_fill, config.flip) == (2, "reflect", "alternate")
     assert config.drop_last  # airbench's loader: 48 full steps per epoch
+    assert config.epochs == {"fast": 10, "fast95": 15}[model]
+
+
+def test_fast95_yaml_differs_from_fast_yaml_where_airbench95_differs_from_airbench94():
+    """legacy/airbench95.py changes airbench94's widths (the model), lr (and so the decay per unit
+    of lr) and epochs, nothing else."""
+    fast, fast95 = (dataclasses.asdict(fast_config(model=name)) for name in ("fast", "fast95"))
+    assert {key for key in fast if fast[key] != fast95[key]} == {"model", "lr", "weight_decay", "epochs"}
 
 
 def airbench_reference_run(module, batches, epochs, steps_per_epoch, whiten_bias_epochs):

@@ -23,6 +23,7 @@ SPEC_PARAMETERS = {
     "googlenet": 6_318_570,
     "resnet18": 11_181_642,
     "fast": 1_971_352,  # airbench94's network: its trainable parameters (the frozen whitening kernel apart)
+    "fast95": 4_604_440,  # airbench95's: the same network at widths 128-384-384
 }
 BIG = {"googlenet", "resnet18"}
 MODELS = kc.list_models()
@@ -33,7 +34,7 @@ def trainable_count(model):
 
 
 def test_registry_names():
-    assert MODELS == ["cnn", "inception_lite", "resnet_lite", "googlenet", "resnet18", "fast"]
+    assert MODELS == ["cnn", "inception_lite", "resnet_lite", "googlenet", "resnet18", "fast", "fast95"]
     for name in MODELS:
         assert name in reference.REFERENCES, f"{name} has no PyTorch reference module"
 
