@@ -6,6 +6,7 @@
 #                                      # (--no-tensorboard) and airbench94 in plain PyTorch (bf16 as
 #                                      # the recipe, then its own fp16), seeds 0 1 2 each, real data
 #   bash bench/gpu_session.sh muon     # the same for configs/fast_muon.yaml and airbench94_muon, ~5 min
+#   bash bench/gpu_session.sh 95       # the same for configs/fast95.yaml and airbench95, ~8 min
 #   bash bench/gpu_session.sh check    # python -m bench.gpu_check, ~5 min
 # Everything lands in $OUT (the device tool's folder; OUT=DIR elsewhere): session.log, nvidia-smi.txt,
 # runs.tgz (each run's summary.json and metrics.csv, airbench's JSON reports), gpu_check.txt; each
@@ -36,9 +37,12 @@ command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/nvidia-smi.txt"
 
 failed=0
 case "${1:-fast}" in
-fast|muon)
-  if [ "$1" = muon ]; then config=configs/fast_muon.yaml tag=-muon reference=bench.airbench_muon_torch
-  else config=configs/fast.yaml tag="" reference=bench.airbench_torch; fi
+fast|muon|95)
+  case "$1" in
+  muon) config=configs/fast_muon.yaml tag=-muon reference=bench.airbench_muon_torch ;;
+  95) config=configs/fast95.yaml tag=-95 reference="bench.airbench_torch --variant airbench95" ;;
+  *) config=configs/fast.yaml tag="" reference=bench.airbench_torch ;;
+  esac
   for seed in $SEEDS; do
     echo "== cli.py fit --config $config, seed $seed"
     # shellcheck disable=SC2086
@@ -47,13 +51,13 @@ fast|muon)
       || failed=1
     echo "== $reference, plain PyTorch, bf16 autocast, seed $seed"
     # shellcheck disable=SC2086
-    timeout 300 "$PY" -m "$reference" --device "$DEVICE" --precision bf16 --seed "$seed" --data "$DATA" \
+    timeout 300 "$PY" -m $reference --device "$DEVICE" --precision bf16 --seed "$seed" --data "$DATA" \
       --data-dir "$RUNS/data" --out "$RUNS/torch$tag-seed$seed.json" ${AIRBENCH_ARGS:-} || failed=1
   done
   if [ "$DEVICE" != cpu ]; then
     echo "== $reference, plain PyTorch, its own fp16, seed 0"
     # shellcheck disable=SC2086
-    timeout 300 "$PY" -m "$reference" --device "$DEVICE" --precision fp16 --seed 0 --data "$DATA" \
+    timeout 300 "$PY" -m $reference --device "$DEVICE" --precision fp16 --seed 0 --data "$DATA" \
       --data-dir "$RUNS/data" --out "$RUNS/fp16/torch$tag-seed0.json" ${AIRBENCH_ARGS:-} || failed=1
   fi
   "$PY" -m bench.fast_table "$RUNS" || failed=1
@@ -63,7 +67,7 @@ check)
   timeout 540 "$PY" -m bench.gpu_check --device "$DEVICE" ${CHECK_ARGS:-} > "$OUT/gpu_check.txt" 2>&1 || failed=1
   cat "$OUT/gpu_check.txt" ;;
 *)
-  echo "usage: bash bench/gpu_session.sh fast|muon|check"; return 2 ;;
+  echo "usage: bash bench/gpu_session.sh fast|muon|95|check"; return 2 ;;
 esac
 return $failed
 }

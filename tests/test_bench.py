@@ -258,7 +258,7 @@ def test_epochs_steady_epoch_of_both_sides_over_alternating_rounds(monkeypatch, 
     assert "| cnn | 32 | 20.0 | 22.0 | 1.10 | 1.10, 1.00, 1.22 | channels_last, fused |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("stage", ["fast", "muon"])
+@pytest.mark.parametrize("stage", ["fast", "muon", "95"])
 def test_gpu_session_smoke_on_cpu_without_tensorflow(stage, real_folder_small, tmp_path, without_tensorflow):
     """bench/gpu_session.sh, the prepared GPU session, as its header's CPU smoke run: both
     programs of the fast (or muon) stage on a slice of the real data, TensorFlow unavailable as
@@ -282,7 +282,8 @@ def test_gpu_session_smoke_on_cpu_without_tensorflow(stage, real_folder_small, t
     assert "without TFDS" in log and "Traceback" not in log
     with tarfile.open(out / "runs.tgz") as tar:
         names = tar.getnames()
-    tag, recipe, program = ("", "fast", "airbench94") if stage == "fast" else ("-muon", "fast_muon", "airbench94_muon")
+    tag, recipe, program = {"fast": ("", "fast", "airbench94"), "muon": ("-muon", "fast_muon", "airbench94_muon"),
+                            "95": ("-95", "fast95", "airbench95")}[stage]
     assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("summary.json") for n in names), names
     assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("metrics.csv") for n in names), names
     assert f"./torch{tag}-seed0.json" in names and not any(n.endswith(".keras") for n in names)
