@@ -241,7 +241,7 @@ def test_learned_whitening_is_airbenchs_first_conv_trained_like_the_others():
     config = fast_config(whitening="learned")
     assert model_options(config) == {"whitening": "learned"}
     assert not isinstance(build_model(config, 10).get_layer("whiten"), PatchWhitening)
-    with pytest.raises(ConfigError, match="whitening.*applies to fast only"):
+    with pytest.raises(ConfigError, match="whitening.*applies to fast and fast95 only"):
         resolve_config(None, {"model": "cnn", "whitening": "learned"})
     with pytest.raises(ConfigError, match="whitening.*data, learned"):
         fast_config(whitening="random")
@@ -320,9 +320,9 @@ def test_recipe_settings_are_checked():
         resolve_config(None, {"model": "cnn", "optimizer": "adam", "head_lr_scale": 2.0})
     with pytest.raises(ConfigError, match="fp16"):
         resolve_config(None, {"model": "fast", "optimizer": "muon", "lookahead": 0, "mixed_precision": "fp16"})
-    with pytest.raises(ConfigError, match="`head` applies to fast only"):
+    with pytest.raises(ConfigError, match="`head` applies to fast and fast95 only"):
         resolve_config(None, {"model": "cnn", "head": "muon"})
-    with pytest.raises(ConfigError, match="`whiten_bias_init` applies to fast only"):
+    with pytest.raises(ConfigError, match="`whiten_bias_init` applies to fast and fast95 only"):
         resolve_config(None, {"model": "cnn", "whiten_bias_init": "uniform"})
     with pytest.raises(ConfigError, match="whiten_bias_init.*zeros, uniform"):
         resolve_config(None, {"model": "fast", "whiten_bias_init": "normal"})
