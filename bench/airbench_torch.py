@@ -551,7 +551,8 @@ def train(args, data, log=print):
     init_whitening_conv(model[0], train_images)
     total_time_seconds = report["whiten_init_s"] = clock(device) - start
     del train_images
-    log(f"{getattr(args, 'variant', 'airbench94')} on {device} ({precision}, {args.memory_format}, {torch.get_num_threads()} threads): "
+    program = getattr(args, "variant", "airbench94")
+    log(f"{program} on {device} ({precision}, {args.memory_format}, {torch.get_num_threads()} threads): "
         f"{len(data.train)} train / {len(data.test)} test images, {total_train_steps} steps of {batch_size}; "
         f"whitening init {report['whiten_init_s']:.3f} s")
     print_header(log)
@@ -640,7 +641,8 @@ def parse_args(argv=None, add_arguments=None):
                         help="auto: fp16 (airbench's .half()) on CUDA, fp32 on the CPU; bf16: autocast")
     parser.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=float, default=None, help=f"default {hyp['opt']['train_epochs']} (hyp)")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help=f"default {hyp['opt']['train_epochs']} (hyp; airbench95's 15 with --variant)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"default {hyp['opt']['batch_size']} (hyp)")
     parser.add_argument("--train-images", type=int, default=None, help="a seeded subset of train (smoke runs)")
     parser.add_argument("--test-images", type=int, default=None, help="a seeded subset of test (smoke runs)")

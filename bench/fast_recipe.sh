@@ -39,7 +39,6 @@ torch)
   for seed in $SEEDS; do
     name=torch$TAG${EPOCHS:+-e$EPOCHS}-seed$seed
     # shellcheck disable=SC2086
-    # shellcheck disable=SC2086
     $PY -m $REFERENCE --device cpu --threads 2 --precision bf16 --seed "$seed" --data "$DATA" \
       ${EPOCHS:+--epochs $EPOCHS} --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
   done ;;

@@ -124,8 +124,9 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
             writer.writeheader()
             writer.writerows(rows)
         reached = tta >= 0.94
-        summary = {"config": {"seed": seed, "optimizer": optimizer, "model": model}, "epochs": len(rows), "tta": True, "final_accuracy": tta,
-                   "final_accuracy_without_tta": accuracies[-1], "elapsed_s": rows[-1]["elapsed_s"],
+        summary = {"config": {"seed": seed, "optimizer": optimizer, "model": model}, "epochs": len(rows), "tta": True,
+                   "final_accuracy": tta, "final_accuracy_without_tta": accuracies[-1],
+                   "elapsed_s": rows[-1]["elapsed_s"],
                    "tta_time_s": 3.0, "prepare_s": 1.0, "first_step_s": 2.0, "device_name": "cpu",
                    "target": {"reached": reached, "elapsed_s": rows[-1]["elapsed_s"] + 3.0 if reached else None}}
         (run / "summary.json").write_text(json.dumps(summary))
