@@ -23,6 +23,8 @@ layers, wider (128, 384 and 384 channels), 3.9x airbench94's training FLOPs over
 (configs/fast95.yaml).
 """
 
+import functools
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -36,6 +38,7 @@ from keras_cifar.models.registry import register_model
 WHITENINGS = ("data", "learned")
 HEADS = ("airbench94", "muon")
 WHITEN_BIAS_INITS = ("zeros", "uniform")
+FAST_SETTINGS = ("whitening", "head", "whiten_bias_init")  # the model-specific run settings of fast and fast95
 WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues before scaling by 1/sqrt
 
 
@@ -157,7 +160,7 @@ def apply_conv_group(x, filters, data_format, bn_momentum, name):
     input_size="32x32",
     experiment="airbench94 (KellerJordan/cifar10-airbench), not one of the originals",
     description="airbench94's network: patch whitening, 3 conv groups (64-256-256), 94% recipe",
-    settings=("whitening", "head", "whiten_bias_init"),
+    settings=FAST_SETTINGS,
     data_init=init_whitening,
 )
 def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
@@ -214,17 +217,12 @@ def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMA
     return model
 
 
-
-@register_model(
+# airbench95: airbench94's network at other widths; every other argument as `build_fast`'s.
+register_model(
     "fast95",
     input_size="32x32",
     experiment="airbench95 (KellerJordan/cifar10-airbench), not one of the originals",
     description="airbench95's network: fast widened to 128-384-384, 95% recipe",
-    settings=("whitening", "head", "whiten_bias_init"),
+    settings=FAST_SETTINGS,
     data_init=init_whitening,
-)
-def build_fast95(num_classes=10, whitening="data", head="airbench94", whiten_bias_init="zeros",
-                 widths=(128, 384, 384), name="fast95", **kwargs):
-    """`build_fast` at airbench95's widths; every argument as `build_fast`'s."""
-    return build_fast(num_classes=num_classes, whitening=whitening, head=head, whiten_bias_init=whiten_bias_init,
-                      widths=widths, name=name, **kwargs)
+)(functools.partial(build_fast, widths=(128, 384, 384), name="fast95"))
