@@ -92,9 +92,9 @@ def airbench_reference_run(module, batches, epochs, steps_per_epoch, whiten_bias
     alpha = 0.95 ** 5 * (torch.arange(total + 1) / total) ** 3
     ema = {k: v.clone() for k, v in module.state_dict().items()}
 
-    def lookahead(decay):
-        for (name, average), value in zip(ema.items(), module.state_dict().values()):
-            if value.dtype == torch.float and "running" not in name:  # ours averages the trained weights
+    def lookahead(decay):  # every float tensor of the state dict: weights and batch-norm statistics
+        for average, value in zip(ema.values(), module.state_dict().values()):
+            if value.dtype in (torch.half, torch.float):
                 average.lerp_(value, 1 - decay)
                 value.copy_(average)
 
@@ -139,8 +139,8 @@ def test_fast_training_equals_airbench_loop():
     for i in range(0, len(images), batch):
         model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))
 
-    expected = airbench_weights(module)
-    for variable in model.trainable_variables:
+    expected = airbench_weights(module, with_statistics=True)
+    for variable in model.weights:  # every weight and batch-norm statistic
         np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected[variable.path], rtol=2e-4,
                                    atol=2e-5, err_msg=variable.path)
     assert_gradient_stopped(model)
@@ -174,9 +174,15 @@ def test_fit_stops_the_frozen_bias_gradient_and_restores_it_after_training(real_
     assert seen == {"during": False, "after": True}
 
 
-def airbench_weights(module):
-    """The torch module's trainable weights by Keras variable path, in Keras layouts."""
+def airbench_weights(module, with_statistics=False):
+    """The torch module's trainable weights by Keras variable path, in Keras layouts, and with
+    `with_statistics` its batch-norm running statistics."""
     weights = {}
+    for name, buffer in module.named_buffers() if with_statistics else ():
+        layer, kind = name.rsplit(".", 1)
+        if kind in ("running_mean", "running_var"):
+            weights[f"{layer.replace('.', '_')}/{'moving_mean' if kind == 'running_mean' else 'moving_variance'}"] = (
+                buffer.numpy())
     for name, parameter in module.named_parameters():
         layer, kind = name.rsplit(".", 1)
         layer = layer.replace(".", "_")

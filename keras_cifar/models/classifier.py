@@ -66,6 +66,10 @@ class ImageClassifier(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=None if own_accuracy else metrics, **kwargs)
         tracker = keras.metrics.Mean(name=ACCURACY) if own_accuracy else None
         object.__setattr__(self, "_accuracy_tracker", tracker)  # untracked: not a layer weight
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # a loss-scale wrapper's
+        if hasattr(inner, "average_model_state"):  # lookahead: the batch-norm statistics too, as airbench's
+            inner.average_model_state([variable for variable in self.non_trainable_weights
+                                       if "float" in str(variable.dtype)])
 
     def get_compile_config(self):
         config = super().get_compile_config()

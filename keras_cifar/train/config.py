@@ -130,9 +130,9 @@ class RunConfig:
     head_lr_scale: float = setting(1.0, "sgd, muon: learning-rate multiplier of the classifier head (the last "
                                         "Dense layer's weights); their weight decay is divided by it "
                                         "(airbench94_muon: 0.67 / 0.053).", min=0, min_open=True)
-    lookahead: int = setting(0, "sgd: every this many steps, pull the weights to their running average "
-                                "(airbench's lookahead, decay rising to 0.77 at the end, where the weights take "
-                                "the average); 0: off.", min=0)
+    lookahead: int = setting(0, "sgd: every this many steps, pull the weights and batch-norm statistics to "
+                                "their running average (airbench's lookahead, decay rising to 0.77 at the end, "
+                                "where they take the average); 0: off.", min=0)
     # --- evaluation
     tta: bool = setting(False, "Final evaluation with test-time augmentation: the mean logits of the image and "
                                "its mirror, and of both shifted one pixel up-left and down-right (6 passes; "

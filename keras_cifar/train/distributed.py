@@ -470,10 +470,16 @@ class DataParallel:
     def reduce_metrics(self, metrics):
         with torch.no_grad():
             if self.trained:
-                average_(self.batch_norm_state, self.group)
+                average_(self.batch_norm_state + self._state_averages(), self.group)
                 self.trained = False
             states = [variable.value for metric in metrics for variable in metric.variables]
             sum_(states, self.group)
+
+    def _state_averages(self):
+        """The optimizer's lookahead averages of the batch-norm statistics (TorchSGD's)."""
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        return optimizer.model_state_averages() if hasattr(optimizer, "model_state_averages") else []
 
     def remove(self):
         self.averager.remove()

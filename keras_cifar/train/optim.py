@@ -335,7 +335,8 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
         variable no longer moves. `lookahead_every` > 0: every that many steps the weights are
         pulled to a running average of themselves (airbench's lookahead; the average is
         optimizer state, saved and resumed) with a decay rising as 0.95^5 (step / total)^3 over
-        `lookahead_total` steps; at the last step the weights take the average."""
+        `lookahead_total` steps; at the last step the weights take the average. The model's
+        state (batch-norm moving statistics, `average_model_state`) is averaged with them."""
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
         self.torch_weight_decay = weight_decay or 0.0
         self.lr_scales = dict(lr_scales or {})
@@ -350,6 +351,7 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
                              f"lookahead_every={lookahead_every!r}, lookahead_total={lookahead_total!r}")
         self.lookahead_every = int(lookahead_every or 0)
         self.lookahead_total = int(lookahead_total or 0)
+        self.__dict__.update(_model_state=[], _model_state_start=[])  # the model's variables: not through Keras's tracker
         self._check_supported()
 
     def torch_hyperparameters(self):
@@ -364,6 +366,27 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
         frozen_at = self.frozen_after.get(variable.path)
         return float(self.lr_scales.get(variable.path, 1.0)), int(frozen_at) if frozen_at is not None else None
 
+    def average_model_state(self, variables):
+        """Lookahead averages `variables` too: the model's non-trainable float weights, such as
+        batch-norm moving statistics, as airbench's average covers every float tensor of the
+        network's state dict. Their averages start from their values now, before any training
+        step moves them (`ImageClassifier.compile` calls it; the optimizer builds later, after
+        the first forward pass of some training steps)."""
+        if not self.lookahead_every:
+            return
+        if self.built:
+            raise ValueError(f"{type(self).__name__}.average_model_state must be called before the optimizer is "
+                             "built: its averages are optimizer variables.")
+        self.__dict__["_model_state"] = list(variables)
+        self.__dict__["_model_state_start"] = [variable.value.detach().clone() for variable in variables]
+
+    def model_state_averages(self):
+        """The lookahead's averages of the model state, once built (a data-parallel run averages
+        them over the ranks with the batch-norm statistics, every rank's average then the same)."""
+        if not self.lookahead_every or not self.built:
+            return []
+        return [self._lookahead[variable.path].value for variable in self._model_state]
+
     def build(self, variables):
         super().build(variables)
         if self.lookahead_every:
@@ -371,6 +394,9 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
             for variable in variables:
                 average = self._lookahead[variable.path] = self.add_variable_from_reference(variable, "lookahead")
                 average.assign(variable)
+            for variable, start in zip(self._model_state, self._model_state_start):
+                average = self._lookahead[variable.path] = self.add_variable_from_reference(variable, "lookahead")
+                average.assign(start)
 
     def after_update(self, step):
         every, total, now = self.lookahead_every, self.lookahead_total, step.iterations
@@ -382,9 +408,9 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
             decay = 1.0  # the last step: the weights take the average
         else:
             return
-        averages = [self._lookahead[variable.path].value for variable in step.variables]
+        averages = [self._lookahead[variable.path].value for variable in step.variables + self._model_state]
         with torch.no_grad():
-            for average, parameter in zip(averages, step.parameters):
+            for average, parameter in zip(averages, step.parameters + [v.value for v in self._model_state]):
                 average.lerp_(parameter, 1.0 - decay)
                 parameter.copy_(average)
 
