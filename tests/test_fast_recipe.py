@@ -18,7 +18,7 @@ import keras_cifar as kc
 from bench import reference
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.data.augment import Augmentation, random_crop_flip
-from keras_cifar.errors import ConfigError
+from keras_cifar.errors import CheckpointError, ConfigError
 from keras_cifar.models.convert import copy_torch_weights
 from keras_cifar.models.fast import PatchWhitening, init_whitening, whitening_kernel
 from keras_cifar.train.config import model_options, resolve_config
@@ -409,6 +409,25 @@ def test_resume_mid_lookahead_equals_an_uninterrupted_run(recipe, real_folder_sm
         rtol = 1e-4 if "moving" in actual.path else 0
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=rtol, atol=1e-6, err_msg=actual.path)
     assert resumed.history[-1]["elapsed_s"] > resumed.history[0]["elapsed_s"]  # the clock continued
+
+
+def test_resume_refuses_an_optimizer_state_that_does_not_load(real_folder_small, tmp_path, monkeypatch):
+    """A checkpoint of the version whose lookahead averaged the weights only holds fewer optimizer
+    variables; Keras would skip them all and the resumed run restart its schedule at step 0:
+    resuming refuses it instead."""
+    from keras_cifar.train.optim import TorchSGD
+    from keras_cifar.train.trainer import resumed_config
+
+    config = fast_config(data=str(real_folder_small), epochs=2, batch_size=50, eval_batch_size=100,
+                         mixed_precision="none", device="cpu", tta=False, log_dir=str(tmp_path),
+                         target_accuracy=0.01, stop_at_target=True)
+    quiet = dict(verbose=0, echo=lambda message: None)
+    with monkeypatch.context() as earlier_version:
+        earlier_version.setattr(TorchSGD, "average_model_state", lambda self, variables: None)
+        stopped = fit(config, **quiet)
+    assert stopped.summary["epochs"] == 1
+    with pytest.raises(CheckpointError, match="optimizer state.*restart the learning-rate schedule"):
+        fit(resumed_config(stopped.run_path, {"stop_at_target": False}), resume_path=stopped.run_path, **quiet)
 
 
 # airbench94_muon.py's hyperparameters, in its own (summed-loss) terms

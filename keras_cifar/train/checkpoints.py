@@ -48,3 +48,21 @@ def check_compatible(model, path, num_classes, model_name=None):
         raise CheckpointError(
             f"The checkpoint {path!r} holds a {model.name!r} model, not {model_name!r}."
         )
+
+
+def check_optimizer_restored(model, path, completed_epochs):
+    """Raises CheckpointError if the optimizer state of a checkpoint being resumed did not load.
+    Keras skips all of it (with a warning) when the saved variables do not match the
+    optimizer's, as in a checkpoint of an earlier version whose lookahead did not yet average
+    the batch-norm statistics: the run would restart its schedule and momentum from step 0."""
+    import keras
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or completed_epochs < 1:
+        return
+    if int(keras.ops.convert_to_numpy(optimizer.iterations)) == 0:
+        raise CheckpointError(
+            f"The optimizer state in {path!r} does not fit this version's optimizer (it holds other "
+            "variables: an earlier version saved it), so resuming would restart the learning-rate schedule "
+            "and momentum at step 0. Start the run again without resuming."
+        )

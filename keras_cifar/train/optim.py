@@ -351,7 +351,8 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
                              f"lookahead_every={lookahead_every!r}, lookahead_total={lookahead_total!r}")
         self.lookahead_every = int(lookahead_every or 0)
         self.lookahead_total = int(lookahead_total or 0)
-        self.__dict__.update(_model_state=[], _model_state_start=[])  # the model's variables: not through Keras's tracker
+        # the model's variables, kept away from Keras's tracker (which would count them as the optimizer's)
+        self.__dict__.update(_model_state=[], _model_state_start=[])
         self._check_supported()
 
     def torch_hyperparameters(self):
@@ -370,8 +371,8 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
         """Lookahead averages `variables` too: the model's non-trainable float weights, such as
         batch-norm moving statistics, as airbench's average covers every float tensor of the
         network's state dict. Their averages start from their values now, before any training
-        step moves them (`ImageClassifier.compile` calls it; the optimizer builds later, after
-        the first forward pass of some training steps)."""
+        step moves them (`ImageClassifier.compile` calls it; a hand-written step builds the
+        optimizer at its first update, after its forward pass has moved the statistics)."""
         if not self.lookahead_every:
             return
         if self.built:

@@ -17,7 +17,7 @@ from keras_cifar.train import distributed
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
                                          OriginalTags, RunCallbacks, TrainingClock)
-from keras_cifar.train.checkpoints import check_compatible, load_checkpoint
+from keras_cifar.train.checkpoints import check_compatible, check_optimizer_restored, load_checkpoint
 from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
                                       to_dict, write_config)
 from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
@@ -202,6 +202,7 @@ def _fit(config, resume_path, verbose, echo):
             if checkpoint and group.is_main:
                 model = load_checkpoint(checkpoint, compile=True)
                 check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
+                check_optimizer_restored(model, checkpoint, state["completed_epochs"])
                 model.jit_compile = config.jit == "compile"  # a run may change how it executes
             else:  # killed before the first epoch ended (start over in the same folder), or not rank 0
                 model = new_model(config, data)
