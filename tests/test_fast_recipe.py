@@ -146,6 +146,22 @@ def test_fast_training_equals_airbench_loop():
     assert_gradient_stopped(model)
 
 
+def test_lookahead_optimizer_recompiles_with_its_model_only():
+    """A built lookahead optimizer averages one model's statistics: compiling that model again
+    keeps them; compiling another model with it is refused."""
+    config = fast_config(batch_size=8, epochs=1, mixed_precision="none")
+    model = kc.create_model("fast", widths=(8, 8, 8))
+    model.compile(optimizer=build_optimizer(config, 2, model), loss=build_loss(config), metrics=["accuracy"])
+    model.train_on_batch(torch.as_tensor(random_images(8)), torch.zeros(8, dtype=torch.int64))
+    averages = model.optimizer.model_state_averages()
+    assert len(averages) == len([v for v in model.non_trainable_weights if "float" in str(v.dtype)]) > 0
+    model.compile(optimizer=model.optimizer, loss=build_loss(config), metrics=["accuracy"])
+    assert all(a is b for a, b in zip(model.optimizer.model_state_averages(), averages))
+    other = kc.create_model("fast", widths=(8, 8, 8))
+    with pytest.raises(ValueError, match="another model's state"):
+        other.compile(optimizer=model.optimizer, loss=build_loss(config))
+
+
 def assert_gradient_stopped(model):
     """After its freeze step the whitening bias takes no gradient: the backward pass skipped it."""
     bias = model.get_layer("whiten").bias.value

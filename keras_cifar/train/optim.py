@@ -376,8 +376,10 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
         if not self.lookahead_every:
             return
         if self.built:
-            raise ValueError(f"{type(self).__name__}.average_model_state must be called before the optimizer is "
-                             "built: its averages are optimizer variables.")
+            if list(map(id, variables)) != list(map(id, self._model_state)):
+                raise ValueError(f"This {type(self).__name__} was built with another model's state; its lookahead "
+                                 "averages are optimizer variables. Compile the other model with a new optimizer.")
+            return  # the same model compiled again with this optimizer
         self.__dict__["_model_state"] = list(variables)
         self.__dict__["_model_state_start"] = [variable.value.detach().clone() for variable in variables]
 
@@ -398,6 +400,7 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
             for variable, start in zip(self._model_state, self._model_state_start):
                 average = self._lookahead[variable.path] = self.add_variable_from_reference(variable, "lookahead")
                 average.assign(start)
+            self._model_state_start.clear()  # used once: the averages hold them now
 
     def after_update(self, step):
         every, total, now = self.lookahead_every, self.lookahead_total, step.iterations
