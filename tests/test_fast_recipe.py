@@ -3,6 +3,7 @@ whitening, augmentation and test-time augmentation, each against a plain PyTorch
 written from airbench94.py; time to a target accuracy in `fit`."""
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 import keras_cifar as kc
 from bench import reference
+from bench.torch_loop import nudge_weights
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.data.augment import Augmentation, random_crop_flip
 from keras_cifar.errors import CheckpointError, ConfigError
@@ -119,30 +121,52 @@ def airbench_reference_run(module, batches, epochs, steps_per_epoch, whiten_bias
 def test_fast_training_equals_airbench_loop():
     """12 steps (3 epochs of 4) of `fit`'s optimizer on the `fast` model against airbench's loop:
     batch-norm biases at 64x, the whitening bias frozen after epoch 1, lookahead every 5 steps
-    and at the end, the triangle schedule, label smoothing; the same weights after every epoch."""
+    and at the end, the triangle schedule, label smoothing; the same weights after every epoch.
+
+    How close is "the same" depends on the CPU's kernels: the Keras model rounds differently from
+    the reference at every convolution (another memory layout, another oneDNN path), and airbench's
+    learning rates carry a rounding difference from 1e-7 to about 5e-6 of a weight in 12 steps. So
+    the tolerance is measured here, on this CPU: the reference against itself started one float32
+    ulp apart (`nudge_weights`), three times; the median of those spreads, times 10, bounds the
+    Keras run. A wrong update (a missed 64x, a step of lookahead too many) moves weights by 1e-2.
+    The batches are chosen free of near-ties: with other random batches a one-ulp change can flip
+    a max-pool near-tie and move a whole kernel by 2e-3 of its scale, for the reference against
+    itself as for Keras (measured on two oneDNN kernel paths: docs/TESTING.md)."""
     torch.manual_seed(0)
     widths, batch, epochs, steps = (8, 16, 16), 16, 3, 4
-    module = reference.Airbench94(widths=widths)
+    start = reference.Airbench94(widths=widths)
     with torch.no_grad():
-        module.whiten.weight.normal_(0, 0.3)
+        start.whiten.weight.normal_(0, 0.3)
     model = kc.create_model("fast", widths=widths, whiten_bias_epochs=1)
-    copy_torch_weights(model, module)
+    copy_torch_weights(model, start)
     config = fast_config(batch_size=batch, epochs=epochs, lr=fast_config().lr * batch / 1024, mixed_precision="none")
     model.compile(optimizer=build_optimizer(config, steps, model), loss=build_loss(config), metrics=["accuracy"])
     model.set_graph_capture(True)
 
-    images = random_images(batch * steps * epochs, seed=3)
-    labels = np.random.default_rng(0).integers(0, 10, len(images))
+    images = random_images(batch * steps * epochs, seed=1)
+    labels = np.random.default_rng(1).integers(0, 10, len(images))
     batches = [(reference.preprocess_nchw(images[i:i + batch], "fast"), torch.as_tensor(labels[i:i + batch]))
                for i in range(0, len(images), batch)]
-    airbench_reference_run(module, batches, epochs, steps, whiten_bias_epochs=1)
+
+    def reference_weights(module):
+        airbench_reference_run(module, batches, epochs, steps, whiten_bias_epochs=1)
+        return airbench_weights(module, with_statistics=True)
+
+    expected = reference_weights(copy.deepcopy(start))
     for i in range(0, len(images), batch):
         model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))
+    ours = {variable.path: keras.ops.convert_to_numpy(variable) for variable in model.weights}
 
-    expected = airbench_weights(module, with_statistics=True)
-    for variable in model.weights:  # every weight and batch-norm statistic
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected[variable.path], rtol=2e-4,
-                                   atol=2e-5, err_msg=variable.path)
+    def deviations(weights):  # per weight and batch-norm statistic: largest difference / largest value
+        return {path: float(np.abs(weights[path] - expected[path]).max() / np.abs(expected[path]).max())
+                for path in ours}
+
+    spreads = [max(deviations(reference_weights(nudge_weights(copy.deepcopy(start), seed=seed))).values())
+               for seed in range(3)]
+    tolerance = 10 * float(np.median(spreads))
+    assert 0 < tolerance < 1e-3, f"the reference moves by {spreads} from one-ulp changes: not a stable comparison"
+    worst = {path: deviation for path, deviation in deviations(ours).items() if deviation > tolerance}
+    assert not worst, f"beyond {tolerance:.1e} (10x the reference's own one-ulp spread {spreads}): {worst}"
     assert_gradient_stopped(model)
 
 
