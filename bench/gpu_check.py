@@ -1,24 +1,33 @@
 """The GPU check: is every path of keras-cifar correct and fast on this CUDA GPU?
 
     python -m bench.gpu_check                 # all checks, about 5 minutes on one GPU
-    python -m bench.gpu_check --models cnn    # fewer rows
+    python -m bench.gpu_check --models cnn,resnet18 --precisions float32,bf16   # fewer rows
+    python -m bench.gpu_check --models googlenet --precisions float32 --jit trace,trace-fused,off
     python -m bench.gpu_check --device cpu --steps 8 --resize-to 32  # a smoke run without a GPU
 
 It needs only torch, torchvision, keras and pyyaml (synthetic data: no TensorFlow, no downloads;
-resnet18 starts from random weights), and prints one table: for each model and precision,
-training images/s and peak GPU memory of `fit`'s step, the same step in plain PyTorch beside it
-(channels_last, fused Adam or SGD, torch.autocast and GradScaler where the product uses mixed
-precision), and four checks:
+resnet18 starts from random weights), and prints one table, a row as soon as it is done: for each
+model, precision (`float32` is the product's `none`) and `jit` setting (`trace`: the captured
+graph with TorchScript's fuser off, the product's default; `trace-fused`: fused kernels on CUDA;
+`off`: eager Keras), the seconds of the first three steps (graph capture, cuDNN autotuning; with
+`trace-fused` the fused kernels of the first shape), training images/s and peak GPU memory of
+`fit`'s step, the same step in plain PyTorch beside it (channels_last, fused Adam or SGD,
+torch.autocast and GradScaler where the product uses mixed precision), and four checks:
 
 - host syncs/step: synchronisations in 20 steady-state steps of `fit` with the run's callbacks,
   counted by `torch.cuda.set_sync_debug_mode` in the driver and by `bench.host_syncs` in Python;
-  must be 0;
+  must be 0 with a captured graph (eager Keras, `--jit off`, makes tensors of Python numbers in
+  its Rescaling layer: counted, not checked);
 - capture vs eager: over 20 training steps, the largest difference between a step with the
   captured forward and the same step in eager Keras from the same weights, optimizer state, batch
   and dropout seed, relative to the largest weight (cuDNN deterministic, TF32 off for this
-  comparison); must stay within rounding (1e-5 in float32, 1e-2 in mixed precision);
+  comparison); must stay within rounding (1e-5 in float32, 1e-2 in mixed precision); none with
+  `--jit off`;
 - GPU -> CPU checkpoint: a `.keras` file saved on the GPU, reloaded on the CPU, gives the same
-  logits (relative 1e-3 in float32, 3e-2 in mixed precision);
+  logits (relative 1e-3 in float32, 3e-2 in mixed precision). Both sides compute in float32 or
+  the same mixed policy: the GPU's logits are taken with TF32 off (cuDNN deterministic), because
+  TF32 rounds inputs to 10 mantissa bits, about 5e-4 relative per product, which 224x224 googlenet
+  and resnet18 can accumulate past 1e-3 with no bug at all;
 - the row runs without error (out of memory included).
 
 It exits with status 1 when any check fails. bf16 rows are skipped on GPUs without bf16.
@@ -44,10 +53,12 @@ from keras_cifar.data.dataset import Split  # noqa: E402
 from keras_cifar.data.loader import TensorLoader  # noqa: E402
 from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks  # noqa: E402
 from keras_cifar.train.config import resolve_config  # noqa: E402
-from keras_cifar.train.device import set_precision  # noqa: E402
+from keras_cifar.train.device import set_precision, set_tf32, tf32_enabled  # noqa: E402
 from keras_cifar.train.trainer import build_model, compile_model  # noqa: E402
 
 PRECISIONS = ("none", "bf16", "fp16")
+PRECISION_NAMES = {"float32": "none"}  # the flag's other spelling of the product's `none`
+JITS = ("trace", "trace-fused", "off")  # the `jit` settings a row can run (compile: no captured graph to check)
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 TOLERANCE = {"capture": {"none": 1e-5, "bf16": 1e-2, "fp16": 1e-2}, "reload": {"none": 1e-3, "bf16": 3e-2, "fp16": 3e-2}}
 ORIGINAL = {"cnn": ("adam", 1e-3), "inception_lite": ("adam", 1e-3), "resnet_lite": ("adam", 1e-3),
@@ -59,8 +70,8 @@ def synthetic(count, seed=0):
     return Split(rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count))
 
 
-def product_config(model, precision, device, batch_size, resize_to=None):
-    overrides = dict(model=model, mixed_precision=precision, device=device, batch_size=batch_size)
+def product_config(model, precision, device, batch_size, resize_to=None, jit="trace"):
+    overrides = dict(model=model, mixed_precision=precision, device=device, batch_size=batch_size, jit=jit)
     if model == "resnet18":
         overrides["weights"] = "none"  # no download here
     if resize_to and model in ("googlenet", "resnet18"):
@@ -106,17 +117,41 @@ def fit_steps(model, loader, steps, callbacks=()):
               callbacks=RunCallbacks(base, model=model, epochs=1, steps=len(loader), verbose=0))
 
 
-def product_row(model_name, precision, device, batch_size, steps, resize_to):
+def set_jit(model, jit):
+    model.set_graph_capture(jit != "off", fused=jit == "trace-fused")
+
+
+class FirstSteps(keras.callbacks.Callback):
+    """Seconds from the start of the first step to the end of step `steps` (device work included)."""
+
+    def __init__(self, device, steps=3):
+        super().__init__()
+        self.device, self.steps, self.seconds = device, steps, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            synchronize(self.device)
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.steps - 1:
+            synchronize(self.device)
+            self.seconds = time.perf_counter() - self._start
+
+
+def product_row(model_name, precision, device, batch_size, steps, resize_to, jit="trace"):
     row = {}
-    config = product_config(model_name, precision, device, batch_size, resize_to)
+    config = product_config(model_name, precision, device, batch_size, resize_to, jit)
     set_precision(config.mixed_precision, device)
     with keras.device(device):
         model = build_model(config, 10)
         loader = TensorLoader(synthetic(batch_size * steps), batch_size, shuffle=True, seed=0, device=device)
         compile_model(model, config, len(loader))
-        model.set_graph_capture(True)
+        set_jit(model, jit)
+        first = FirstSteps(device)
         window = Window(device, first=3, last=min(23, steps - 1))
-        fit_steps(model, loader, steps, [window])  # warm-up: capture, autotuning; and the sync count
+        fit_steps(model, loader, steps, [first, window])  # warm-up: capture, autotuning; and the sync count
+        row["first_steps_s"] = first.seconds
         row["syncs"] = (window.driver + window.python.total) / (window.last - window.first)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -127,7 +162,7 @@ def product_row(model_name, precision, device, batch_size, steps, resize_to):
         row["images_per_s"] = steps * batch_size / (time.perf_counter() - start)
         row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
         row["reload"] = checkpoint_roundtrip(model, device)
-    row["capture"] = capture_vs_eager(config, device, batch_size)
+    row["capture"] = None if jit == "off" else capture_vs_eager(config, device, batch_size, jit=jit)
     return row
 
 
@@ -136,7 +171,8 @@ def checkpoint_roundtrip(model, device):
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.keras")
         model.save(path)
-        here = keras.ops.convert_to_numpy(model(images.to(device), training=False)).astype("float64")
+        with deterministic(device):  # float32 as on the CPU: TF32 off
+            here = keras.ops.convert_to_numpy(model(images.to(device), training=False)).astype("float64")
         with keras.device("cpu"):
             there = keras.saving.load_model(path)
             there_logits = keras.ops.convert_to_numpy(there(images, training=False)).astype("float64")
@@ -145,21 +181,22 @@ def checkpoint_roundtrip(model, device):
 
 @contextlib.contextmanager
 def deterministic(device):
+    """Full float32 (TF32 off) and deterministic cuDNN algorithms, through the product's own TF32
+    switch (`keras_cifar.train.device`), then the settings as they were."""
     if not device.startswith("cuda"):
         yield
         return
-    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, tf32_enabled()
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    set_tf32(False)
     try:
         yield
     finally:
-        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+        set_tf32(saved[2])
 
 
-def capture_vs_eager(config, device, batch_size, steps=20):
+def capture_vs_eager(config, device, batch_size, steps=20, jit="trace"):
     """The largest difference between a captured and an eager training step taken from the same
     weights, optimizer state and dropout seed, over `steps` steps (relative to the largest
     weight). Each step starts both models from the captured model's state, so the rounding of one
@@ -173,7 +210,7 @@ def capture_vs_eager(config, device, batch_size, steps=20):
         for captured in (True, False):
             model = build_model(config, 10)
             compile_model(model, config, steps)
-            model.set_graph_capture(captured)
+            set_jit(model, jit if captured else "off")
             models.append(model)
         captured_model, eager_model = models
         eager_model.set_weights(captured_model.get_weights())
@@ -229,14 +266,14 @@ def torch_row(model_name, precision, device, batch_size, steps, resize_to):
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def check_row(model_name, precision, device, batch_size, steps, resize_to=None):
-    row = {"model": model_name, "precision": precision}
+def check_row(model_name, precision, device, batch_size, steps, resize_to=None, jit="trace"):
+    row = {"model": model_name, "precision": precision, "jit": jit}
     if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         return dict(row, skipped="this GPU has no bf16")
     if precision == "fp16" and not device.startswith("cuda"):
         return dict(row, skipped="fp16 needs a GPU")
     try:
-        row.update(product_row(model_name, precision, device, batch_size, steps, resize_to))
+        row.update(product_row(model_name, precision, device, batch_size, steps, resize_to, jit))
         row["torch_images_per_s"] = torch_row(model_name, precision, device, batch_size, steps, resize_to)
     except OUT_OF_MEMORY:
         return dict(row, error="out of GPU memory", failed=["memory"])
@@ -245,52 +282,81 @@ def check_row(model_name, precision, device, batch_size, steps, resize_to=None):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     failed = []
-    if row["syncs"] != 0:
+    if row["syncs"] != 0 and jit != "off":  # eager Keras makes tensors of Python numbers (Rescaling's)
         failed.append("syncs")
-    if not row["capture"] <= TOLERANCE["capture"][precision]:
+    if row["capture"] is not None and not row["capture"] <= TOLERANCE["capture"][precision]:
         failed.append("capture")
     if not row["reload"] <= TOLERANCE["reload"][precision]:
         failed.append("reload")
     return dict(row, failed=failed)
 
 
-def print_table(rows, device_name):
-    print(f"\nGPU check on {device_name}; torch {torch.__version__}, keras {keras.__version__}")
-    print("| model | precision | keras-cifar img/s | plain PyTorch img/s | ratio | peak GPU MiB | host syncs/step "
-          "| capture vs eager | GPU->CPU reload | result |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "skipped" in r:
-            print(f"| {r['model']} | {r['precision']} | - | - | - | - | - | - | - | skipped: {r['skipped']} |")
-        elif "error" in r:
-            print(f"| {r['model']} | {r['precision']} | - | - | - | - | - | - | - | FAILED: {r['error']} |")
-        else:
-            verdict = "ok" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
-            print(f"| {r['model']} | {r['precision']} | {r['images_per_s']:.0f} | {r['torch_images_per_s']:.0f} | "
-                  f"{r['images_per_s'] / r['torch_images_per_s']:.2f} | {r['peak_mib']:.0f} | {r['syncs']:g} | "
-                  f"{r['capture']:.1e} | {r['reload']:.1e} | {verdict} |", flush=True)
+HEADER = ("| model | precision | jit | first 3 steps s | keras-cifar img/s | plain PyTorch img/s | ratio "
+          "| peak GPU MiB | host syncs/step | capture vs eager | GPU->CPU reload | result |")
+
+
+def print_header(device_name):
+    print(f"GPU check on {device_name}; torch {torch.__version__}, keras {keras.__version__}")
+    print(HEADER)
+    print("|---" * HEADER.count(" | ") + "|---|", flush=True)
+
+
+def format_row(r):
+    start = f"| {r['model']} | {r['precision']} | {r['jit']} |"
+    if "skipped" in r:
+        return start + " - |" * 8 + f" skipped: {r['skipped']} |"
+    if "error" in r:
+        return start + " - |" * 8 + f" FAILED: {r['error']} |"
+    verdict = "ok" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
+    capture = "-" if r["capture"] is None else f"{r['capture']:.1e}"
+    syncs = f"{r['syncs']:g}" + (" (eager: not checked)" if r["jit"] == "off" else "")
+    return (start + f" {r['first_steps_s']:.2f} | {r['images_per_s']:.0f} | {r['torch_images_per_s']:.0f} | "
+            f"{r['images_per_s'] / r['torch_images_per_s']:.2f} | {r['peak_mib']:.0f} | {syncs} | "
+            f"{capture} | {r['reload']:.1e} | {verdict} |")
+
+
+def comma_list(allowed, aliases=None):
+    """A click callback: "a,b" -> ["a", "b"], each one of `allowed` (or an alias of one)."""
+    aliases = aliases or {}
+
+    def parse(context, parameter, value):
+        values = [aliases.get(item, item) for item in value.split(",") if item]
+        unknown = [item for item in values if item not in allowed]
+        if unknown or not values:
+            raise click.BadParameter(f"must be a comma-separated list of {', '.join([*allowed, *aliases])}. "
+                                     f"Received: {value!r}")
+        return values
+
+    return parse
 
 
 @click.command()
-@click.option("--models", default="cnn,googlenet,resnet18", show_default=True)
-@click.option("--precisions", default=",".join(PRECISIONS), show_default=True)
+@click.option("--models", default="cnn,googlenet,resnet18", show_default=True,
+              callback=comma_list(tuple(ORIGINAL)))
+@click.option("--precisions", default=",".join(PRECISIONS), show_default=True,
+              callback=comma_list(PRECISIONS, PRECISION_NAMES), help="float32 (the same as none), bf16, fp16.")
+@click.option("--jit", "jits", default="trace", show_default=True, callback=comma_list(JITS),
+              help="The `jit` settings to run each row with: trace (TorchScript's fuser off), trace-fused (fused "
+                   "kernels on CUDA), off (eager); several compare them.")
 @click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N, or cpu for a smoke run.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="The originals' batch size.")
 @click.option("--steps", type=int, default=60, show_default=True, help="Training steps per measurement.")
 @click.option("--resize-to", type=int, default=None,
               help="googlenet/resnet18 input size (default: their 224; a CPU smoke run takes 32).")
-def main(models, precisions, device, batch_size, steps, resize_to):
+def main(models, precisions, jits, device, batch_size, steps, resize_to):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"No CUDA GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}).")
     if steps < 5:
         raise SystemExit(f"--steps must be at least 5. Received: --steps {steps}")
     device_name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
+    print_header(device_name)
     rows = []
-    for model_name in models.split(","):
-        for precision in precisions.split(","):
-            print(f"{model_name} {precision} ...", file=sys.stderr, flush=True)
-            rows.append(check_row(model_name, precision, device, batch_size, steps, resize_to))
-    print_table(rows, device_name)
+    for model_name in models:
+        for precision in precisions:
+            for jit in jits:
+                print(f"{model_name} {precision} {jit} ...", file=sys.stderr, flush=True)
+                rows.append(check_row(model_name, precision, device, batch_size, steps, resize_to, jit))
+                print(format_row(rows[-1]), flush=True)  # a time-out keeps the rows already done
     failed = [r for r in rows if r.get("failed")]
     if failed:
         print(f"\n{len(failed)} of {len(rows)} rows failed a check.")

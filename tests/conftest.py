@@ -1,5 +1,9 @@
 """Shared fixtures. Real data comes from ../shared/data/cifar10-jpeg.tar.gz (only the
-images a test needs are extracted); KERAS_CIFAR_DATA points elsewhere."""
+images a test needs are extracted); KERAS_CIFAR_DATA points elsewhere.
+
+The tests run on the CPU, on any machine: their tolerances are the CPU's float32, which a GPU's
+TF32 and nondeterministic cuDNN algorithms would not meet. A test marked `gpu` runs on CUDA
+instead (Keras's default device and subprocesses' too), and is skipped where there is none."""
 
 import collections
 import os
@@ -9,9 +13,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import keras_cifar  # noqa: F401  (selects the torch backend before anything imports tensorflow)
+# Keras's torch backend takes its default device once, at import: KERAS_TORCH_DEVICE, else cuda
+# when torch sees one. Subprocesses inherit it.
+os.environ["KERAS_TORCH_DEVICE"] = "cpu"
+
+import keras_cifar  # noqa: E402,F401  (selects the torch backend before anything imports tensorflow)
+import keras  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# Asked before any test hides the GPUs from its subprocesses (CUDA reads CUDA_VISIBLE_DEVICES
+# once per process, at its first use).
+CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not CUDA:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU: torch sees none")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def pinned_device(request, monkeypatch):
+    """CPU tests: no CUDA for `device='auto'` here nor in subprocesses. `gpu` tests: CUDA for Keras
+    here and in subprocesses. -> the device name."""
+    if request.node.get_closest_marker("gpu"):
+        monkeypatch.setenv("KERAS_TORCH_DEVICE", "cuda")
+        with keras.device("cuda"):
+            yield "cuda"
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    yield "cpu"
 
 def _real_data():
     """KERAS_CIFAR_DATA, else ../shared/data beside the checkout, else the workplace's /work/shared."""

@@ -22,17 +22,44 @@ def shadow_packages(folder, names=ABSENT):
     return folder
 
 
-def test_gpu_check_runs_without_tensorflow_and_passes_on_cpu(tmp_path):
+def test_gpu_check_runs_without_tensorflow_and_passes_on_cpu_printing_each_row_when_done(tmp_path):
+    """Each row is printed (and flushed) before the next one starts: a check killed at its time
+    limit keeps the rows it finished."""
     shadow_packages(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--models", "cnn,resnet18", "--precisions",
-         "none", "--steps", "6", "--resize-to", "32"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"},
+         "float32", "--steps", "6", "--resize-to", "32"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}", "PYTHONUNBUFFERED": "1"},
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "| cnn | none |" in result.stdout and "| resnet18 | none |" in result.stdout
-    assert "All 2 rows passed." in result.stdout
+    output = result.stdout
+    assert result.returncode == 0, output[-6000:]
+    assert "| cnn | none | trace |" in output and "| resnet18 | none | trace |" in output
+    assert output.index("| cnn | none | trace |") < output.index("resnet18 none trace ...")
+    assert "All 2 rows passed." in output
+
+
+def test_gpu_check_flags_choose_the_rows_and_reject_unknown_values(monkeypatch):
+    from click.testing import CliRunner
+
+    from bench import gpu_check
+
+    calls = []
+
+    def row(model_name, precision, device, batch_size, steps, resize_to=None, jit="trace"):
+        calls.append((model_name, precision, jit))
+        return {"model": model_name, "precision": precision, "jit": jit, "skipped": "not run here"}
+
+    monkeypatch.setattr(gpu_check, "check_row", row)
+    result = CliRunner().invoke(gpu_check.main, ["--device", "cpu", "--models", "cnn,googlenet", "--precisions",
+                                                 "float32,bf16", "--jit", "trace,trace-fused,off"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(model, precision, jit) for model in ("cnn", "googlenet") for precision in ("none", "bf16")
+                     for jit in ("trace", "trace-fused", "off")]
+    assert "| googlenet | bf16 | trace-fused | - |" in result.output
+    for flag, value in [("--jit", "trace,compile"), ("--precisions", "fp32"), ("--models", "cnn,resnet")]:
+        result = CliRunner().invoke(gpu_check.main, ["--device", "cpu", flag, value])
+        assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output, result.output
 
 
 def test_gpu_check_rows_fail_when_a_step_syncs(monkeypatch):

@@ -119,6 +119,37 @@ def test_auto_warns_when_the_big_models_fall_back_to_the_cpu():
         assert select_device("cpu", model="resnet18") == "cpu"
 
 
+# --- the test suite's device
+
+
+def test_the_suite_runs_on_the_cpu_even_where_torch_sees_a_gpu():
+    """tests/conftest.py pins Keras's default device, `device='auto'` and subprocesses to the CPU
+    (a subprocess here is told that CUDA is available, as on a GPU machine)."""
+    assert select_device("auto") == "cpu"
+    script = ("import torch\n"
+              "torch.cuda.is_available = lambda: True\n"
+              "import keras_cifar, keras\n"
+              "print(keras.ops.zeros(1).device.type)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "cpu", result.stderr[-2000:]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # and subprocesses' torch sees no GPU
+
+
+@pytest.mark.gpu
+def test_a_gpu_test_runs_on_cuda(pinned_device):
+    assert pinned_device == "cuda" and keras.ops.zeros(1).device.type == "cuda"
+    assert select_device("auto") == "cuda"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip on a machine without a GPU")
+def test_gpu_tests_are_skipped_without_a_gpu():
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu",
+                             "tests/test_gpu_readiness.py"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert re.search(r"\b[1-9]\d* skipped\b", result.stdout) and "failed" not in result.stdout, result.stdout[-3000:]
+    assert "needs a CUDA GPU" in result.stdout
+
+
 # --- precision and GPU math modes
 
 
@@ -129,24 +160,58 @@ def test_bf16_is_refused_on_a_gpu_without_bf16(monkeypatch):
         set_precision("bf16", "cuda")
 
 
-def test_deterministic_switches_tf32_and_autotuning_off_and_is_recorded(monkeypatch):
+@pytest.fixture
+def gpu_math():
+    """The GPU math modes as they were before the test (set again through `allow_tf32`)."""
     saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
              torch.are_deterministic_algorithms_enabled())
+    yield
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[:4]
+    torch.use_deterministic_algorithms(saved[4])
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def tf32_as_read_by_torch_and_inductor():
+    """Every TF32 getter that keras-cifar, users' scripts and Inductor (torch.compile: its cache
+    keys, autotuning and kernel templates) read; with a mix of torch's two TF32 APIs the legacy
+    ones raise."""
+    return {
+        "matmul precision": torch.get_float32_matmul_precision(),
+        "cublas allow_tf32": torch._C._get_cublas_allow_tf32(),
+        "matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul.fp32_precision": torch.backends.cuda.matmul.fp32_precision,
+        "cudnn.conv.fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+    }
+
+
+def test_tf32_stays_readable_by_every_api_after_set_precision_and_the_checks_float32_block(gpu_math):
+    from bench import gpu_check
+
+    set_precision("none", "cuda")
+    on = tf32_as_read_by_torch_and_inductor()
+    with gpu_check.deterministic("cuda"):
+        off = tf32_as_read_by_torch_and_inductor()
+        assert gpu_settings("cuda")["tf32"] is False
+    assert on == tf32_as_read_by_torch_and_inductor()  # restored
+    assert on == {"matmul precision": "high", "cublas allow_tf32": True, "matmul.allow_tf32": True,
+                  "cudnn.allow_tf32": True, "matmul.fp32_precision": "tf32", "cudnn.conv.fp32_precision": "tf32"}
+    assert (off["matmul precision"], off["cublas allow_tf32"], off["matmul.allow_tf32"], off["cudnn.allow_tf32"],
+            off["matmul.fp32_precision"]) == ("highest", False, False, False, "ieee")
+    assert off["cudnn.conv.fp32_precision"] != "tf32"
+
+
+def test_deterministic_switches_tf32_and_autotuning_off_and_is_recorded(monkeypatch, gpu_math):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    try:
-        assert set_precision("none", "cuda", deterministic=True) == {
-            "tf32": False, "cudnn_benchmark": False, "deterministic": True}
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-        assert torch.are_deterministic_algorithms_enabled()
-        assert set_precision("none", "cuda") == {"tf32": True, "cudnn_benchmark": True, "deterministic": False}
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # the current API, not allow_tf32
-        assert gpu_settings("cpu") is None and set_precision("none", "cpu") is None
-    finally:
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) = saved[:4]
-        torch.use_deterministic_algorithms(saved[4])
-        keras.mixed_precision.set_global_policy("float32")
+    assert set_precision("none", "cuda", deterministic=True) == {
+        "tf32": False, "cudnn_benchmark": False, "deterministic": True}
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert set_precision("none", "cuda") == {"tf32": True, "cudnn_benchmark": True, "deterministic": False}
+    assert gpu_settings("cpu") is None and set_precision("none", "cpu") is None
 
 
 @pytest.mark.parametrize("model_name", ["inception_lite", "resnet18"])
@@ -169,6 +234,28 @@ def test_mixed_precision_keeps_the_head_in_float32_and_reloads_with_the_runs_pol
     convs = {name: policy for name, policy in policies.items() if "conv" in name}
     assert convs and set(convs.values()) == {"mixed_bfloat16"}, convs  # inside the custom blocks too
     assert keras.ops.convert_to_numpy(reloaded(images)).dtype == np.float32
+
+
+# --- the jit setting
+
+
+def test_jit_trace_fused_captures_the_graph_with_the_fuser_allowed(monkeypatch, tmp_path, real_folder_small):
+    from keras_cifar.models.classifier import ImageClassifier
+    from keras_cifar.train.trainer import fit
+
+    calls = []
+    original = ImageClassifier.set_graph_capture
+
+    def recording(self, enabled, fused=False):
+        calls.append((enabled, fused))
+        original(self, enabled, fused)
+
+    monkeypatch.setattr(ImageClassifier, "set_graph_capture", recording)
+    config = resolve_config(None, dict(model="cnn", epochs=1, train_images=32, eval_images=16, jit="trace-fused",
+                                       data=str(real_folder_small), data_dir=str(tmp_path / "tfds"),
+                                       log_dir=str(tmp_path / "logs"), tensorboard=False))
+    fit(config, verbose=0, echo=lambda message: None)
+    assert calls[0] == (True, True)
 
 
 # --- out of memory, anywhere

@@ -135,7 +135,8 @@ def test_nan_guard_finds_the_first_bad_step_on_the_device():
     assert guard.bad_step == (3, 3) and guard.model.stop_training
 
 
-def test_loss_scaling_without_host_syncs_equals_keras_loss_scaling():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_loss_scaling_without_host_syncs_equals_keras_loss_scaling(device, pinned_device):
     """fp16's dynamic loss scaling, done on the device, follows Keras's LossScaleOptimizer step for
     step: unscaled updates, a skipped update and a halved scale on an infinite gradient, a
     doubled scale after `dynamic_growth_steps` finite ones."""
@@ -144,11 +145,13 @@ def test_loss_scaling_without_host_syncs_equals_keras_loss_scaling():
     rng = np.random.default_rng(0)
     start = rng.normal(size=(3, 5)).astype("float32")
     ours_var, keras_var = keras.Variable(start.copy()), keras.Variable(start.copy())
+    assert ours_var.value.device.type == pinned_device == device
     ours = TorchLossScaleOptimizer(TorchAdam(1e-2), initial_scale=64.0, dynamic_growth_steps=3)
     reference = keras.optimizers.LossScaleOptimizer(TorchAdam(1e-2), initial_scale=64.0, dynamic_growth_steps=3)
     scales, counter = [], HostSyncCounter()
     for step in range(8):
-        gradient = torch.tensor(rng.normal(size=(3, 5)).astype("float32") * 64.0 * 2.0 ** (step // 3))
+        gradient = torch.tensor(rng.normal(size=(3, 5)).astype("float32") * 64.0 * 2.0 ** (step // 3),
+                                device=ours_var.value.device)
         if step == 4:
             gradient[1, 2] = np.inf
         with counter if step else contextlib.nullcontext():  # the first call builds the optimizer
@@ -160,3 +163,49 @@ def test_loss_scaling_without_host_syncs_equals_keras_loss_scaling():
     assert scales[2][0] == 128.0 and scales[4][0] == 64.0  # grew after 3 finite steps, halved on inf
     assert int(ours.iterations.numpy()) == int(reference.iterations.numpy()) == 7  # the inf step was skipped
     assert counter.total == 0, dict(counter.calls)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["trace", "trace-fused"])
+def test_captured_graphs_and_their_backward_run_under_the_chosen_fuser(fused, monkeypatch):
+    """TorchScript's fuser flags as the replays see them, in training (forward and the backward
+    through the graph), evaluation and predict: never on the CPU, on CUDA only when `fused`. torch
+    enables it for CUDA by default; the flags are restored after each step."""
+    from keras_cifar.models import graph_capture
+
+    flags = lambda: (torch._C._jit_can_fuse_on_cpu(), torch._C._jit_can_fuse_on_gpu())  # noqa: E731
+    seen = []
+    capture = graph_capture.ForwardGraphs._capture
+
+    def recording(self, x, training):
+        graph = capture(self, x, training)
+
+        def replay(inputs):
+            seen.append(("forward", training, flags()))
+            return graph(inputs)
+
+        return replay
+
+    monkeypatch.setattr(graph_capture.ForwardGraphs, "_capture", recording)
+    saved = flags()
+    torch._C._jit_override_can_fuse_on_cpu(True)
+    torch._C._jit_override_can_fuse_on_gpu(True)
+    try:
+        config = resolve_config(None, {"model": "cnn", "batch_size": 8})
+        model = build_model(config, 10)
+        compile_model(model, config, steps_per_epoch=2)
+        model.set_graph_capture(True, fused=fused)
+        model.trainable_weights[0].value.register_hook(lambda grad: seen.append(("backward", True, flags())))
+        split = random_split(16, seed=3)
+        images, labels = torch.as_tensor(split.images), torch.as_tensor(split.labels)  # as fit's loader gives them
+        for step in range(2):
+            model.train_on_batch(images[8 * step:8 * (step + 1)], labels[8 * step:8 * (step + 1)])
+            assert flags() == (True, True)  # as they were
+        model.evaluate(images, labels, batch_size=16, verbose=0)
+        model.predict(images[:5], verbose=0)
+    finally:
+        torch._C._jit_override_can_fuse_on_cpu(saved[0])
+        torch._C._jit_override_can_fuse_on_gpu(saved[1])
+    assert [(kind, training) for kind, training, _ in seen] == [
+        ("forward", True), ("backward", True), ("forward", True), ("backward", True),
+        ("forward", False), ("forward", False)]
+    assert {state for _, _, state in seen} == {(False, fused)}

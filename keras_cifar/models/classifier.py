@@ -25,6 +25,7 @@ of a training epoch or an evaluation (metric totals summed over the ranks, batch
 statistics averaged) before any callback reads the logs.
 """
 
+import contextlib
 import warnings
 
 import keras
@@ -35,6 +36,7 @@ from keras_cifar.models.graph_capture import ForwardGraphs, capturable
 from keras_cifar.models.layers import PACKAGE
 
 ACCURACY = "accuracy"
+_EAGER = contextlib.nullcontext()
 
 
 class _StepPlan:
@@ -54,8 +56,8 @@ class ImageClassifier(keras.Model):
     """A functional CIFAR classifier: raw RGB images in (0..255), logits out.
 
     `set_graph_capture(True)` makes `fit`, `evaluate` and `predict` replay a captured graph of the
-    forward pass instead of calling the layers one by one. It is a runtime setting, not saved with
-    the model. `compile(metrics=["accuracy"])` tracks accuracy with the classifier's own metric
+    forward pass instead of calling the layers one by one; `fused=True` lets TorchScript fuse its
+    kernels on CUDA (`graph_capture`). It is a runtime setting, not saved with the model. `compile(metrics=["accuracy"])` tracks accuracy with the classifier's own metric
     (integer labels against logits), updated on the device without Keras's metric machinery.
     """
 
@@ -105,12 +107,12 @@ class ImageClassifier(keras.Model):
 
     # --- graph capture
 
-    def set_graph_capture(self, enabled):
+    def set_graph_capture(self, enabled, fused=False):
         if enabled and not capturable(self):
             warnings.warn(f"{self.name}: a layer has a fixed random seed; running without graph capture.",
                           stacklevel=2)
             enabled = False
-        object.__setattr__(self, "_graphs", ForwardGraphs(self) if enabled else None)
+        object.__setattr__(self, "_graphs", ForwardGraphs(self, fused) if enabled else None)
 
     @property
     def graph_capture(self):
@@ -198,7 +200,9 @@ class ImageClassifier(keras.Model):
         parallel = self.__dict__.get("_parallel")
         if parallel is not None:
             parallel.before_backward()
-        self.optimizer.scale_loss(loss).backward()
+        graphs = self.__dict__.get("_graphs")
+        with graphs.fuser if graphs is not None else _EAGER:
+            self.optimizer.scale_loss(loss).backward()
         if parallel is not None:
             parallel.after_backward()
 

@@ -6,6 +6,13 @@ graph: the same torch ops on the same variables, so losses, gradients, batch-nor
 dropout are those of eager Keras, without Keras's per-layer Python. torch 2.14 deprecates
 TorchScript (no removal date yet); another mechanism (torch.compile, CUDA graphs of the whole
 step) replaces this class without touching the rest of the code.
+
+TorchScript's executor optimises a replayed graph at its second run and again for each new input
+shape (the last partial batch, evaluation, predict); its fuser, on by default for CUDA and off for
+the CPU, would then compile fused kernels there, outside the first step, with their own rounding.
+The replays run with the fuser off unless the model asks for it (`fused=True`, the `jit` setting
+`trace-fused`): on a GPU they then compute what the CPU tests verified. The switch covers the
+backward pass too, whose graph the executor optimises when it first runs.
 """
 
 import warnings
@@ -31,11 +38,32 @@ def capturable(model):
     return not any(keras_internals.has_fixed_seed(layer) for layer in keras_internals.all_layers(model))
 
 
-class ForwardGraphs:
-    """Captured forward graphs of one model, by kind of batch; `graphs(x, training)` runs one."""
+class Fuser:
+    """A context in which TorchScript may fuse on CUDA (`fused`) or not at all; the CPU never."""
 
-    def __init__(self, model):
+    def __init__(self, fused):
+        self.fused = fused
+        self._saved = []
+
+    def __enter__(self):
+        self._saved.append((torch._C._jit_can_fuse_on_cpu(), torch._C._jit_can_fuse_on_gpu()))
+        torch._C._jit_override_can_fuse_on_cpu(False)
+        torch._C._jit_override_can_fuse_on_gpu(self.fused)
+        return self
+
+    def __exit__(self, *exc_info):
+        cpu, gpu = self._saved.pop()
+        torch._C._jit_override_can_fuse_on_cpu(cpu)
+        torch._C._jit_override_can_fuse_on_gpu(gpu)
+
+
+class ForwardGraphs:
+    """Captured forward graphs of one model, by kind of batch; `graphs(x, training)` runs one.
+    Its `fuser` is the context the replays, and the backward passes through them, run in."""
+
+    def __init__(self, model, fused=False):
         self.model = model
+        self.fuser = Fuser(fused)
         self.graphs = {}
         # The state tensors (batch-norm statistics), kept once: walking the layers for them every
         # step would cost more Python than the small models' arithmetic.
@@ -46,7 +74,8 @@ class ForwardGraphs:
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._capture(x, training)
-        outputs = graph(x)
+        with self.fuser:
+            outputs = graph(x)
         if training:
             self._detach_state()
         return outputs

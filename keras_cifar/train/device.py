@@ -67,7 +67,7 @@ def set_precision(mixed_precision, device, deterministic=False):
         return None
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    _set_tf32(not deterministic)
+    set_tf32(not deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
@@ -78,22 +78,25 @@ def gpu_settings(device):
     """The GPU math modes in force (None on the CPU), as summary.json records them."""
     if not device.startswith("cuda"):
         return None
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        tf32 = torch.backends.cuda.matmul.fp32_precision == "tf32"
-    else:
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-    return {"tf32": tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    return {"tf32": tf32_enabled(), "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "deterministic": torch.backends.cudnn.deterministic}
 
 
-def _set_tf32(enabled):
-    precision = "tf32" if enabled else "ieee"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch 2.9 and later
-        torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
+# TF32 is set and read through one API, `allow_tf32`, everywhere in keras-cifar. torch 2.9 added
+# `fp32_precision`; once it is set, reading `allow_tf32` or `torch.get_float32_matmul_precision()`
+# raises ("a mix of the legacy and new APIs"), and Inductor (`jit='compile'`) reads both, as do
+# users' scripts. Setting `allow_tf32` keeps every getter readable, old and new, and brings
+# `fp32_precision` into line, in every torch release.
+
+
+def set_tf32(enabled):
+    """TF32 for float32 matmuls (cuBLAS) and convolutions (cuDNN), on or off."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_enabled():
+    return torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
 
 
 def seed_everything(seed):

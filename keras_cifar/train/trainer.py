@@ -221,7 +221,7 @@ def _fit(config, resume_path, verbose, echo):
             state = new_run_state(data.class_names)
             if group.is_main:
                 rd.write_json(os.path.join(run_path, rd.STATE), state)
-        model.set_graph_capture(config.jit == "trace")
+        model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
         distributed.prepare(model, config, group, echo)
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
         return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
