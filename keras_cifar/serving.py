@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from keras_cifar.errors import CheckpointError
+from keras_cifar.errors import CheckpointError, KerasCifarError
 from keras_cifar.export import FORMATS, INPUT_NAME, JSON_KEYS, METADATA_FILE, require_packages
 
 EXPORTED_SUFFIXES = tuple(FORMATS.values())
@@ -39,7 +39,7 @@ def load_exported(path):
         raise CheckpointError(f"The exported model {path!r} does not exist.")
     try:
         return _load_onnx(path) if path.endswith(FORMATS["onnx"]) else _load_pt2(path)
-    except CheckpointError:
+    except KerasCifarError:  # missing packages: already explained
         raise
     except Exception as error:
         kind = "an ONNX" if path.endswith(FORMATS["onnx"]) else "a torch.export (.pt2)"
