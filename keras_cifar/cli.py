@@ -1,4 +1,4 @@
-"""The command line: `python cli.py fit | evaluate | predict | models | tensorboard | plot`."""
+"""The command line: `python cli.py fit | evaluate | predict | export | models | tensorboard | plot`."""
 
 import functools
 import json
@@ -293,7 +293,9 @@ def _run_config(run_path):
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@_checkpoint_option
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="A run folder (its best.keras), a .keras file, or an exported .onnx or .pt2 file (run on the "
+                   "CPU; see `export`). Default: the latest run under --log-dir.")
 @_log_dir_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many classes to show per image.")
@@ -304,17 +306,23 @@ def predict(images, checkpoint, log_dir, top_k, device, as_json):
     """Classify image files (any size, colour or grey; a folder means every image in it).
 
     Images are read with OpenCV and preprocessed exactly as in training (converted to RGB
-    and resized to 32x32; the model does the rest). Files that cannot be read are listed
+    and resized to 32x32; the model does the rest). An exported .onnx (needs the export
+    extra's onnxruntime) or .pt2 file predicts as its checkpoint does. Files that cannot be read are listed
     and the command exits with status 1 after predicting the others.
     """
     import keras
 
-    from keras_cifar.train.predict import predict_files
+    from keras_cifar.serving import is_exported, load_exported
+    from keras_cifar.train.predict import class_names_of_run, predict_files
 
-    path, model, device, run_path = _load_for_inference(checkpoint, log_dir, device)
-    class_names = _class_names(run_path, model)
-    with keras.device(device):
-        results, failures = predict_files(model, images, class_names, top_k)
+    if checkpoint is not None and is_exported(checkpoint):
+        path, model = checkpoint, load_exported(checkpoint)
+        results, failures = predict_files(model, images, model.class_names, top_k)
+    else:
+        path, model, device, run_path = _load_for_inference(checkpoint, log_dir, device)
+        class_names = class_names_of_run(run_path, model.outputs[0].shape[-1])
+        with keras.device(device):
+            results, failures = predict_files(model, images, class_names, top_k)
     if as_json:
         click.echo(json.dumps({"checkpoint": path, "predictions": results, "failed": failures}, indent=2))
     else:
@@ -329,18 +337,35 @@ def predict(images, checkpoint, log_dir, top_k, device, as_json):
         sys.exit(1)
 
 
-def _class_names(run_path, model):
-    from keras_cifar.data import CIFAR10_CLASSES
-    from keras_cifar.train import run_dir as rd
+# --- export ---------------------------------------------------------------------------------------
 
-    state_path = os.path.join(run_path, rd.STATE)
-    if os.path.exists(state_path):  # the class names the run was trained on
-        names = rd.read_json(state_path).get("class_names") or []
-        if len(names) == model.outputs[0].shape[-1]:
-            return names
-    if model.outputs[0].shape[-1] == len(CIFAR10_CLASSES):
-        return list(CIFAR10_CLASSES)
-    return [f"class_{i}" for i in range(model.outputs[0].shape[-1])]
+
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--format", "format", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+              help="onnx: a .onnx file for onnxruntime (needs the export extra: pip install "
+                   "'keras-cifar[export]'). torch: a .pt2 torch.export program for torch.export.load.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="File to write (.onnx or .pt2). Default: beside the checkpoint, best.keras -> best.onnx.")
+@_log_dir_option
+@handle_errors
+def export(checkpoint, format, output, log_dir):
+    """Export a checkpoint for serving without Keras: CHECKPOINT is a run folder (its best.keras)
+    or a .keras file; default the latest run under --log-dir.
+
+    \b
+    The file takes what the checkpoint takes, raw RGB images as uint8 (N, 32, 32, 3), any N,
+    the preprocessing inside, and gives float32 logits (N, classes). Its metadata holds the class
+    names and the run's config. Serving needs onnxruntime (.onnx) or torch (.pt2), nothing else:
+      onnxruntime.InferenceSession("best.onnx").run(None, {"images": images})[0]
+      torch.export.load("best.pt2").module()(torch.from_numpy(images))
+    `predict --checkpoint best.onnx` runs it here.
+    """
+    from keras_cifar.export import export_checkpoint
+
+    path, seconds = export_checkpoint(checkpoint, format, output, log_dir)
+    size = os.path.getsize(path) / 1e6
+    click.echo(f"Wrote {path} ({size:.1f} MB, {format}, {seconds:.1f} s)")
 
 
 # --- models ---------------------------------------------------------------------------------------

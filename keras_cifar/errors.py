@@ -80,3 +80,11 @@ class WeightsError(KerasCifarError):
 
 class TrainingError(KerasCifarError):
     """Training stopped by the run itself (for example a loss that became NaN)."""
+
+
+class ExportError(KerasCifarError):
+    """A model that cannot be exported (a layer torch.export or ONNX cannot capture)."""
+
+
+class MissingExtraError(KerasCifarError):
+    """An optional feature whose packages are not installed (the message names the extra)."""

@@ -184,3 +184,48 @@ def test_tensorboard_serves_the_run(trained):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_export_then_predict_on_the_exported_files(trained, tmp_path):
+    """`export` beside the checkpoint (onnx) and to -o (torch); `predict` gives the checkpoint's answers."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from keras_cifar.cli import cli
+
+    run = tmp_path / trained["run"].name
+    shutil.copytree(trained["run"], run)
+    runner = CliRunner()
+    onnx = runner.invoke(cli, ["export", str(run)], prog_name="cli.py")
+    assert onnx.exit_code == 0, onnx.output
+    assert onnx.output.startswith(f"Wrote {run / 'best.onnx'} (") and (run / "best.onnx").is_file()
+    pt2 = runner.invoke(cli, ["export", str(run), "--format", "torch", "-o", str(tmp_path / "m.pt2")],
+                        prog_name="cli.py")
+    assert pt2.exit_code == 0 and (tmp_path / "m.pt2").is_file(), pt2.output
+    files = [str(f) for f in sorted((trained["data"] / "test" / "ship").glob("*.jpg"))[:3]]
+
+    def predictions(checkpoint):
+        result = runner.invoke(cli, ["predict", *files, "--checkpoint", str(checkpoint), "--json", "--top-k", 10],
+                               prog_name="cli.py")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["predictions"]
+
+    expected = predictions(run / "best.keras")
+    for exported in (run / "best.onnx", tmp_path / "m.pt2"):
+        for got, want in zip(predictions(exported), expected, strict=True):
+            assert got["file"] == want["file"]
+            assert [p["class"] for p in got["top"]] == [p["class"] for p in want["top"]]
+            assert [p["probability"] for p in got["top"]] == pytest.approx([p["probability"] for p in want["top"]],
+                                                                            abs=1e-5)
+
+
+def test_export_help_says_what_serving_needs():
+    from click.testing import CliRunner
+
+    from keras_cifar.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", "--help"], prog_name="cli.py")
+    assert result.exit_code == 0
+    for fragment in ("--format [onnx|torch]", "onnxruntime", "torch.export.load", "uint8", "any N", "--output"):
+        assert fragment in result.output, (fragment, result.output)

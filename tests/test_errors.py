@@ -97,6 +97,21 @@ CASES = [
          ["plot", "{run}", "-o", "{tmp}/no/such/folder/curves.png"], 1, "Cannot write"),
     Case("tensorboard-missing", "`tensorboard` on a folder that does not exist", ["tensorboard", "{tmp}/nowhere"], 2,
          "is not a folder"),
+    # export, and predict on exported files
+    Case("export-missing-checkpoint", "`export` of a checkpoint that does not exist",
+         ["export", "{tmp}/none.keras"], 1, "does not exist"),
+    Case("export-truncated-checkpoint", "`export` of a truncated checkpoint",
+         ["export", "{tmp}/truncated.keras", "-o", "{tmp}/truncated.onnx"], 1, "truncated, corrupt"),
+    Case("export-unknown-format", "`export --format tflite`", ["export", "{run}", "--format", "tflite"], 2,
+         "'tflite' is not one of 'onnx', 'torch'"),
+    Case("export-wrong-suffix", "`export --format torch -o model.onnx`",
+         ["export", "{run}", "--format", "torch", "-o", "{tmp}/model.onnx"], 2, "--output must end in .pt2"),
+    Case("export-unexportable-layer", "`export` of a model with a layer torch.export cannot capture",
+         ["export", "{tmp}/unexportable.keras", "--format", "torch"], 1, "its layer 'branchy' (DataDependent)"),
+    Case("predict-damaged-onnx", "`predict --checkpoint` with a damaged .onnx file",
+         ["predict", "{data}/test/cat", "--checkpoint", "{tmp}/damaged.onnx"], 1, "not an ONNX file"),
+    Case("predict-damaged-pt2", "`predict --checkpoint` with a damaged .pt2 file",
+         ["predict", "{data}/test/cat", "--checkpoint", "{tmp}/damaged.pt2"], 1, "not a torch.export (.pt2) file"),
 ]
 
 
@@ -121,6 +136,12 @@ def make_inputs(tmp, data, run):
     model = keras_cifar.create_model("resnet_lite")
     model.compile(optimizer="adam", loss="mse")
     model.save(checkpoint)
+    # export
+    from tests.test_export import unexportable_model
+
+    unexportable_model().save(tmp / "unexportable.keras")
+    (tmp / "damaged.onnx").write_bytes(best.read_bytes()[:1000])
+    (tmp / "damaged.pt2").write_bytes(best.read_bytes()[:1000])
 
 
 def fill(args, tmp, data, run, tfds):

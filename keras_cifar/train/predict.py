@@ -53,3 +53,18 @@ def predict_files(model, paths, class_names, top_k=3, batch_size=256):
             results.append({"file": path, "top": [{"class": class_names[i], "probability": float(row[i])}
                                                   for i in order]})
     return results, failures
+
+
+def class_names_of_run(run_path, num_classes):
+    """The class names a run was trained on (its state.json), else CIFAR-10's, else class_0..."""
+    from keras_cifar.data import CIFAR10_CLASSES
+    from keras_cifar.train import run_dir as rd
+
+    state_path = os.path.join(run_path, rd.STATE)
+    if os.path.exists(state_path):
+        names = rd.read_json(state_path).get("class_names") or []
+        if len(names) == num_classes:
+            return names
+    if num_classes == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return [f"class_{i}" for i in range(num_classes)]
