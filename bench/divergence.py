@@ -56,7 +56,7 @@ def diverge(model_name, dataset, total_steps, test_images=2000, checkpoints=8, s
     copy_torch_weights(model, reference.module)
     steps_per_epoch = -(-len(train_x) // config.batch_size)
     compile_model(model, config, steps_per_epoch)
-    model.set_graph_capture(config.jit == "trace")
+    model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
 
     report_at = {int(s) for s in np.geomspace(1, max(total_steps, 1), checkpoints)} | {0, total_steps}
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))

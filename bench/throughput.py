@@ -134,7 +134,7 @@ def run_keras(spec, conn):
                                     seed=config.seed, device=device)
         eval_loader = TensorLoader(test, config.eval_batch_size, device=device)
         compile_model(model, config, len(train_loader))
-        model.set_graph_capture(config.jit == "trace")
+        model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
         callbacks, _ = make_callbacks(config, run_path, new_run_state(), train_loader, eval_is_test=True)
         callbacks.append(Gate())
         if spec.get("sync_each_step"):
