@@ -147,7 +147,9 @@ def float32_model(model):
     (its weights are float32 either way), so that the file takes no bfloat16/float16 kernels."""
     import keras
 
-    if all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers()):
+    from keras_cifar import keras_internals
+
+    if all(layer.dtype_policy.name == "float32" for layer in [model, *keras_internals.all_layers(model)]):
         return model
     with _global_policy("float32"):
         copy = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__.from_config(
