@@ -80,3 +80,7 @@ class WeightsError(KerasCifarError):
 
 class TrainingError(KerasCifarError):
     """Training stopped by the run itself (for example a loss that became NaN)."""
+
+
+class StorageError(KerasCifarError):
+    """A log folder that refuses a write: a full disk, a file-size or quota limit, or a read-only folder."""
