@@ -156,29 +156,37 @@ def test_a_refused_write_keeps_the_last_commit_and_resume_finishes(where, real_f
 
 
 @pytest.fixture
-def read_only(small_disk):
-    """Makes `small_disk` read-only (a mount: root writes through permission bits)."""
-    def make_read_only():
-        assert mount("-o", "remount,ro", small_disk)
-    return make_read_only
+def read_only_later(tmp_path):
+    """A folder and a function that makes it read-only: a read-only tmpfs for root (who writes through
+    permission bits), or no write permission for anyone else. Yields the folder and the cause."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        yield folder, lambda: [os.chmod(path, 0o555) for path, _, _ in os.walk(folder)], "Permission denied"
+        for path, _, _ in os.walk(folder):
+            os.chmod(path, 0o755)
+        return
+    if not mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", folder):
+        pytest.skip("a read-only folder for root needs a mount: mounting a tmpfs needs mount(8) and the privilege")
+    yield folder, lambda: mount("-o", "remount,ro", folder), "Read-only file system"
+    subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-def test_a_read_only_log_folder_stops_before_training(real_folder_small, small_disk, read_only, tmp_path,
-                                                      monkeypatch):
+def test_a_read_only_log_folder_stops_before_training(real_folder_small, read_only_later, tmp_path, monkeypatch):
     from keras_cifar.train import trainer
 
-    run = fit(tiny_config(real_folder_small, tmp_path, small_disk / "logs", epochs=1), **QUIET).run_path
-    read_only()
+    folder, make_read_only, cause = read_only_later
+    run = fit(tiny_config(real_folder_small, tmp_path, folder / "logs", epochs=1), **QUIET).run_path
+    assert make_read_only()
     monkeypatch.setattr(trainer, "_train", lambda *args: pytest.fail("training started"))
     with pytest.raises(StorageError) as error:
         fit(resumed_config(run, {"epochs": 2}), resume_path=run, **QUIET)
-    assert f"in '{run}': Read-only file system. Nothing was trained; the last committed epoch (1 of 2)" in str(
-        error.value)
+    assert f"in '{run}': {cause}. Nothing was trained; the last committed epoch (1 of 2)" in str(error.value)
     with pytest.raises(StorageError) as error:
-        fit(tiny_config(real_folder_small, tmp_path, small_disk / "logs"), **QUIET)
-    assert str(error.value).startswith(f"Cannot write a run folder in '{small_disk / 'logs'}': Read-only file "
-                                       "system. Nothing was trained. Make the folder writable")
-    assert rd.list_runs(str(small_disk / "logs")) == [run]
+        fit(tiny_config(real_folder_small, tmp_path, folder / "logs"), **QUIET)
+    assert str(error.value).startswith(f"Cannot write a run folder in '{folder / 'logs'}': {cause}. Nothing was "
+                                       "trained. Make the folder writable")
+    assert rd.list_runs(str(folder / "logs")) == [run]
 
 
 def test_checkpoint_writes_are_off_the_time_to_target_clock(real_folder_small, tmp_path, monkeypatch):
