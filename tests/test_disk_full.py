@@ -15,7 +15,7 @@ import pytest
 
 import keras_cifar
 from keras_cifar.errors import StorageError
-from keras_cifar.train import callbacks
+from keras_cifar.train import callbacks, trainer
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.storage import size_text
@@ -61,7 +61,8 @@ def loadable_commit(run, epochs):
     assert not partial, partial
 
 
-def test_full_disk_names_the_folder_and_space_and_resume_continues(real_folder_small, small_disk, tmp_path):
+def test_full_disk_names_the_folder_and_space_and_resume_continues(real_folder_small, small_disk, tmp_path,
+                                                                   monkeypatch):
     result = run_cli("fit", "--model", "cnn", "--epochs", 2, "--batch-size", 30, "--train-images", 60,
                      "--eval-images", 30, "--data", real_folder_small, "--data-dir", tmp_path / "tfds",
                      "--log-dir", small_disk / "logs")
@@ -70,9 +71,16 @@ def test_full_disk_names_the_folder_and_space_and_resume_continues(real_folder_s
     assert_clean_error(result, 1, f"Error: Cannot write the checkpoint of epoch 2 in '{run}': No space left on "
                                   f"device (", f"a checkpoint of this run takes about {checkpoint_size})",
                        "the last committed epoch (1 of 2) is kept there",
-                       f"Make at least {checkpoint_size} free there, then resume with: python cli.py fit --resume {run}")
+                       f"Make at least {checkpoint_size} free there, then resume with: python cli.py fit "
+                       f"--resume {run}")
     loadable_commit(run, 1)
     assert os.listdir(os.path.join(run, rd.RESUME_DIR)) == ["epoch-0001.keras"]
+
+    with monkeypatch.context() as patch, pytest.raises(StorageError) as error:  # still full: said before training
+        patch.setattr(trainer, "_train", lambda *args: pytest.fail("training started"))
+        resume(run)
+    assert str(error.value).startswith(f"Cannot write a checkpoint in '{run}': No space left on device (")
+    assert f"takes about {checkpoint_size}). Nothing was trained; the last committed epoch (1 of 2)" in str(error.value)
 
     assert mount("-o", "remount,size=4m", small_disk)
     assert resume(run).summary["epochs"] == 2
@@ -173,8 +181,6 @@ def read_only_later(tmp_path):
 
 
 def test_a_read_only_log_folder_stops_before_training(real_folder_small, read_only_later, tmp_path, monkeypatch):
-    from keras_cifar.train import trainer
-
     folder, make_read_only, cause = read_only_later
     run = fit(tiny_config(real_folder_small, tmp_path, folder / "logs", epochs=1), **QUIET).run_path
     assert make_read_only()

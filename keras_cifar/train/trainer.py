@@ -255,14 +255,16 @@ def _new_run_folder(config, state, model, stack):
 
 def _prepare_resumed_folder(config, run_path, state, model):
     """Finishes the last commit (a run stopped by a full disk may have been stopped within it), saves
-    a changed config, and checks that the folder takes writes and has room for a checkpoint."""
+    a changed config, and checks that the folder takes writes and, with epochs left, has room for a
+    checkpoint."""
     needed = storage.checkpoint_bytes(model, run_path, state)
     try:
         with storage.writing("the run folder", run_path):
             finish_commit(run_path, state)
             if build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
                 write_config(config, os.path.join(run_path, rd.CONFIG))
-            storage.check_free_space("a checkpoint", run_path, needed)
+            if state["completed_epochs"] < config.epochs:
+                storage.check_free_space("a checkpoint", run_path, needed)
     except storage.WriteFailed as failed:
         raise _storage_error(failed, needed, f"Nothing was trained; {_kept(state, config)}",
                              f"resume with: `fit(resume_path={run_path!r})`",
