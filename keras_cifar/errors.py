@@ -88,3 +88,7 @@ class ExportError(KerasCifarError):
 
 class MissingExtraError(KerasCifarError):
     """An optional feature whose packages are not installed (the message names the extra)."""
+
+
+class StorageError(KerasCifarError):
+    """A log folder that refuses a write: a full disk, a file-size or quota limit, or a read-only folder."""

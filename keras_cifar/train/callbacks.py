@@ -13,6 +13,7 @@ from keras_cifar import keras_internals
 from keras_cifar.data.loader import stream_seed
 from keras_cifar.tensorflow_cpu import import_tensorflow
 from keras_cifar.train import run_dir as rd
+from keras_cifar.train import storage
 from keras_cifar.train.signals import deferred_sigint
 
 
@@ -107,26 +108,37 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s",
-                  "elapsed_s")
+                  "elapsed_s", "wall_s")
 
 
 class TrainingClock(keras.callbacks.Callback):
-    """Adds `elapsed_s` to the epoch logs: wall time since the first training step began,
-    evaluations and checkpoint writes included (a resumed run continues from its last committed
-    epoch). Keeps `first_step_s` (the first step, which captures the graph) apart, and records in
-    `state["target"]` the first epoch whose `monitor` reached `target` and the time it took;
-    with `stop`, training ends there."""
+    """The time-to-accuracy clock, as airbench's timer counts: `elapsed_s` in the epoch logs is the
+    time of training and evaluation since the first training step began; what runs between the end
+    of an epoch's evaluation and the start of the next epoch (this callback's `on_epoch_end` to its
+    `on_epoch_begin`: the checkpoint, metrics.csv, TensorBoard events) is not counted. `wall_s` is the
+    wall time since the first step, everything included. A resumed run continues both from its
+    last committed epoch. Keeps `first_step_s` (the first step, which captures the graph) apart,
+    and records in `state["target"]` the first epoch whose `monitor` reached `target` and its
+    `elapsed_s`; with `stop`, training ends there."""
 
     def __init__(self, state, target=None, stop=False, monitor="val_accuracy"):
         super().__init__()
-        history = state.get("history") or []
-        self.offset = history[-1].get("elapsed_s", 0.0) if history else 0.0
+        last = (state.get("history") or [{}])[-1]
+        self.offset = last.get("elapsed_s", 0.0)
+        self.wall_offset = last.get("wall_s", self.offset)
         self.state = state
         self.target = target
         self.stop = stop
         self.monitor = monitor
         self.started = None
         self.first_step_s = None
+        self.paused_s = 0.0
+        self._paused_at = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._paused_at is not None:
+            self.paused_s += time.perf_counter() - self._paused_at
+            self._paused_at = None
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.started is None:
@@ -136,13 +148,26 @@ class TrainingClock(keras.callbacks.Callback):
         if self.first_step_s is None:
             self.first_step_s = time.perf_counter() - self.started
 
+    def _since_first_step(self):
+        return time.perf_counter() - self.started if self.started is not None else 0.0
+
+    def wall(self):
+        return self.wall_offset + self._since_first_step()
+
     def elapsed(self):
-        return self.offset + (time.perf_counter() - self.started if self.started is not None else 0.0)
+        return self.offset + self._since_first_step() - self.paused_s
 
     def on_epoch_end(self, epoch, logs=None):
+        try:
+            self._record(epoch, logs)
+        finally:
+            self._paused_at = time.perf_counter()
+
+    def _record(self, epoch, logs):
         if logs is None:
             return
         logs["elapsed_s"] = self.elapsed()
+        logs["wall_s"] = self.wall()
         value = logs.get(self.monitor)
         if self.target is None or value is None or self.state.get("target"):
             return
@@ -160,9 +185,11 @@ class Checkpointer(keras.callbacks.Callback):
     Order of a commit: the model with its optimizer state goes to
     `resume/epoch-NNNN.keras` (written under a temporary name, then renamed);
     then `state.json` is replaced, which is the commit point; then
-    `metrics.csv` is rewritten from the committed history and `last.keras`
-    (and `best.keras` when validation accuracy improved) are replaced by links
-    to the new file. A crash at any moment leaves the previous commit intact.
+    `finish_commit` rewrites `metrics.csv` and links `last.keras` (and `best.keras`
+    when validation accuracy improved) to the new file. A crash at any moment
+    leaves the previous commit intact. A write the disk refuses (full, a file-size
+    limit, read-only) raises `storage.WriteFailed` after removing the partial and
+    uncommitted files; a resumed run redoes `finish_commit`.
     """
 
     def __init__(self, run_path, state, nan_guard, monitor="val_accuracy"):
@@ -181,31 +208,46 @@ class Checkpointer(keras.callbacks.Callback):
             self.commit(epoch + 1, row, logs.get(self.monitor))
 
     def commit(self, completed_epochs, row, monitored):
-        os.makedirs(os.path.join(self.run_path, rd.RESUME_DIR), exist_ok=True)
+        resume_dir = os.path.join(self.run_path, rd.RESUME_DIR)
         relative = os.path.join(rd.RESUME_DIR, f"epoch-{completed_epochs:04d}.keras")
         path = os.path.join(self.run_path, relative)
-        tmp = os.path.join(self.run_path, rd.RESUME_DIR, f".tmp-epoch-{completed_epochs:04d}.keras")
-        self.model.save(tmp)
-        os.replace(tmp, path)
-
+        tmp = os.path.join(resume_dir, f".tmp-epoch-{completed_epochs:04d}.keras")
         history = [r for r in self.state["history"] if r["epoch"] < completed_epochs] + [row]
         best = self.state.get("best")
-        improved = monitored is not None and (best is None or monitored > best["value"])
-        if improved:
+        if monitored is not None and (best is None or monitored > best["value"]):
             best = {"metric": self.monitor, "value": monitored, "epoch": completed_epochs}
         new_state = dict(self.state, completed_epochs=completed_epochs, checkpoint=relative, history=history,
                          best=best)
-        rd.write_json(os.path.join(self.run_path, rd.STATE), new_state)
+        with storage.writing(f"the checkpoint of epoch {completed_epochs}", self.run_path, cleanup=(tmp, path)):
+            os.makedirs(resume_dir, exist_ok=True)
+            self.model.save(tmp)
+            os.replace(tmp, path)
+            rd.write_json(os.path.join(self.run_path, rd.STATE), new_state)
         self.state.clear()
         self.state.update(new_state)
+        finish_commit(self.run_path, self.state)
 
-        write_metrics_csv(os.path.join(self.run_path, rd.METRICS), history)
-        _replace_with_link(path, os.path.join(self.run_path, rd.LAST))
-        if improved or not os.path.exists(os.path.join(self.run_path, rd.BEST)):
-            _replace_with_link(path, os.path.join(self.run_path, rd.BEST))
-        for name in os.listdir(os.path.join(self.run_path, rd.RESUME_DIR)):
-            if name != os.path.basename(path):
-                os.remove(os.path.join(self.run_path, rd.RESUME_DIR, name))
+
+def finish_commit(run_path, state):
+    """What follows the commit point of `state`'s epoch, which a resumed run redoes: `last.keras`
+    (and `best.keras` when this epoch is the best, or there is none) linked to the committed
+    checkpoint, metrics.csv from the committed history, older checkpoints and partial files removed."""
+    links = [os.path.join(run_path, name) for name in (rd.LAST, rd.BEST)]
+    path = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
+    if path is not None:
+        with storage.writing("the links to the last checkpoint", run_path, cleanup=[f"{link}.tmp" for link in links]):
+            _replace_with_link(path, links[0])
+            best = state.get("best")
+            if (best is not None and best["epoch"] == state["completed_epochs"]) or not os.path.exists(links[1]):
+                _replace_with_link(path, links[1])
+    with storage.writing("metrics.csv", run_path):
+        write_metrics_csv(os.path.join(run_path, rd.METRICS), state["history"])
+    if path is None:
+        return
+    resume_dir = os.path.dirname(path)
+    for name in os.listdir(resume_dir):
+        if name != os.path.basename(path):
+            os.remove(os.path.join(resume_dir, name))
 
 
 def write_metrics_csv(path, history):
@@ -218,6 +260,8 @@ def write_metrics_csv(path, history):
 
 
 def _replace_with_link(source, target):
+    if os.path.exists(target) and os.path.samefile(source, target):
+        return  # renaming a link onto another link of the same file would do nothing and keep the temporary one
     tmp = f"{target}.tmp"
     if os.path.lexists(tmp):
         os.remove(tmp)
@@ -232,10 +276,34 @@ def _replace_with_link(source, target):
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
     """Keras's TensorBoard callback, logging per epoch. With `update_freq="epoch"` its batch hooks
-    write nothing; they only count steps, so the training step hands them no logs."""
+    write nothing; they only count steps, so the training step hands them no logs. The hooks that
+    open, write or close event files raise `storage.WriteFailed` when the disk refuses the write."""
 
     def __init__(self, log_dir):
         super().__init__(log_dir=log_dir, write_graph=False, update_freq="epoch")
+
+    def _writing(self):
+        return storage.writing("the TensorBoard events", self.log_dir)
+
+    def on_train_begin(self, logs=None):
+        with self._writing():
+            super().on_train_begin(logs)
+
+    def on_test_begin(self, logs=None):
+        with self._writing():
+            super().on_test_begin(logs)
+
+    def on_test_end(self, logs=None):
+        with self._writing():
+            super().on_test_end(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self._writing():
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        with self._writing():
+            super().on_train_end(logs)
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, None)
@@ -328,20 +396,22 @@ class OriginalTags(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         tf = import_tensorflow()
-        self._writer = tf.summary.create_file_writer(self.run_path)
+        with storage.writing("the TensorBoard events", self.run_path):
+            self._writer = tf.summary.create_file_writer(self.run_path)
 
     def on_epoch_end(self, epoch, logs=None):
         tf = import_tensorflow()
         logs = logs or {}
         if not math.isfinite(logs.get("loss", 0.0)):
             return
-        with self._writer.as_default(step=epoch):
+        with storage.writing("the TensorBoard events", self.run_path), self._writer.as_default(step=epoch):
             tf.summary.scalar("loss/epoch", logs["loss"] * self.steps_per_epoch)
             tf.summary.scalar("accuracy/epoch", 100.0 * logs["accuracy"])
             if self.eval_is_test and "val_accuracy" in logs:
                 tf.summary.scalar("Test_accuracy/epoch", 100.0 * logs["val_accuracy"])
-        self._writer.flush()
+            self._writer.flush()
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
-            self._writer.close()
+            with storage.writing("the TensorBoard events", self.run_path):
+                self._writer.close()

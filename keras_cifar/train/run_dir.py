@@ -15,6 +15,7 @@ import time
 import yaml
 
 from keras_cifar.errors import CheckpointError, KerasCifarError
+from keras_cifar.train import storage
 
 CONFIG = "config.yaml"
 STATE = "state.json"
@@ -27,13 +28,13 @@ RESUME_DIR = "resume"
 
 def create_run_dir(log_dir, model):
     """Creates a new, unique run folder. `os.mkdir` fails if the folder exists,
-    so two runs started in the same second get different folders."""
+    so two runs started in the same second get different folders. A log folder that refuses
+    the write (read-only, full) raises `storage.WriteFailed`."""
     try:
         os.makedirs(log_dir, exist_ok=True)
     except OSError as error:
-        raise KerasCifarError(f"Cannot create the log directory {log_dir!r}: {error.strerror}.") from None
-    if not os.access(log_dir, os.W_OK | os.X_OK):
-        raise KerasCifarError(f"The log directory {log_dir!r} is not writable. Choose another `log_dir`.")
+        raise (storage.refused(error, "a run folder", log_dir)
+               or KerasCifarError(f"Cannot create the log directory {log_dir!r}: {error.strerror}.")) from None
     base = os.path.join(log_dir, f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
     for attempt in range(1000):
         path = base if attempt == 0 else f"{base}-{attempt}"
@@ -43,7 +44,8 @@ def create_run_dir(log_dir, model):
         except FileExistsError:
             continue
         except OSError as error:
-            raise KerasCifarError(f"Cannot create a run folder in {log_dir!r}: {error.strerror}.") from None
+            raise (storage.refused(error, "a run folder", log_dir)
+                   or KerasCifarError(f"Cannot create a run folder in {log_dir!r}: {error.strerror}.")) from None
     raise KerasCifarError(f"Could not find a free run folder name under {base!r}.")
 
 
@@ -118,7 +120,8 @@ class RunLock:
     def __enter__(self):
         import fcntl
 
-        self._handle = open(os.path.join(self.path, ".lock"), "a")
+        # Opened for reading: a lock needs no write, so a read-only run folder is reported by its first write.
+        self._handle = os.fdopen(os.open(os.path.join(self.path, ".lock"), os.O_RDONLY | os.O_CREAT, 0o644))
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -4,6 +4,7 @@
 import contextlib
 import dataclasses
 import os
+import shutil
 import time
 
 import keras
@@ -11,12 +12,13 @@ import keras
 from keras_cifar import tensorflow_cpu
 from keras_cifar.data import TensorLoader, load_cifar
 from keras_cifar.data.augment import Augmentation
-from keras_cifar.errors import CheckpointError, ConfigError, KerasCifarError, TrainingError, UsageError
+from keras_cifar.errors import (CheckpointError, ConfigError, KerasCifarError, StorageError, TrainingError,
+                                UsageError)
 from keras_cifar.models import create_model
-from keras_cifar.train import distributed
+from keras_cifar.train import distributed, storage
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
-                                         OriginalTags, RunCallbacks, TrainingClock)
+                                         OriginalTags, RunCallbacks, TrainingClock, finish_commit)
 from keras_cifar.train.checkpoints import check_compatible, check_optimizer_restored, load_checkpoint
 from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
                                       to_dict, write_config)
@@ -91,7 +93,8 @@ def compile_model(model, config, steps_per_epoch):
 
 def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=None):
     """The callbacks of every `fit` run (the benchmarks use the same). Order matters: the
-    seeder first; epoch stats before anything reads the logs; the checkpoint is committed
+    seeder first; epoch stats before anything reads the logs; the clock before the writers (what
+    runs after its `on_epoch_end` is off the time-to-accuracy clock); the checkpoint is committed
     before the logs are written, so a crash can lose a log line but never a checkpoint.
 
     In a data-parallel run every rank keeps the callbacks that act on training (the seeder, with
@@ -196,7 +199,12 @@ def _fit(config, resume_path, verbose, echo):
             # broadcast (distributed.prepare), so only rank 0 needs to see the folder.
             run_path = group.broadcast(resume_path)
             if group.is_main:
-                stack.enter_context(rd.RunLock(run_path))
+                try:
+                    with storage.writing("the run folder", run_path):
+                        stack.enter_context(rd.RunLock(run_path))
+                except storage.WriteFailed as failed:
+                    raise _storage_error(failed, None, "Nothing was trained.",
+                                         f"resume with: `fit(resume_path={run_path!r})`") from None
             state = group.broadcast(rd.read_json(os.path.join(run_path, rd.STATE)) if group.is_main else None)
             checkpoint = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
             if checkpoint and group.is_main:
@@ -207,25 +215,70 @@ def _fit(config, resume_path, verbose, echo):
             else:  # killed before the first epoch ended (start over in the same folder), or not rank 0
                 model = new_model(config, data)
                 compile_model(model, config, steps_per_epoch)
-            if group.is_main and build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
-                write_config(config, os.path.join(run_path, rd.CONFIG))
+            if group.is_main:
+                _prepare_resumed_folder(config, run_path, state, model)
             echo(f"Resuming {run_path} after epoch {state['completed_epochs']} of {config.epochs}")
         else:
             model = new_model(config, data)
             compile_model(model, config, steps_per_epoch)
-            run_path = rd.create_run_dir(config.log_dir, config.model) if group.is_main else None
-            run_path = group.broadcast(run_path)  # one run folder, rank 0's
-            if group.is_main:
-                stack.enter_context(rd.RunLock(run_path))
-                write_config(config, os.path.join(run_path, rd.CONFIG))
             state = new_run_state(data.class_names)
-            if group.is_main:
-                rd.write_json(os.path.join(run_path, rd.STATE), state)
+            run_path = _new_run_folder(config, state, model, stack) if group.is_main else None
+            run_path = group.broadcast(run_path)  # one run folder, rank 0's
         model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
         distributed.prepare(model, config, group, echo)
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
         return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
                       started)
+
+
+def _new_run_folder(config, state, model, stack):
+    """A new run folder with its config and first state, which also shows that the log folder takes
+    writes and has room for a checkpoint, before any training. One that does not is removed."""
+    needed = storage.variables_bytes(model)  # before the optimizer has its state: a lower bound
+    try:
+        run_path = rd.create_run_dir(config.log_dir, config.model)
+    except storage.WriteFailed as failed:
+        raise _storage_error(failed, needed, "Nothing was trained.",
+                             "run it again, or choose another `log_dir`.", at_least=True) from None
+    try:
+        with storage.writing("the run folder", run_path):
+            stack.enter_context(rd.RunLock(run_path))
+            write_config(config, os.path.join(run_path, rd.CONFIG))
+            rd.write_json(os.path.join(run_path, rd.STATE), state)
+            storage.check_free_space("a checkpoint", run_path, needed)
+    except storage.WriteFailed as failed:
+        shutil.rmtree(run_path, ignore_errors=True)
+        raise _storage_error(failed, needed, "Nothing was trained.",
+                             "run it again, or choose another `log_dir`.", at_least=True) from None
+    return run_path
+
+
+def _prepare_resumed_folder(config, run_path, state, model):
+    """Finishes the last commit (a run stopped by a full disk may have been stopped within it), saves
+    a changed config, and checks that the folder takes writes and, with epochs left, has room for a
+    checkpoint."""
+    needed = storage.checkpoint_bytes(model, run_path, state)
+    try:
+        with storage.writing("the run folder", run_path):
+            finish_commit(run_path, state)
+            if build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
+                write_config(config, os.path.join(run_path, rd.CONFIG))
+            if state["completed_epochs"] < config.epochs:
+                storage.check_free_space("a checkpoint", run_path, needed)
+    except storage.WriteFailed as failed:
+        raise _storage_error(failed, needed, f"Nothing was trained; {_kept(state, config)}",
+                             f"resume with: `fit(resume_path={run_path!r})`",
+                             at_least=not state.get("checkpoint")) from None
+
+
+def _kept(state, config):
+    if not state.get("checkpoint"):
+        return "no epoch had been committed."
+    return f"the last committed epoch ({state['completed_epochs']} of {config.epochs}) is kept there."
+
+
+def _storage_error(failed, needed, outcome, then, at_least=False):
+    return StorageError(storage.explain(failed, needed, outcome, then, at_least=at_least))
 
 
 def _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo, started):
@@ -254,6 +307,10 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 f"Out of {device} memory at batch size {config.batch_size}. Lower `batch_size` (a new run), "
                 f"or free the device and resume with: `fit(resume_path={run_path!r})`"
             ) from None
+        except storage.WriteFailed as failed:
+            raise _storage_error(failed, storage.checkpoint_bytes(model, run_path, state),
+                                 f"Training stopped; {_kept(state, config)}",
+                                 f"resume with: `fit(resume_path={run_path!r})`") from None
         except KeyboardInterrupt:
             raise Interrupted(
                 f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
@@ -293,9 +350,15 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
     summary.update(timing, steps_per_epoch=len(train_loader),
                    train_images_per_epoch=train_loader.images_per_epoch * group.world_size)
     if group.is_main:
-        rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
-        if config.tensorboard:
-            write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
+        try:
+            with storage.writing("the final summary", run_path):
+                rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
+                if config.tensorboard:
+                    write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
+        except storage.WriteFailed as failed:
+            raise _storage_error(failed, storage.checkpoint_bytes(model, run_path, state),
+                                 f"All {state['completed_epochs']} epochs are saved there; only the summary "
+                                 "is missing.", f"write it with: `fit(resume_path={run_path!r})`") from None
     best = state.get("best")
     if best:
         echo(f"Best {data.eval_split_name} accuracy {100 * best['value']:.2f}% (epoch {best['epoch']}); "
@@ -310,8 +373,9 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
 
 def _timing(config, state, report, clock, prepare_s, tta):
     """summary.json's timing: preparation (data, model, whitening, compile) before the first
-    step, the first step (graph capture), and the time to `target_accuracy`: the training time
-    from the first step to the end of the epoch that reached it, or, when only the final TTA
+    step, the first step (graph capture), and the time to `target_accuracy`: the time of training
+    and evaluation (not of the writes between epochs) from the first step to the end of the epoch
+    that reached it, or, when only the final TTA
     evaluation reached it, the whole training time plus that evaluation (as airbench counts)."""
     history = state["history"]
     train_s = history[-1].get("elapsed_s") if history else None
