@@ -2,7 +2,7 @@
 
 What a user meets: a steady epoch of the real command, with its evaluation of the test set,
 checkpoints, metrics.csv and TensorBoard logs. `cli.py fit --epochs 3` runs in a fresh process and
-its steady epoch is the mean of epochs 2 and 3 from the `elapsed_s` column of the run's metrics.csv
+its steady epoch is the mean of epochs 2 and 3 from the `wall_s` column of the run's metrics.csv
 (wall time from the first step to each epoch's end: start-up, data loading and graph capture fall
 before the first step, and the first epoch's warm-up is left out). The yardstick is
 `bench.torch_loop.TidyRun` on the same data, batch size and threads, also 3 epochs in a fresh
@@ -33,7 +33,7 @@ TORCH_OPTIMIZER = {"cnn": ("adam", 1e-3), "resnet_lite": ("adam", 1e-3), "incept
 
 
 def cli_fit_epochs(args, data, device, epochs=3):
-    """`cli.py fit ARGS` for `epochs` epochs in a fresh process: its `elapsed_s` column (seconds
+    """`cli.py fit ARGS` for `epochs` epochs in a fresh process: its `wall_s` column (seconds
     from the first step to each epoch's end) and its training images per epoch."""
     with tempfile.TemporaryDirectory() as logs:
         command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", *args, "--epochs", str(epochs),
@@ -43,7 +43,7 @@ def cli_fit_epochs(args, data, device, epochs=3):
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
         (run,) = glob.glob(os.path.join(logs, "*", ""))
         with open(os.path.join(run, "metrics.csv")) as file:
-            elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(file)]
+            elapsed = [float(row["wall_s"]) for row in csv.DictReader(file)]
         with open(os.path.join(run, "summary.json")) as file:
             return elapsed, json.load(file)["train_images_per_epoch"]
 

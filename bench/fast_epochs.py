@@ -2,7 +2,7 @@
 itself in plain PyTorch (bench/airbench_torch.py), on the same data, CPU threads and precision.
 
 Each side runs 3 epochs in a fresh process, and its steady epoch is the mean of epochs 2 and 3:
-for `cli.py fit`, the steps of the `elapsed_s` column of the run's metrics.csv (wall time from the
+for `cli.py fit`, the steps of the `wall_s` column of the run's metrics.csv (wall time from the
 first step to the end of each epoch, so an epoch's step holds its training, its evaluation of the
 test set and everything the callbacks do: checkpoints, metrics.csv, TensorBoard); for airbench94,
 its own loop's training time plus its per-epoch evaluation of the test set. Rounds alternate
@@ -49,7 +49,7 @@ def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):
 
 
 def keras_epochs(data, precision, epochs=3, recipe="airbench94"):
-    """`cli.py fit --config configs/<recipe's>.yaml`'s `elapsed_s` column and training images per epoch."""
+    """`cli.py fit --config configs/<recipe's>.yaml`'s `wall_s` column and training images per epoch."""
     return cli_fit_epochs(["--config", os.path.join(REPO, "configs", RECIPES[recipe][0]), "--no-tta",
                            "--mixed-precision", precision], data, "cpu", epochs)
 
