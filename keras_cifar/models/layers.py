@@ -266,7 +266,7 @@ class InceptionBlock(layers.Layer):
                 name=f"{name}_conv",
             )
             unit.append(
-                layers.BatchNormalization(
+                BatchNormalization(
                     axis=channel_axis(self.data_format), epsilon=self.bn_epsilon, momentum=0.9, name=f"{name}_bn"
                 )
             )
@@ -345,9 +345,7 @@ class ResidualBlock(layers.Layer):
         use_bias = not batch_norm
 
         def bn(suffix):
-            return [
-                layers.BatchNormalization(axis=axis, epsilon=bn_epsilon, momentum=0.9, name=f"{self.name}_{suffix}")
-            ]
+            return [BatchNormalization(axis=axis, epsilon=bn_epsilon, momentum=0.9, name=f"{self.name}_{suffix}")]
 
         conv1 = torch_conv(
             filters, 3, strides=strides, padding=1, use_bias=use_bias, data_format=self.data_format,
@@ -376,7 +374,7 @@ class ResidualBlock(layers.Layer):
                     self.filters, 1, strides=self.strides, use_bias=False, data_format=self.data_format,
                     name=f"{self.name}_downsample_0",
                 ),
-                layers.BatchNormalization(
+                BatchNormalization(
                     axis=channel_axis(self.data_format), epsilon=self.bn_epsilon, momentum=0.9,
                     name=f"{self.name}_downsample_1",
                 ),
@@ -445,3 +443,11 @@ class TorchBatchNorm(layers.BatchNormalization):
             eps=self.epsilon,
         )
         return ops.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNormalization(TorchBatchNorm):
+    """`TorchBatchNorm` under Keras's class name: the batch norm of the GoogLeNet and ResNet18
+    blocks. Keras files address the weights of a block's sub-layers by class name
+    (`.../_residual/batch_normalization_1/vars`), so this name keeps checkpoints saved when
+    these layers were Keras's own loading into today's blocks, weights unchanged."""
