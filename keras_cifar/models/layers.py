@@ -33,8 +33,9 @@ class TorchConv2D(layers.Conv2D):
 
     Keras's layer adds the bias as a separate element-wise pass over the output, which costs a
     small network on a CPU several percent of its step. Where torch's kernel cannot take the
-    layer as it is (another backend, a channels-last layout, strided or even-sized "same"
-    padding, "causal" padding) it is Keras's layer."""
+    layer as it is (a channels-last layout, strided or even-sized "same" padding, "causal"
+    padding) it is Keras's layer. On another backend a channels-first layer computes in
+    channels-last (`channels_last_conv2d`), the same weights giving the same outputs."""
 
     def _torch_padding(self):
         if keras.backend.backend() != "torch" or self.data_format != "channels_first":
@@ -46,6 +47,10 @@ class TorchConv2D(layers.Conv2D):
         return None
 
     def call(self, inputs):
+        if keras.backend.backend() != "torch" and self.data_format == "channels_first":
+            outputs = channels_last_conv2d(inputs, self.kernel, self.bias if self.use_bias else None,
+                                           strides=self.strides, padding=self.padding, dilation=self.dilation_rate)
+            return self.activation(outputs) if self.activation is not None else outputs
         padding = self._torch_padding()
         if padding is None:
             return super().call(inputs)
@@ -62,6 +67,16 @@ def torch_conv2d(inputs, kernel, bias=None, strides=1, padding=0, dilation=1, gr
     kernel = ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)  # -> (out, in, kh, kw)
     bias = ops.convert_to_tensor(bias) if bias is not None else None
     return F.conv2d(inputs, kernel, bias, stride=strides, padding=padding, dilation=dilation, groups=groups)
+
+
+def channels_last_conv2d(inputs, kernel, bias=None, strides=1, padding="valid", dilation=1):
+    """A convolution of channels-first `inputs` computed in channels-last with `keras.ops`, for
+    backends other than torch: TensorFlow's CPU kernels take channels-last only."""
+    outputs = ops.conv(ops.transpose(inputs, (0, 2, 3, 1)), kernel, strides=strides, padding=padding,
+                       dilation_rate=dilation, data_format="channels_last")
+    if bias is not None:
+        outputs = outputs + ops.cast(bias, outputs.dtype)
+    return ops.transpose(outputs, (0, 3, 1, 2))
 
 
 def torch_conv(filters, kernel_size, *, strides=1, padding=0, use_bias=True, data_format=None, name=None):
