@@ -1,6 +1,9 @@
-"""keras_cifar: the classic CIFAR-10 PyTorch experiments as Keras 3 models on torch."""
+"""keras_cifar: the classic CIFAR-10 PyTorch experiments as Keras 3 models on torch.
 
-from keras_cifar import _backend  # noqa: F401  (sets KERAS_BACKEND=torch, imports keras)
+It trains on Keras's torch backend; imported on another (`KERAS_BACKEND=tensorflow` or `jax`) it
+registers its layers, so that its checkpoints load and predict there."""
+
+from keras_cifar import _backend  # noqa: F401  (KERAS_BACKEND=torch unless chosen otherwise, imports keras)
 
 from keras_cifar.models import create_model, get_model_info, list_models  # noqa: E402
 from keras_cifar.models.layers import InceptionBlock, ResidualBlock  # noqa: E402

@@ -1,12 +1,14 @@
 """Custom layers: shapes, weights, config round-trips and saving."""
 
+import keras
 import numpy as np
 import pytest
 
 from keras_cifar import InceptionBlock, ResidualBlock
+from keras_cifar.keras_internals import all_layers
 from keras_cifar.models.inception_lite import LITE_BLOCK
-from keras_cifar.models.layers import SymmetricMaxPooling2D
-from tests.helpers import run_layer_test
+from keras_cifar.models.layers import SymmetricMaxPooling2D, TorchBatchNorm
+from tests.helpers import run_layer_test, to_numpy
 
 
 @pytest.mark.parametrize("data_format,shape,out", [
@@ -67,3 +69,34 @@ def test_symmetric_max_pooling_pads_like_pytorch(tmp_path):
     x = torch.randn(2, 3, 8, 8) - 3  # negative values: padding must behave as -inf
     expected = torch.nn.functional.max_pool2d(x, 3, 2, 1)
     torch.testing.assert_close(layer(x), expected)
+
+
+def test_blocks_saved_with_keras_batch_norm_load_into_the_fused_one(tmp_path, monkeypatch):
+    """A checkpoint saved when the GoogLeNet and ResNet18 blocks' batch norms were Keras's own
+    loads into today's fused ones, weights unchanged: Keras finds a block's sub-layer weights by
+    class name, and the fused layer keeps Keras's."""
+    import keras_cifar.models.layers as layers_module
+
+    def blocks():
+        inputs = keras.Input((16, 8, 8))
+        x = InceptionBlock(8, 8, 8, 4, 8, 8, data_format="channels_first")(inputs)
+        return keras.Model(inputs, ResidualBlock(16, strides=2, batch_norm=True, data_format="channels_first")(x))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(layers_module, "BatchNormalization", keras.layers.BatchNormalization)
+        old = blocks()
+    rng = np.random.default_rng(0)
+    for layer in all_layers(old):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            assert not isinstance(layer, TorchBatchNorm)
+            layer.moving_mean.assign(rng.uniform(-0.5, 0.5, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape))
+    old.save(tmp_path / "old.keras")
+    loaded = keras.saving.load_model(tmp_path / "old.keras")
+    batch_norms = [layer for layer in all_layers(loaded) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batch_norms) == 9 and all(isinstance(layer, TorchBatchNorm) for layer in batch_norms)
+    for saved, reloaded in zip(old.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(saved, reloaded)
+    x = rng.normal(size=(2, 16, 8, 8)).astype("float32")
+    np.testing.assert_allclose(to_numpy(loaded(x, training=False)), to_numpy(old(x, training=False)),
+                               atol=1e-5, rtol=0)

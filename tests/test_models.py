@@ -12,7 +12,7 @@ import torch
 
 import keras_cifar as kc
 from bench import reference
-from keras_cifar.models.convert import copy_torch_weights, keras_weighted_layer_names
+from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name, keras_weighted_layer_names
 from tests.conftest import random_images
 from tests.helpers import assert_saves_and_reloads, to_numpy
 
@@ -89,6 +89,36 @@ def test_logits_equal_pytorch_original(name, data_format):
     logits = to_numpy(model(images, training=False))
     assert np.abs(expected).max() > 1e-2  # a real signal, not all zeros
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(BIG))
+def test_batch_norm_is_torchs_in_training_and_inference(name):
+    """The 224x224 models' batch norms compute as nn.BatchNorm2d (torch's fused kernel): a training
+    forward normalises with the batch statistics and updates every running mean and variance as
+    torch does (momentum 0.1, the unbiased batch variance); inference then uses them."""
+    torch.manual_seed(0)
+    torch_model = reference.create_reference(name).train()
+    randomize_batch_norm(torch_model)
+    model = kc.create_model(name, resize_to=64)  # 2x2 maps in the last stage: 8 values a channel
+    copy_torch_weights(model, torch_model)
+    images = random_images(2)
+    with torch.no_grad():
+        expected = torch_model(reference.preprocess_nchw(images, name, resize_to=64)).numpy()
+    logits = to_numpy(model(images, training=True))
+    if name == "resnet18":  # googlenet's dropout draws its own masks
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    by_name = keras_layers_by_name(model)
+    batch_norms = [(path, module) for path, module in torch_model.named_modules()
+                   if isinstance(module, torch.nn.BatchNorm2d)]
+    for path, module in batch_norms:
+        layer = by_name[path.replace(".", "_")]
+        for keras_state, torch_state in ((layer.moving_mean, module.running_mean),
+                                         (layer.moving_variance, module.running_var)):
+            np.testing.assert_allclose(to_numpy(keras_state), torch_state.numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=path)
+    with torch.no_grad():
+        expected = torch_model.eval()(reference.preprocess_nchw(images, name, resize_to=64)).numpy()
+    np.testing.assert_allclose(to_numpy(model(images, training=False)), expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -8,7 +8,7 @@ import torchvision
 
 import keras_cifar as kc
 from bench import reference
-from keras_cifar.errors import WeightsError
+from keras_cifar.errors import UsageError, WeightsError
 from tests.conftest import random_images
 
 
@@ -94,3 +94,14 @@ def test_imagenet_without_internet_or_cache_says_how_to_supply(monkeypatch, tmp_
     assert str(tmp_path) in message  # where the cached file would go
     assert "`weights='path/to/resnet18.pth'`" in message
     assert "\n" not in message  # one paragraph
+
+
+def test_torchvision_weights_on_another_backend_are_a_clear_error(tmp_path, monkeypatch):
+    """torchvision imported after TensorFlow's libraries crashes the process: on another Keras
+    backend loading its weights is refused before it is imported."""
+    from keras_cifar import _backend
+
+    monkeypatch.setattr(_backend, "on_torch", lambda: False)
+    with pytest.raises(UsageError) as error:
+        kc.create_model("resnet18", weights=str(tmp_path / "resnet18.pth"), resize_to=32)
+    assert "torch backend" in str(error.value) and "KERAS_BACKEND=torch" in str(error.value)

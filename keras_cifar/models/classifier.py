@@ -23,6 +23,9 @@ points, all explicit here and absent in a single process: around `backward()` (t
 are averaged across ranks while the backward pass runs), and in `get_metrics_result` at the end
 of a training epoch or an evaluation (metric totals summed over the ranks, batch-norm moving
 statistics averaged) before any callback reads the logs.
+
+On another Keras backend (a checkpoint loaded under TensorFlow or JAX) `predict` and `evaluate`
+take Keras's standard steps and training raises an error naming the torch backend.
 """
 
 import contextlib
@@ -32,6 +35,7 @@ import keras
 import torch
 
 from keras_cifar import keras_internals
+from keras_cifar._backend import on_torch, require_torch
 from keras_cifar.models.graph_capture import ForwardGraphs, capturable
 from keras_cifar.models.layers import PACKAGE
 
@@ -64,7 +68,7 @@ class ImageClassifier(keras.Model):
     # --- compile and metrics
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        own_accuracy = metrics is not None and list(metrics) == [ACCURACY]
+        own_accuracy = on_torch() and metrics is not None and list(metrics) == [ACCURACY]
         super().compile(optimizer=optimizer, loss=loss, metrics=None if own_accuracy else metrics, **kwargs)
         tracker = keras.metrics.Mean(name=ACCURACY) if own_accuracy else None
         object.__setattr__(self, "_accuracy_tracker", tracker)  # untracked: not a layer weight
@@ -150,6 +154,7 @@ class ImageClassifier(keras.Model):
     # --- steps
 
     def make_train_function(self, force=False):
+        require_torch("Training a keras_cifar model")
         object.__setattr__(self, "_plan", None)  # trainable weights or compile settings may have changed
         return super().make_train_function(force)
 
@@ -234,3 +239,8 @@ class ImageClassifier(keras.Model):
             self.optimizer.apply([v.value.grad for v in trainable_weights], trainable_weights)
         self._update_accuracy(plan, y, y_pred)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+if not on_torch():  # Keras's own steps on another backend (JAX's take the model state as an argument)
+    for _step in ("train_step", "test_step", "predict_step"):
+        delattr(ImageClassifier, _step)

@@ -31,7 +31,8 @@ from keras import layers, ops
 
 from keras_cifar.models.classifier import ImageClassifier
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import PACKAGE, TorchBatchNorm, TorchConv2D, channel_axis, torch_conv2d
+from keras_cifar.models.layers import (PACKAGE, TorchBatchNorm, TorchConv2D, channel_axis, channels_last_conv2d,
+                                       torch_conv2d)
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 
@@ -79,8 +80,10 @@ class PatchWhitening(layers.Layer):
         self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
 
     def call(self, x):
-        if keras.backend.backend() == "torch" and self.data_format == "channels_first":
-            return torch_conv2d(x, self.kernel, self.bias)
+        if self.data_format == "channels_first":
+            if keras.backend.backend() == "torch":
+                return torch_conv2d(x, self.kernel, self.bias)
+            return channels_last_conv2d(x, self.kernel, self.bias)
         y = ops.conv(x, self.kernel, strides=1, padding="valid", data_format=self.data_format)
         shape = (1, -1, 1, 1) if self.data_format == "channels_first" else (1, 1, 1, -1)
         return y + ops.reshape(self.bias, shape)

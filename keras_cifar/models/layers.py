@@ -33,8 +33,9 @@ class TorchConv2D(layers.Conv2D):
 
     Keras's layer adds the bias as a separate element-wise pass over the output, which costs a
     small network on a CPU several percent of its step. Where torch's kernel cannot take the
-    layer as it is (another backend, a channels-last layout, strided or even-sized "same"
-    padding, "causal" padding) it is Keras's layer."""
+    layer as it is (a channels-last layout, strided or even-sized "same" padding, "causal"
+    padding) it is Keras's layer. On another backend a channels-first layer computes in
+    channels-last (`channels_last_conv2d`), the same weights giving the same outputs."""
 
     def _torch_padding(self):
         if keras.backend.backend() != "torch" or self.data_format != "channels_first":
@@ -46,6 +47,10 @@ class TorchConv2D(layers.Conv2D):
         return None
 
     def call(self, inputs):
+        if keras.backend.backend() != "torch" and self.data_format == "channels_first":
+            outputs = channels_last_conv2d(inputs, self.kernel, self.bias if self.use_bias else None,
+                                           strides=self.strides, padding=self.padding, dilation=self.dilation_rate)
+            return self.activation(outputs) if self.activation is not None else outputs
         padding = self._torch_padding()
         if padding is None:
             return super().call(inputs)
@@ -62,6 +67,16 @@ def torch_conv2d(inputs, kernel, bias=None, strides=1, padding=0, dilation=1, gr
     kernel = ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)  # -> (out, in, kh, kw)
     bias = ops.convert_to_tensor(bias) if bias is not None else None
     return F.conv2d(inputs, kernel, bias, stride=strides, padding=padding, dilation=dilation, groups=groups)
+
+
+def channels_last_conv2d(inputs, kernel, bias=None, strides=1, padding="valid", dilation=1):
+    """A convolution of channels-first `inputs` computed in channels-last with `keras.ops`, for
+    backends other than torch: TensorFlow's CPU kernels take channels-last only."""
+    outputs = ops.conv(ops.transpose(inputs, (0, 2, 3, 1)), kernel, strides=strides, padding=padding,
+                       dilation_rate=dilation, data_format="channels_last")
+    if bias is not None:
+        outputs = outputs + ops.cast(bias, outputs.dtype)
+    return ops.transpose(outputs, (0, 3, 1, 2))
 
 
 def torch_conv(filters, kernel_size, *, strides=1, padding=0, use_bias=True, data_format=None, name=None):
@@ -266,7 +281,7 @@ class InceptionBlock(layers.Layer):
                 name=f"{name}_conv",
             )
             unit.append(
-                layers.BatchNormalization(
+                BatchNormalization(
                     axis=channel_axis(self.data_format), epsilon=self.bn_epsilon, momentum=0.9, name=f"{name}_bn"
                 )
             )
@@ -345,9 +360,7 @@ class ResidualBlock(layers.Layer):
         use_bias = not batch_norm
 
         def bn(suffix):
-            return [
-                layers.BatchNormalization(axis=axis, epsilon=bn_epsilon, momentum=0.9, name=f"{self.name}_{suffix}")
-            ]
+            return [BatchNormalization(axis=axis, epsilon=bn_epsilon, momentum=0.9, name=f"{self.name}_{suffix}")]
 
         conv1 = torch_conv(
             filters, 3, strides=strides, padding=1, use_bias=use_bias, data_format=self.data_format,
@@ -376,7 +389,7 @@ class ResidualBlock(layers.Layer):
                     self.filters, 1, strides=self.strides, use_bias=False, data_format=self.data_format,
                     name=f"{self.name}_downsample_0",
                 ),
-                layers.BatchNormalization(
+                BatchNormalization(
                     axis=channel_axis(self.data_format), epsilon=self.bn_epsilon, momentum=0.9,
                     name=f"{self.name}_downsample_1",
                 ),
@@ -445,3 +458,11 @@ class TorchBatchNorm(layers.BatchNormalization):
             eps=self.epsilon,
         )
         return ops.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNormalization(TorchBatchNorm):
+    """`TorchBatchNorm` under Keras's class name: the batch norm of the GoogLeNet and ResNet18
+    blocks. Keras files address the weights of a block's sub-layers by class name
+    (`.../_residual/batch_normalization_1/vars`), so this name keeps checkpoints saved when
+    these layers were Keras's own loading into today's blocks, weights unchanged."""

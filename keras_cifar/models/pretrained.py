@@ -54,6 +54,9 @@ def local_state_dict(path):
 
 def load_torchvision_resnet18(model, weights):
     """Copies torchvision ResNet18 weights (all but the classification head) into `model`."""
+    from keras_cifar._backend import require_torch
+
+    require_torch("Loading torchvision's ResNet18 weights")  # torchvision after TensorFlow crashes the process
     import torchvision
 
     state = imagenet_state_dict() if weights == "imagenet" else local_state_dict(weights)

@@ -4,7 +4,8 @@ from keras import layers
 
 from keras_cifar.models.classifier import ImageClassifier
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import ResidualBlock, SymmetricMaxPooling2D, channel_axis, torch_conv
+from keras_cifar.models.layers import (BatchNormalization, ResidualBlock, SymmetricMaxPooling2D, channel_axis,
+                                       torch_conv)
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 
@@ -30,7 +31,7 @@ def build_resnet18(num_classes=10, data_format="channels_first", input_shape=RAW
     x = preprocess(inputs, "symmetric", data_format, resize_to=resize_to)
     for layer in torch_conv(64, 7, strides=2, padding=3, use_bias=False, data_format=data_format, name="conv1"):
         x = layer(x)
-    x = layers.BatchNormalization(axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name="bn1")(x)
+    x = BatchNormalization(axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name="bn1")(x)
     x = layers.ReLU(name="relu")(x)
     x = SymmetricMaxPooling2D(3, 2, 1, data_format=data_format, name="maxpool")(x)
     for stage_index, (filters, strides) in enumerate(STAGES, start=1):

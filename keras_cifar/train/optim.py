@@ -381,7 +381,7 @@ class TorchSGD(_TorchOptimUpdate, keras.optimizers.SGD):
                                  "averages are optimizer variables. Compile the other model with a new optimizer.")
             return  # the same model compiled again with this optimizer
         self.__dict__["_model_state"] = list(variables)
-        self.__dict__["_model_state_start"] = [variable.value.detach().clone() for variable in variables]
+        self.__dict__["_model_state_start"] = [ops.copy(ops.stop_gradient(variable.value)) for variable in variables]
 
     def model_state_averages(self):
         """The lookahead's averages of the model state, once built (a data-parallel run averages
@@ -555,6 +555,8 @@ class TorchLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 def restore_gradients(model):
     """Every trainable weight of `model` requires gradients again (after a run whose optimizer
     froze some, so that later training of the same model object trains them)."""
+    if keras.backend.backend() != "torch":
+        return  # training was refused: nothing froze
     for variable in model.trainable_weights:
         variable.value.requires_grad_(True)
 
@@ -621,8 +623,19 @@ class SparseCrossentropy(keras.losses.Loss):
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
+        if keras.backend.backend() != "torch":
+            return self._portable_call(y_true, y_pred)
         return torch.nn.functional.cross_entropy(y_pred.float(), y_true.reshape(-1).long(), reduction="none",
                                                  label_smoothing=self.label_smoothing)
+
+    def _portable_call(self, y_true, y_pred):
+        """The same loss in `keras.ops`, for evaluating a checkpoint on another backend."""
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        labels = ops.expand_dims(ops.cast(ops.reshape(y_true, (-1,)), "int32"), -1)
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, labels, axis=-1), -1)
+        if not self.label_smoothing:
+            return nll
+        return (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(log_probs, axis=-1)
 
     def get_config(self):
         config = super().get_config()
