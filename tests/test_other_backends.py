@@ -23,7 +23,7 @@ BIG = {"googlenet", "resnet18"}
 
 # Runs on the other backend: loads each checkpoint, predicts, and tries to train the first one.
 LOAD_AND_PREDICT = r"""
-import json, sys
+import json, os, sys
 
 imported = []
 
@@ -56,6 +56,15 @@ for name in cases:
             result["fit"] = "trained"
         except UsageError as error:
             result["fit"] = str(error)
+        from keras_cifar.train.config import resolve_config  # noqa: E402
+        from keras_cifar.train.trainer import fit  # noqa: E402
+
+        try:
+            fit(resolve_config(overrides={"model": "cnn", "data": folder, "log_dir": f"{folder}/logs"}), verbose=0)
+            result["run"] = "trained"
+        except UsageError as error:
+            result["run"] = str(error)
+        result["run_folders"] = os.listdir(f"{folder}/logs") if os.path.exists(f"{folder}/logs") else []
 json.dump(result, open(f"{folder}/result.json", "w"))
 """
 
@@ -118,6 +127,7 @@ def test_checkpoints_load_and_predict_on_another_backend(backend, checkpoints):
     for metric in ("loss", "accuracy"):
         np.testing.assert_allclose(result["evaluate"][metric], float(expected["evaluate"][metric]), rtol=1e-4)
     assert "torch backend" in result["fit"] and "KERAS_BACKEND=torch" in result["fit"]
+    assert "torch backend" in result["run"] and result["run_folders"] == []  # refused before any run folder
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])

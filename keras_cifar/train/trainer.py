@@ -9,7 +9,7 @@ import time
 
 import keras
 
-from keras_cifar import tensorflow_cpu
+from keras_cifar import _backend, tensorflow_cpu
 from keras_cifar.data import TensorLoader, load_cifar
 from keras_cifar.data.augment import Augmentation
 from keras_cifar.errors import (CheckpointError, ConfigError, KerasCifarError, StorageError, TrainingError,
@@ -144,6 +144,7 @@ def _format_duration(seconds):
 
 def fit(config, resume_path=None, verbose=1, echo=print):
     """Trains `config` into a new run folder (or continues `resume_path`)."""
+    _backend.require_torch("Training")  # before any folder is made
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with distributed.session(config) as group:
