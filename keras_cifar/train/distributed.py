@@ -203,7 +203,10 @@ class Heartbeat:
     cut off, and the watcher ends the job with a message naming it (torchrun then stops the
     others). A rank stuck inside a collective while its process still runs is caught by the
     process group's own timeout, `timeout` itself; the heartbeat also publishes each rank's
-    training step count, which that message quotes."""
+    training step count, which that message quotes. A rank that loses the store (node 0's
+    agent, or rank 0, holds it) or its own agent (which alone would stop it, and report its end)
+    ends itself with a message naming what it lost: the ranks reach each other directly, and
+    would otherwise train on."""
 
     SILENCE = 0.8  # of the timeout: a stopped rank is named before any collective times out
 
@@ -212,6 +215,8 @@ class Heartbeat:
         self.period = max(0.2, min(5.0, timeout / 10))
         self.host = os.environ.get("MASTER_ADDR", "127.0.0.1")
         self.port = int(os.environ.get("MASTER_PORT", "29500"))
+        self.where = f"{self.host}:{self.port}"
+        self.launcher = os.getppid()  # torchrun's agent on this machine
         self.store = self.client()
         self.progress = lambda: 0  # training steps taken, published every period
         self._stop = threading.Event()
@@ -268,8 +273,14 @@ class Heartbeat:
             except Exception as error:  # the store (torchrun's agent, or rank 0) is gone
                 if self._stop.is_set():
                     return
-                fatal(f"Rank {self.rank}: lost torchrun's store at {self.where} ({type(error).__name__}: "
-                      f"{str(error).splitlines()[0][:200]}). The launcher or rank 0 has stopped; ending the job.")
+                detail = (str(error).splitlines() or [""])[0][:200]
+                fatal(f"Rank {self.rank}: lost torchrun's store at {self.where} ({type(error).__name__}"
+                      f"{': ' + detail if detail else ''}). The torchrun agent that holds it (node 0's) or rank 0 "
+                      "has stopped, or its machine cannot be reached; ending the job.")
+            if os.getppid() != self.launcher:
+                fatal(f"Rank {self.rank}: lost its torchrun agent (pid {self.launcher}), the launcher on this "
+                      "machine, which has exited; nothing would stop this rank or report its end any more. "
+                      "Ending the job.")
             now = time.monotonic()
             if count != last_count:
                 last_count, last_change = count, now
@@ -324,7 +335,7 @@ def session(config):
                     f"({type(error).__name__}: {str(error).splitlines()[0][:300]}). Another rank died, or is stuck "
                     f"more than `dist_timeout` ({group.timeout:g} s) behind (training steps taken: "
                     f"{group.heartbeat.steps_of_every_rank()}; the lowest is stuck). The last completed epoch is "
-                    "saved: resume with `fit(resume_path=...)`."
+                    "saved in the run folder: resume with `fit(resume_path='RUN_DIR')`."
                 ) from None
             raise
         clean = True
