@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 import keras_cifar  # noqa: F401
 from keras_cifar.data import Split, TensorLoader
+from keras_cifar.errors import TrainingError
 from keras_cifar.train import distributed
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import NaNGuard
@@ -355,3 +357,38 @@ def test_heartbeat_ends_a_rank_whose_agent_has_exited(monkeypatch):
     store.add = add
     message = _heartbeat_message(monkeypatch, store)
     assert message.startswith(f"Rank 1: lost its torchrun agent (pid {launcher})"), message
+
+
+@pytest.mark.parametrize("store_lost", [False, True])
+def test_a_failed_collective_names_the_lost_store_as_its_cause(monkeypatch, store_lost):
+    """A rank whose collective fails because the store's agent is gone (it took the other rank
+    with it) says so, over the heartbeat's connection: a new one would wait twice `dist_timeout`
+    for the store before the rank could end."""
+    class Group(distributed.Group):  # a process group without processes; its heartbeat on a stand-in store
+        def __init__(self, timeout):
+            self.rank, self.world_size, self.timeout = 1, 2, timeout
+            self.heartbeat = distributed.Heartbeat(1, 2, timeout)
+
+        def start(self, device):
+            pass
+
+        def close(self, clean):
+            pass
+
+    stores = iter([_Store(ConnectionResetError("Broken pipe") if store_lost else None), _Store()])
+    monkeypatch.setattr(distributed.Heartbeat, "client", lambda self: next(stores))  # the heartbeat's, then others
+    monkeypatch.setattr(distributed, "ProcessGroup", Group)
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "29512"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(TrainingError) as ended:
+        with distributed.session(types.SimpleNamespace(dist_timeout=8, device="cpu")):
+            raise RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:22417")
+    message = str(ended.value)
+    if store_lost:
+        assert message.startswith("Rank 1: lost torchrun's store at 10.1.2.3:29512 (ConnectionResetError: Broken "
+                                  "pipe)."), message
+    else:
+        assert message.startswith("Rank 1: a collective with the other ranks failed (RuntimeError: [pair.cc:561] "
+                                  "Connection closed by peer"), message
+        assert "training steps taken: rank 0: ?, rank 1: ?" in message, message
+    assert message.endswith("resume with `fit(resume_path='RUN_DIR')`."), message
