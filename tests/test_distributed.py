@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -17,8 +18,11 @@ import torch
 
 import keras_cifar  # noqa: F401
 from keras_cifar.data import Split, TensorLoader
+from keras_cifar.errors import TrainingError
+from keras_cifar.train import distributed
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import NaNGuard
+from tests import reaper
 from tests.cli_runner import run_cli
 from tests.conftest import REPO
 from tests.test_crash import tensorboard_steps, wait_for_epoch
@@ -64,9 +68,10 @@ def worker_pids(launcher_pid):
     return workers
 
 
-def fit_args(data, root, *extra, epochs=2, batch_size=10):
+def fit_args(data, root, *extra, epochs=2, batch_size=10, data_dir=None):
     return [REPO / "cli.py", "fit", "--model", "cnn", "--epochs", epochs, "--batch-size", batch_size, "--seed", 3,
-            "--device", "cpu", "--data", data, "--data-dir", root / "tfds", "--log-dir", root / "logs", *extra]
+            "--device", "cpu", "--data", data, "--data-dir", data_dir or root / "tfds", "--log-dir", root / "logs",
+            *extra]
 
 
 # --- one process against two --------------------------------------------------------------------------
@@ -258,3 +263,132 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout(real_folder_2k, tmp_path
                 pass
     assert process.returncode != 0
     assert "Rank 1 has not answered" in stderr, stderr[-3000:]
+
+
+def test_a_lost_store_ends_every_rank_with_its_message(two_process_run, real_folder_small, tmp_path):
+    """SIGKILL of torchrun's agent, which holds the job's store (MASTER_ADDR:MASTER_PORT): its two
+    ranks, orphaned, would train on without it (gloo connects them directly). The heartbeat ends
+    each within the timeout, exit code 1, naming the store. The reaper collects the orphans' exit
+    codes. The timeout bounds the detection; a loaded machine needs 20 s for the ranks to keep
+    up with each other while they start."""
+    timeout = 20
+    statuses = tmp_path / "exit_codes"
+    with open(tmp_path / "stderr", "w") as stderr:
+        args = fit_args(real_folder_small, tmp_path, "--dist-timeout", timeout, epochs=100,
+                        data_dir=two_process_run[0] / "tfds")  # prepared: the ranks start sooner
+        process = reaper.start(statuses, torchrun_command(*args),
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, env=dict(os.environ, **ENV))
+    try:
+        wait_for_epoch(tmp_path / "logs", 1, process)
+        (agent,) = reaper.children(process.pid)
+        ranks = worker_pids(agent)
+        assert sorted(ranks) == [0, 1], ranks
+        store = "{MASTER_ADDR}:{MASTER_PORT}".format(**reaper.environment(ranks[0]))
+        os.kill(agent, signal.SIGKILL)
+        killed = time.monotonic()
+        while any(map(reaper.alive, ranks.values())) and time.monotonic() - killed < timeout:
+            time.sleep(0.05)
+        assert not any(map(reaper.alive, ranks.values())), f"ranks still running {timeout} s after the kill"
+        process.wait(timeout=30)
+    finally:
+        reaper.kill_all(process)
+    messages = (tmp_path / "stderr").read_text()
+    codes = reaper.exit_codes(statuses)
+    assert [codes.get(ranks[0]), codes.get(ranks[1])] == [1, 1], (codes, messages[-3000:])
+    for rank in ranks:
+        assert f"Error: Rank {rank}: lost torchrun's store at {store} (" in messages, messages[-3000:]
+
+
+class _Store:
+    """Stands in for torchrun's store in the heartbeat: counts, or fails as a lost store does."""
+
+    def __init__(self, error=None):
+        self.error = error
+        self.values = {}
+
+    def add(self, key, amount):
+        if self.error:
+            raise self.error
+        self.values[key] = self.values.get(key, 0) + amount
+        return self.values[key]
+
+    def set(self, key, value):
+        self.add(key, 0)
+
+    def check(self, keys):
+        self.add(keys[0], 0)
+        return False
+
+
+class _Fatal(Exception):
+    pass
+
+
+def _heartbeat_message(monkeypatch, store, rank=1):
+    """What the heartbeat's loop ends the rank with, for a given store (`fatal` raises instead of exiting)."""
+    def fatal(message):
+        raise _Fatal(message)
+
+    monkeypatch.setenv("MASTER_ADDR", "10.1.2.3")
+    monkeypatch.setenv("MASTER_PORT", "29512")
+    monkeypatch.setattr(distributed.Heartbeat, "client", lambda self: store)
+    monkeypatch.setattr(distributed, "fatal", fatal)
+    heartbeat = distributed.Heartbeat(rank=rank, world_size=2, timeout=2)
+    with pytest.raises(_Fatal) as ended:
+        heartbeat._run()
+    return str(ended.value)
+
+
+@pytest.mark.parametrize("error", [torch.distributed.DistNetworkError("Broken pipe"), ConnectionResetError()])
+def test_heartbeat_names_the_lost_store(monkeypatch, error):
+    message = _heartbeat_message(monkeypatch, _Store(error))
+    assert message.startswith("Rank 1: lost torchrun's store at 10.1.2.3:29512 ("), message
+
+
+def test_heartbeat_ends_a_rank_whose_agent_has_exited(monkeypatch):
+    launcher = os.getppid()
+    store = _Store()
+    original_add = store.add
+
+    def add(key, amount):  # the agent exits after the first beat; the store (on another node) lives on
+        monkeypatch.setattr(os, "getppid", lambda: launcher + 1)
+        return original_add(key, amount)
+
+    store.add = add
+    message = _heartbeat_message(monkeypatch, store)
+    assert message.startswith(f"Rank 1: lost its torchrun agent (pid {launcher})"), message
+
+
+@pytest.mark.parametrize("store_lost", [False, True])
+def test_a_failed_collective_names_the_lost_store_as_its_cause(monkeypatch, store_lost):
+    """A rank whose collective fails because the store's agent is gone (it took the other rank
+    with it) says so, over the heartbeat's connection: a new one would wait twice `dist_timeout`
+    for the store before the rank could end."""
+    class Group(distributed.Group):  # a process group without processes; its heartbeat on a stand-in store
+        def __init__(self, timeout):
+            self.rank, self.world_size, self.timeout = 1, 2, timeout
+            self.heartbeat = distributed.Heartbeat(1, 2, timeout)
+
+        def start(self, device):
+            pass
+
+        def close(self, clean):
+            pass
+
+    stores = iter([_Store(ConnectionResetError("Broken pipe") if store_lost else None), _Store()])
+    monkeypatch.setattr(distributed.Heartbeat, "client", lambda self: next(stores))  # the heartbeat's, then others
+    monkeypatch.setattr(distributed, "ProcessGroup", Group)
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "29512"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(TrainingError) as ended:
+        with distributed.session(types.SimpleNamespace(dist_timeout=8, device="cpu")):
+            raise RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:22417")
+    message = str(ended.value)
+    if store_lost:
+        assert message.startswith("Rank 1: lost torchrun's store at 10.1.2.3:29512 (ConnectionResetError: Broken "
+                                  "pipe)."), message
+    else:
+        assert message.startswith("Rank 1: a collective with the other ranks failed (RuntimeError: [pair.cc:561] "
+                                  "Connection closed by peer"), message
+        assert "training steps taken: rank 0: ?, rank 1: ?" in message, message
+    assert message.endswith("resume with `fit(resume_path='RUN_DIR')`."), message

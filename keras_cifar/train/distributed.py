@@ -203,7 +203,10 @@ class Heartbeat:
     cut off, and the watcher ends the job with a message naming it (torchrun then stops the
     others). A rank stuck inside a collective while its process still runs is caught by the
     process group's own timeout, `timeout` itself; the heartbeat also publishes each rank's
-    training step count, which that message quotes."""
+    training step count, which that message quotes. A rank that loses the store (node 0's
+    agent, or rank 0, holds it) or its own agent (which alone would stop it, and report its end)
+    ends itself with a message naming what it lost: the ranks reach each other directly, and
+    would otherwise train on."""
 
     SILENCE = 0.8  # of the timeout: a stopped rank is named before any collective times out
 
@@ -212,6 +215,8 @@ class Heartbeat:
         self.period = max(0.2, min(5.0, timeout / 10))
         self.host = os.environ.get("MASTER_ADDR", "127.0.0.1")
         self.port = int(os.environ.get("MASTER_PORT", "29500"))
+        self.where = f"{self.host}:{self.port}"
+        self.launcher = os.getppid()  # torchrun's agent on this machine
         self.store = self.client()
         self.progress = lambda: 0  # training steps taken, published every period
         self._stop = threading.Event()
@@ -228,16 +233,18 @@ class Heartbeat:
         return dist.PrefixStore(f"keras_cifar/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/", store)
 
     def steps_of_every_rank(self):
-        """"rank 0: 120 steps, rank 1: 87 steps" from the store (best effort)."""
-        try:
-            store = self.client()
-            parts = []
-            for rank in range(self.world_size):
-                steps = store.get(f"progress/{rank}").decode() if store.check([f"progress/{rank}"]) else "?"
-                parts.append(f"rank {rank}: {steps}")
-            return ", ".join(parts)
-        except Exception:  # noqa: BLE001  (a message detail only)
-            return "unknown"
+        """"rank 0: 120 steps, rank 1: 87 steps" from the store, over the heartbeat's connection (a
+        new one waits twice the timeout for a store that is gone). Raises if the store is lost."""
+        parts = []
+        for rank in range(self.world_size):
+            key = f"progress/{rank}"
+            parts.append(f"rank {rank}: {self.store.get(key).decode() if self.store.check([key]) else '?'}")
+        return ", ".join(parts)
+
+    def lost_store(self, error):
+        return (f"Rank {self.rank}: lost torchrun's store at {self.where} ({_describe(error)}). The torchrun "
+                "agent that holds it (node 0's) or rank 0 has stopped, or its machine cannot be reached; ending "
+                "the job.")
 
     def sequence(self, name):
         self._sequences[name] = self._sequences.get(name, 0) + 1
@@ -268,8 +275,11 @@ class Heartbeat:
             except Exception as error:  # the store (torchrun's agent, or rank 0) is gone
                 if self._stop.is_set():
                     return
-                fatal(f"Rank {self.rank}: lost torchrun's store at {self.where} ({type(error).__name__}: "
-                      f"{str(error).splitlines()[0][:200]}). The launcher or rank 0 has stopped; ending the job.")
+                fatal(self.lost_store(error))
+            if os.getppid() != self.launcher:
+                fatal(f"Rank {self.rank}: lost its torchrun agent (pid {self.launcher}), the launcher on this "
+                      "machine, which has exited; nothing would stop this rank or report its end any more. "
+                      "Ending the job.")
             now = time.monotonic()
             if count != last_count:
                 last_count, last_change = count, now
@@ -277,6 +287,12 @@ class Heartbeat:
                 fatal(f"Rank {watched} has not answered for {now - last_change:.0f} s (stopped, hung, or its machine "
                       f"is unreachable): rank {self.rank} ends the job. The limit is `dist_timeout` "
                       f"({self.timeout:g} s).")
+
+
+def _describe(error, limit=200):
+    """"DistNetworkError: Broken pipe": the type and the first line of the message, if any."""
+    detail = (str(error).splitlines() or [""])[0][:limit]
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
 
 def fatal(message):
@@ -319,12 +335,16 @@ def session(config):
                 from keras_cifar.errors import TrainingError
 
                 group.heartbeat.stop(clean=False)
+                resume = ("The last completed epoch is saved in the run folder: resume with "
+                          "`fit(resume_path='RUN_DIR')`.")
+                try:
+                    steps = group.heartbeat.steps_of_every_rank()
+                except Exception as lost:  # the store is gone too: the cause, which ended the other ranks
+                    raise TrainingError(f"{group.heartbeat.lost_store(lost)} {resume}") from None
                 raise TrainingError(
-                    f"Rank {group.rank}: a collective with the other ranks failed "
-                    f"({type(error).__name__}: {str(error).splitlines()[0][:300]}). Another rank died, or is stuck "
-                    f"more than `dist_timeout` ({group.timeout:g} s) behind (training steps taken: "
-                    f"{group.heartbeat.steps_of_every_rank()}; the lowest is stuck). The last completed epoch is "
-                    "saved: resume with `fit(resume_path=...)`."
+                    f"Rank {group.rank}: a collective with the other ranks failed ({_describe(error, 300)}). Another "
+                    f"rank died, or is stuck more than `dist_timeout` ({group.timeout:g} s) behind (training steps "
+                    f"taken: {steps}; the lowest is stuck). {resume}"
                 ) from None
             raise
         clean = True
