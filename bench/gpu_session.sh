@@ -1,36 +1,31 @@
 #!/usr/bin/env bash
-# The GPU session as one prepared command, for the lent GPU machine (its own torch, no keras, no
-# TensorFlow, no internet). First, here: `bash bench/gpu_prepare.sh`. Then, with the device tool,
-# carry [".whl", ".gpu_data"] and run from the repository root:
+# Longer runs on a GPU machine without internet, Keras or TensorFlow (its own torch), prepared as
+# for bench/gpu_first.sh: `bash bench/gpu_prepare.sh` on a machine with internet, the checkout
+# copied over with its .gpu_bundle, then from the checkout's root there:
 #   bash bench/gpu_session.sh fast     # the fast recipe, ~5 min: cli.py fit --config configs/fast.yaml
 #                                      # (--no-tensorboard) and airbench94 in plain PyTorch (bf16 as
 #                                      # the recipe, then its own fp16), seeds 0 1 2 each, real data
 #   bash bench/gpu_session.sh muon     # the same for configs/fast_muon.yaml and airbench94_muon, ~5 min
 #   bash bench/gpu_session.sh 95       # the same for configs/fast95.yaml and airbench95, ~8 min
 #   bash bench/gpu_session.sh check    # python -m bench.gpu_check, ~5 min
-# Everything lands in $OUT (the device tool's folder; OUT=DIR elsewhere): session.log, nvidia-smi.txt,
+# Everything lands in OUT (default logs/gpu_session-<stage>-<UTC time>): session.log, nvidia-smi.txt,
 # runs.tgz (each run's summary.json and metrics.csv, airbench's JSON reports), gpu_check.txt; each
-# run writes as it goes, so a run stopped at its timeout keeps what finished.
-# A smoke run on the CPU here: OUT=/tmp/g DEVICE=cpu SEEDS=0 FIT_ARGS="--epochs 1 --train-images 2048
+# run writes as it goes, so a run stopped at its timeout keeps what finished. PYTHON, BUNDLE and
+# DATA as in bench/gpu_env.sh; DEVICE (default cuda), SEEDS, RUNS, FIT_ARGS, AIRBENCH_ARGS, CHECK_ARGS.
+# A smoke run on a CPU: OUT=/tmp/g DEVICE=cpu SEEDS=0 FIT_ARGS="--epochs 1 --train-images 2048
 #   --mixed-precision none" AIRBENCH_ARGS="--epochs 1 --train-images 2048" bash bench/gpu_session.sh fast
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:?set OUT (the device tool sets it)}
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-logs/gpu_session-${1:-fast}-$(date -u +%Y%m%d-%H%M%S)}
 DEVICE=${DEVICE:-cuda}
 SEEDS=${SEEDS:-0 1 2}
-DATA=${DATA:-.gpu_data/cifar10-jpeg.tar.gz}
 RUNS=${RUNS:-/tmp/keras-cifar-runs}
-PY=${PYTHON:-python3}
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
 mkdir -p "$OUT" "$RUNS"
 
-export KERAS_BACKEND=torch  # keras_cifar sets it too; the version line below imports keras first
-
 session() {
-if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('keras') is None)"; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "installing .whl/ failed: run bench/gpu_prepare.sh here first and carry .whl"; return 1; }
-  export PYTHONPATH=/tmp/site
-fi
+gpu_env || return 1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/nvidia-smi.txt"
 "$PY" -c "import torch, keras; print('torch', torch.__version__, 'keras', keras.__version__, 'cuda', torch.cuda.is_available())"

@@ -8,10 +8,27 @@ from keras_cifar.models.convert import copy_torch_weights
 HEAD = "fc"
 
 
+def _torchvision():
+    """torchvision, which keras-cifar does not require: pip would replace the user's torch with the
+    one the newest torchvision was built for."""
+    try:
+        import torchvision
+    except ImportError:
+        import torch
+
+        minor = int(torch.__version__.split(".")[1])
+        raise WeightsError(
+            "Loading ResNet18's ImageNet or .pth weights needs torchvision, which is not installed (keras-cifar "
+            f"does not require it, so that pip keeps the torch you have). Install the release made for your torch "
+            f"{torch.__version__}: pip install 'torchvision==0.{minor + 15}.*'; or start from random weights."
+        ) from None
+    return torchvision
+
+
 def _how_to_supply(reason):
     import torch
-    import torchvision
 
+    torchvision = _torchvision()
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
     return WeightsError(
@@ -24,8 +41,7 @@ def _how_to_supply(reason):
 
 
 def imagenet_state_dict():
-    import torchvision
-
+    torchvision = _torchvision()
     weights = torchvision.models.ResNet18_Weights.DEFAULT
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
@@ -57,8 +73,7 @@ def load_torchvision_resnet18(model, weights):
     from keras_cifar._backend import require_torch
 
     require_torch("Loading torchvision's ResNet18 weights")  # torchvision after TensorFlow crashes the process
-    import torchvision
-
+    torchvision = _torchvision()
     state = imagenet_state_dict() if weights == "imagenet" else local_state_dict(weights)
     backbone_state = {key: value for key, value in state.items() if not key.startswith(f"{HEAD}.")}
     reference = torchvision.models.resnet18()
