@@ -223,14 +223,15 @@ def test_fast_epochs_takes_steady_epochs_of_both_and_compares_per_image(monkeypa
     assert "| | cli.py fit (Keras, fast_muon.yaml) | airbench94_muon, plain PyTorch | ratio |" in capsys.readouterr().out
 
 
-def test_fast_epochs_reads_the_cli_runs_elapsed_column(monkeypatch, tmp_path):
+def test_fast_epochs_reads_the_cli_runs_wall_column(monkeypatch, tmp_path):
+    """The whole epoch, checkpoint and log writes included (`wall_s`), not the time-to-accuracy clock."""
     fast_epochs = load_script("fast_epochs")
 
     def fake_run(command, **kwargs):
         run = os.path.join(command[command.index("--log-dir") + 1], "fast-20261129-000000")
         os.makedirs(run)
         with open(os.path.join(run, "metrics.csv"), "w") as file:
-            file.write("epoch,val_accuracy,elapsed_s\n1,0.5,120.5\n2,0.6,230.0\n3,0.7,341.0\n")
+            file.write("epoch,val_accuracy,elapsed_s,wall_s\n1,0.5,120.0,120.5\n2,0.6,229.0,230.0\n3,0.7,339.5,341.0\n")
         with open(os.path.join(run, "summary.json"), "w") as file:
             json.dump({"train_images_per_epoch": 49152}, file)
         return subprocess.CompletedProcess(command, 0, "", "")
@@ -240,7 +241,7 @@ def test_fast_epochs_reads_the_cli_runs_elapsed_column(monkeypatch, tmp_path):
 
 
 def test_epochs_steady_epoch_of_both_sides_over_alternating_rounds(monkeypatch, capsys):
-    """bench.epochs: the CLI's steady epoch from its elapsed_s column (epochs 2-3), the tidy loop's
+    """bench.epochs: the CLI's steady epoch from its wall_s column (epochs 2-3), the tidy loop's
     mean of epochs 2-3, rounds alternating which runs first, the table the median of the rounds."""
     epochs = load_script("epochs")
     calls = []
