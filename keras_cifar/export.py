@@ -93,13 +93,12 @@ def _inference_module(model):
     """The forward pass as a torch module: uint8 images in, float32 logits out."""
     import torch
 
+    # The Keras model is not a submodule: registered, its variables would be the program's parameters
+    # while the forward reads their values as constants, so every weight would be stored twice, and
+    # a non-float variable (a dropout seed) as a parameter breaks `torch.export.load` before torch 2.10.
     class Inference(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
         def forward(self, images):
-            return self.model(images.to(torch.float32), training=False).to(torch.float32)
+            return model(images.to(torch.float32), training=False).to(torch.float32)
 
     return Inference()
 
