@@ -15,12 +15,7 @@ PY="$REPO/.venv/bin/python"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-DATA=${KERAS_CIFAR_DATA:-}
-if [ -z "$DATA" ]; then
-  for candidate in "$REPO/../shared/data/cifar10-jpeg.tar.gz" /work/shared/data/cifar10-jpeg.tar.gz; do
-    if [ -f "$candidate" ]; then DATA=$candidate; break; fi
-  done
-fi
+DATA=${KERAS_CIFAR_DATA:-$REPO/../shared/data/cifar10-jpeg.tar.gz}
 [ -f "${DATA:-}" ] || { echo "wheel check: no real CIFAR-10 archive (set KERAS_CIFAR_DATA)" >&2; exit 1; }
 
 echo "== source: the checkout's files (tracked and untracked, not ignored), nothing built"

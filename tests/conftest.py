@@ -49,12 +49,9 @@ def pinned_device(request, monkeypatch):
     yield "cpu"
 
 def _real_data():
-    """KERAS_CIFAR_DATA, else ../shared/data beside the checkout, else the workplace's /work/shared."""
+    """KERAS_CIFAR_DATA, else ../shared/data/cifar10-jpeg.tar.gz beside the checkout."""
     if os.environ.get("KERAS_CIFAR_DATA"):
         return Path(os.environ["KERAS_CIFAR_DATA"])
-    for root in (REPO.parent / "shared", Path("/work/shared")):
-        if (root / "data" / "cifar10-jpeg.tar.gz").is_file():
-            return root / "data" / "cifar10-jpeg.tar.gz"
     return REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
