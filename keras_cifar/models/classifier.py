@@ -61,8 +61,9 @@ class ImageClassifier(keras.Model):
 
     `set_graph_capture(True)` makes `fit`, `evaluate` and `predict` replay a captured graph of the
     forward pass instead of calling the layers one by one; `fused=True` lets TorchScript fuse its
-    kernels on CUDA (`graph_capture`). It is a runtime setting, not saved with the model. `compile(metrics=["accuracy"])` tracks accuracy with the classifier's own metric
-    (integer labels against logits), updated on the device without Keras's metric machinery.
+    kernels on CUDA (`graph_capture`). It is a runtime setting, not saved with the model.
+    `compile(metrics=["accuracy"])` tracks accuracy with the classifier's own metric (integer
+    labels against logits), updated on the device without Keras's metric machinery.
     """
 
     # --- compile and metrics
