@@ -213,14 +213,18 @@ def _named_batch(shape):
     return onnx_ir.Shape([BATCH, *list(shape)[1:]])
 
 
+def decode_onnx_metadata(props):
+    """ONNX metadata_props (all strings) -> the metadata dict, its JSON values decoded."""
+    return {key: json.loads(value) if key in JSON_KEYS else value for key, value in props.items()}
+
+
 def read_metadata(path):
     """The metadata of an exported file (a dict: model, class_names, config, input, output...)."""
     if path.endswith(FORMATS["onnx"]):
         require_packages(("onnx",), "Reading an ONNX file's metadata")
         import onnx
 
-        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-        return {key: json.loads(value) if key in JSON_KEYS else value for key, value in props.items()}
+        return decode_onnx_metadata({p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props})
     import torch
 
     extra = {METADATA_FILE: ""}

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from keras_cifar.errors import CheckpointError, KerasCifarError
-from keras_cifar.export import FORMATS, INPUT_NAME, JSON_KEYS, METADATA_FILE, require_packages
+from keras_cifar.export import FORMATS, INPUT_NAME, METADATA_FILE, decode_onnx_metadata, require_packages
 
 EXPORTED_SUFFIXES = tuple(FORMATS.values())
 
@@ -54,8 +54,7 @@ def _load_onnx(path):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    props = session.get_modelmeta().custom_metadata_map
-    metadata = {key: json.loads(value) if key in JSON_KEYS else value for key, value in props.items()}
+    metadata = decode_onnx_metadata(session.get_modelmeta().custom_metadata_map)
     return ExportedModel(path, lambda images: session.run(None, {INPUT_NAME: images})[0], metadata)
 
 
