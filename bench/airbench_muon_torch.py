@@ -1,5 +1,5 @@
 """airbench94_muon in plain PyTorch on the project's real CIFAR-10: the reference row for
-configs/fast_muon.yaml (airbench94's network, trained 8 epochs with the Muon optimizer; 94.01%
+configs/airbench94_muon.yaml (airbench94's network, trained 8 epochs with the Muon optimizer; 94.01%
 in 2.59 s on an A100, on the original CIFAR-10).
 
     python -m bench.airbench_muon_torch --device cpu --threads 2 --precision bf16 --out muon_cpu.json

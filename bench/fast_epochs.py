@@ -1,4 +1,4 @@
-"""Seconds per epoch of the fast recipe: `cli.py fit --config configs/fast.yaml` against airbench94
+"""Seconds per epoch of the fast recipe: `cli.py fit --config configs/airbench94.yaml` against airbench94
 itself in plain PyTorch (bench/airbench_torch.py), on the same data, CPU threads and precision.
 
 Each side runs 3 epochs in a fresh process, and its steady epoch is the mean of epochs 2 and 3:
@@ -7,13 +7,13 @@ first step to the end of each epoch, so an epoch's step holds its training, its 
 test set and everything the callbacks do: checkpoints, metrics.csv, TensorBoard); for airbench94,
 its own loop's training time plus its per-epoch evaluation of the test set. Rounds alternate
 which program goes first (`--rounds`, the table gives the median), so drift of the machine falls
-on both. Both train 48 full steps (49,152 images) per epoch: airbench's loader and configs/fast.yaml
+on both. Both train 48 full steps (49,152 images) per epoch: airbench's loader and configs/airbench94.yaml
 (`drop_last`) drop the last partial batch; the table gives seconds per epoch and images per second,
 each side's images per epoch read from its own run (summary.json's `train_images_per_epoch`).
 
-    python -m bench.fast_epochs --rounds 3           # bf16 on the CPU, as configs/fast.yaml
+    python -m bench.fast_epochs --rounds 3           # bf16 on the CPU, as configs/airbench94.yaml
     python -m bench.fast_epochs --precision none     # float32 on both sides
-    python -m bench.fast_epochs --recipe muon        # configs/fast_muon.yaml against airbench94_muon
+    python -m bench.fast_epochs --recipe muon        # configs/airbench94_muon.yaml against airbench94_muon
                                                      # (bench/airbench_muon_torch.py): 25 steps of 2000
 """
 
@@ -30,8 +30,8 @@ from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, in_turn, machine_na
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
 # recipe -> (config of cli.py fit, airbench's program in plain PyTorch, its batch size)
-RECIPES = {"airbench94": ("fast.yaml", "bench.airbench_torch", 1024),
-           "muon": ("fast_muon.yaml", "bench.airbench_muon_torch", 2000)}
+RECIPES = {"airbench94": ("airbench94.yaml", "bench.airbench_torch", 1024),
+           "muon": ("airbench94_muon.yaml", "bench.airbench_muon_torch", 2000)}
 
 
 def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):
@@ -97,7 +97,7 @@ def print_table(rows, precision, machine, recipe="airbench94"):
 @click.option("--rounds", type=int, default=2, show_default=True,
               help="Repetitions, alternating which program goes first (the table: the median).")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default="airbench94", show_default=True,
-              help="airbench94: configs/fast.yaml; muon: configs/fast_muon.yaml, each against its airbench.")
+              help="airbench94: configs/airbench94.yaml; muon: configs/airbench94_muon.yaml, each against its airbench.")
 def main(data, precision, rounds, recipe):
     import torch
 

@@ -6,9 +6,9 @@
 #   EPOCHS=30 bash bench/fast_recipe.sh OUT_DIR 0      the same recipe over another schedule length (keras-e30-seed0;
 #                                                      with STAGE=torch, airbench's: torch-e30-seed0.json)
 #   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
-#   RECIPE=muon bash bench/fast_recipe.sh OUT_DIR      configs/fast_muon.yaml (airbench94_muon) instead, and with
+#   RECIPE=muon bash bench/fast_recipe.sh OUT_DIR      configs/airbench94_muon.yaml (airbench94_muon) instead, and with
 #                                                      STAGE=torch airbench94_muon itself (bench/airbench_muon_torch.py)
-#   RECIPE=airbench95 bash bench/fast_recipe.sh OUT_DIR configs/fast95.yaml (airbench95: the wider network, 15 epochs;
+#   RECIPE=airbench95 bash bench/fast_recipe.sh OUT_DIR configs/airbench95.yaml (airbench95: the wider network, 15 epochs;
 #                                                      keras-95-seedS), and with STAGE=torch airbench95 itself
 #                                                      (bench/airbench_torch.py --variant airbench95; torch-95-seedS)
 #   STAGE=ablation bash bench/fast_recipe.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
@@ -21,9 +21,9 @@ SEEDS=${*:-0 1 2}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 PY=${PYTHON:-.venv/bin/python}
 case "${RECIPE:-airbench94}" in
-airbench94) CONFIG=configs/fast.yaml; TAG=""; REFERENCE=bench.airbench_torch ;;
-muon) CONFIG=configs/fast_muon.yaml; TAG="-muon"; REFERENCE=bench.airbench_muon_torch ;;
-airbench95) CONFIG=configs/fast95.yaml; TAG="-95"; REFERENCE="bench.airbench_torch --variant airbench95" ;;
+airbench94) CONFIG=configs/airbench94.yaml; TAG=""; REFERENCE=bench.airbench_torch ;;
+muon) CONFIG=configs/airbench94_muon.yaml; TAG="-muon"; REFERENCE=bench.airbench_muon_torch ;;
+airbench95) CONFIG=configs/airbench95.yaml; TAG="-95"; REFERENCE="bench.airbench_torch --variant airbench95" ;;
 *) echo "RECIPE must be airbench94, muon or airbench95, not '$RECIPE'" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"
@@ -56,7 +56,7 @@ ablation)
   ORDER="recipe no-lookahead no-bn-bias-lr no-label-smoothing random-flip learned-whitening fp32"
   for name in ${VARIANTS_ORDER:-$ORDER}; do
     # shellcheck disable=SC2086
-    $PY cli.py fit --config configs/fast.yaml --data "$DATA" --epochs "$EPOCHS" --log-dir "$OUT/ablation-$name" \
+    $PY cli.py fit --config configs/airbench94.yaml --data "$DATA" --epochs "$EPOCHS" --log-dir "$OUT/ablation-$name" \
       ${VARIANTS[$name]} 2>&1 | tee "$OUT/ablation-$name.log"
   done ;;
 esac

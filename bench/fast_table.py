@@ -43,7 +43,7 @@ def keras_run(folder):
     total = (summary["elapsed_s"] or 0) + (summary.get("tta_time_s") or 0)
     return {
         "seed": summary["config"]["seed"],
-        "recipe": "fast_muon" if summary["config"].get("optimizer") == "muon" else summary["config"]["model"],
+        "recipe": "airbench94_muon" if summary["config"].get("optimizer") == "muon" else summary["config"]["model"],
         "epochs": summary["epochs"],
         "accuracy": summary["final_accuracy_without_tta"] if summary.get("tta") else summary["final_accuracy"],
         "tta_accuracy": summary["final_accuracy"] if summary.get("tta") else None,

@@ -1,10 +1,10 @@
 """What it is worth that a frozen variable stops requiring gradients: the training step of the
-fast recipes with `fast`'s whitening bias taking a gradient (epochs 1-3) and not (after its
+fast recipes with `airbench94`'s whitening bias taking a gradient (epochs 1-3) and not (after its
 freeze step, where `TorchSGD` turns `requires_grad` off and the backward pass skips the first
 layer and block1's input gradient, as airbench's `bias.detach()`).
 
-    python -m bench.frozen_gradient --recipe muon --rounds 3    # configs/fast_muon.yaml, batch 2000
-    python -m bench.frozen_gradient --recipe airbench94          # configs/fast.yaml, batch 1024
+    python -m bench.frozen_gradient --recipe muon --rounds 3    # configs/airbench94_muon.yaml, batch 2000
+    python -m bench.frozen_gradient --recipe airbench94          # configs/airbench94.yaml, batch 1024
 
 One process, the recipe's model, optimizer and precision, one synthetic batch (the step's cost
 does not depend on pixel values); after one warm-up step each, `--rounds` rounds of `--steps`
@@ -20,7 +20,7 @@ import numpy as np
 
 import keras_cifar  # noqa: F401  (selects Keras's torch backend before keras is imported)
 
-CONFIGS = {"airbench94": "fast.yaml", "muon": "fast_muon.yaml"}
+CONFIGS = {"airbench94": "airbench94.yaml", "muon": "airbench94_muon.yaml"}
 TRAIN_IMAGES = 50000  # CIFAR-10's training split: sets the schedule's length only
 
 
@@ -68,7 +68,8 @@ def main(argv=None):
 
     from keras_cifar.train.config import configs_dir, resolve_config
     from keras_cifar.train.device import set_precision
-    from keras_cifar.train.optim import build_loss, build_optimizer
+    from keras_cifar.losses import build_loss
+    from keras_cifar.train.optim import build_optimizer
     from keras_cifar.train.trainer import build_model
 
     torch.set_num_threads(args.threads)

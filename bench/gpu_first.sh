@@ -11,7 +11,7 @@
 #                      (--no-tensorboard) in fp32 (--mixed-precision none), bf16 and fp16, each
 #                      then cli.py evaluate of its best checkpoint on the test set
 #   gpu_check          python -m bench.gpu_check: cnn, resnet18 and googlenet in fp32 and bf16
-#   fast-*             configs/fast.yaml, seed 0, beside airbench94's own loop (bench.airbench_torch)
+#   fast-*             configs/airbench94.yaml, seed 0, beside airbench94's own loop (bench.airbench_torch)
 #   googlenet-*        2 epochs of googlenet on 4,096 images with each JIT setting (JITS below)
 # It exits with status 1 when a step failed. DEVICE=cpu shrinks every step to run on a CPU in a
 # few minutes (the test suite runs it); PYTHON, BUNDLE and DATA as in bench/gpu_env.sh.
@@ -90,7 +90,7 @@ done
 step gpu_check 300 "$PY" -m bench.gpu_check --device "$DEVICE" "${CHECK[@]}"
 grep -h "^|" "$OUT/gpu_check.log" | tee -a "$RESULTS"
 
-step fast-keras 180 "$PY" cli.py fit --config configs/fast.yaml "${FAST[@]}" --device "$DEVICE" --data "$DATA" \
+step fast-keras 180 "$PY" cli.py fit --config configs/airbench94.yaml "${FAST[@]}" --device "$DEVICE" --data "$DATA" \
   --data-dir "$OUT/data" --no-tensorboard --log-dir "$RUNS/fast/keras-seed0"
 step fast-airbench94 150 "$PY" -m bench.airbench_torch --device "$DEVICE" "${AIRBENCH[@]}" --seed 0 --data "$DATA" \
   --data-dir "$OUT/data" --out "$RUNS/fast/torch-seed0.json"

@@ -2,11 +2,11 @@
 # Longer runs on a GPU machine without internet, Keras or TensorFlow (its own torch), prepared as
 # for bench/gpu_first.sh: `bash bench/gpu_prepare.sh` on a machine with internet, the checkout
 # copied over with its .gpu_bundle, then from the checkout's root there:
-#   bash bench/gpu_session.sh fast     # the fast recipe, ~5 min: cli.py fit --config configs/fast.yaml
+#   bash bench/gpu_session.sh fast     # the fast recipe, ~5 min: cli.py fit --config configs/airbench94.yaml
 #                                      # (--no-tensorboard) and airbench94 in plain PyTorch (bf16 as
 #                                      # the recipe, then its own fp16), seeds 0 1 2 each, real data
-#   bash bench/gpu_session.sh muon     # the same for configs/fast_muon.yaml and airbench94_muon, ~5 min
-#   bash bench/gpu_session.sh 95       # the same for configs/fast95.yaml and airbench95, ~8 min
+#   bash bench/gpu_session.sh muon     # the same for configs/airbench94_muon.yaml and airbench94_muon, ~5 min
+#   bash bench/gpu_session.sh 95       # the same for configs/airbench95.yaml and airbench95, ~8 min
 #   bash bench/gpu_session.sh check    # python -m bench.gpu_check, ~5 min
 # Everything lands in OUT (default logs/gpu_session-<stage>-<UTC time>): session.log, nvidia-smi.txt,
 # runs.tgz (each run's summary.json and metrics.csv, airbench's JSON reports), gpu_check.txt; each
@@ -34,9 +34,9 @@ failed=0
 case "${1:-fast}" in
 fast|muon|95)
   case "$1" in
-  muon) config=configs/fast_muon.yaml tag=-muon reference=bench.airbench_muon_torch ;;
-  95) config=configs/fast95.yaml tag=-95 reference="bench.airbench_torch --variant airbench95" ;;
-  *) config=configs/fast.yaml tag="" reference=bench.airbench_torch ;;
+  muon) config=configs/airbench94_muon.yaml tag=-muon reference=bench.airbench_muon_torch ;;
+  95) config=configs/airbench95.yaml tag=-95 reference="bench.airbench_torch --variant airbench95" ;;
+  *) config=configs/airbench94.yaml tag="" reference=bench.airbench_torch ;;
   esac
   for seed in $SEEDS; do
     echo "== cli.py fit --config $config, seed $seed"

@@ -180,7 +180,7 @@ class ConvGroup(nn.Module):
 
 class Airbench94(nn.Module):
     """The network of KellerJordan/cifar10-airbench's airbench94.py (MIT), with module names
-    matching the Keras `fast` model's layers. Its whitening kernel is frozen."""
+    matching the Keras `airbench94` model's layers. Its whitening kernel is frozen."""
 
     def __init__(self, num_classes=10, widths=(64, 256, 256)):
         super().__init__()
@@ -195,7 +195,17 @@ class Airbench94(nn.Module):
     def forward(self, x):
         x = F.gelu(self.whiten(x))
         x = self.pool(self.block3(self.block2(self.block1(x))))
-        return self.fc(x.flatten(1)) / 9
+        return self.fc(x.flatten(1)) * self.logit_scale
+
+    logit_scale = 1 / 9
+
+
+class Airbench94Muon(Airbench94):
+    """airbench94_muon's CifarNet: airbench94's layers, the logits divided by the last width."""
+
+    def __init__(self, num_classes=10, widths=(64, 256, 256)):
+        super().__init__(num_classes, widths)
+        self.logit_scale = 1 / widths[-1]
 
 
 class Airbench95(Airbench94):
@@ -212,8 +222,9 @@ REFERENCES = {
     "resnet_lite": (ResNetLite, "unit", None),
     "googlenet": (GoogLeNet, "symmetric", 224),
     "resnet18": (resnet18, "symmetric", 224),
-    "fast": (Airbench94, "standardize", None),
-    "fast95": (Airbench95, "standardize", None),
+    "airbench94": (Airbench94, "standardize", None),
+    "airbench94_muon": (Airbench94Muon, "standardize", None),
+    "airbench95": (Airbench95, "standardize", None),
 }
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

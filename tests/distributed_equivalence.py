@@ -30,10 +30,10 @@ CASES = [
     ("resnet18", {"model": "resnet18", "resize_to": 32, "weights": "none"}, 4, 3),
     ("resnet18-sync-bn", {"model": "resnet18", "resize_to": 32, "weights": "none", "sync_bn": True}, 4, 3),
     # the fast recipe's optimizer: batch-norm biases at 64x, Nesterov, lookahead (every 2 steps here)
-    ("fast", {"model": "fast", "mixed_precision": "none", "nesterov": True, "bn_bias_lr_scale": 64.0,
+    ("airbench94", {"model": "airbench94", "mixed_precision": "none", "nesterov": True, "bn_bias_lr_scale": 64.0,
               "lookahead": 2, "epochs": 1}, 4, 3),
-    # fast_muon.yaml's optimizer: Muon on the kernels (its Newton-Schulz step in bfloat16), SGD with the head at 12.6x
-    ("fast-muon", {"model": "fast", "head": "muon", "optimizer": "muon", "muon_lr": 0.02, "mixed_precision": "none",
+    # airbench94_muon.yaml's optimizer: Muon on the kernels (its Newton-Schulz step in bfloat16), SGD with the head at 12.6x
+    ("airbench94-muon", {"model": "airbench94", "head": "muon", "optimizer": "muon", "muon_lr": 0.02, "mixed_precision": "none",
                    "nesterov": True, "head_lr_scale": 12.6, "lookahead": 0, "epochs": 1}, 4, 3),
 ]
 COMMON = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "seed": 5, "jit": "trace", "device": "cpu"}

@@ -114,7 +114,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     apart), and the ablation's change against the recipe."""
     fast_table = load_script("fast_table")
 
-    def keras_run(folder, seed, accuracies, tta, optimizer="sgd", model="fast"):
+    def keras_run(folder, seed, accuracies, tta, optimizer="sgd", model="airbench94"):
         run = tmp_path / folder / "fast-20261129-000000"
         run.mkdir(parents=True)
         rows = [{"epoch": i + 1, "val_accuracy": a, "epoch_time_s": 10.0 + (5 if i == 0 else 0),
@@ -138,7 +138,7 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     keras_run("keras-muon-e2-seed0", 0, [0.80, 0.91], 0.93, optimizer="muon")
     keras_run("keras-muon-e2-seed1", 1, [0.80, 0.90], 0.92, optimizer="muon")
     keras_run("keras-muon-e2-eb500-seed0", 0, [0.70, 0.80], 0.85, optimizer="muon")
-    keras_run("keras-95-seed0", 0, [0.80, 0.91, 0.95], 0.96, model="fast95")
+    keras_run("keras-95-seed0", 0, [0.80, 0.91, 0.95], 0.96, model="airbench95")
     keras_run("ablation-recipe", 0, [0.8, 0.9], 0.91)
     keras_run("ablation-no-lookahead", 0, [0.8, 0.89], 0.9)
     (tmp_path / "torch-seed0.json").write_text(json.dumps({
@@ -149,15 +149,15 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
     for name in ["torch-muon-seed0", "torch-muon-e3-seed0", "torch-muon-zerobias-seed0", "torch-95-seed0"]:
         (tmp_path / f"{name}.json").write_text((tmp_path / "torch-seed0.json").read_text())
     table, groups = fast_table.results_table(str(tmp_path))
-    # fast 3 epochs (2 seeds), fast 4 epochs, fast95, fast_muon 2 epochs (2 seeds, and the variant apart),
+    # fast 3 epochs (2 seeds), fast 4 epochs, airbench95, fast_muon 2 epochs (2 seeds, and the variant apart),
     # 3 epochs, airbench94, airbench95, airbench94_muon (and its shorter schedule and variant apart)
     assert [(label, len(runs)) for label, runs in groups] == [
-        ("keras-cifar `fast`", 2), ("keras-cifar `fast`", 1), ("keras-cifar `fast95`", 1),
+        ("keras-cifar `airbench94`", 2), ("keras-cifar `airbench94`", 1), ("keras-cifar `airbench95`", 1),
         ("keras-cifar `fast_muon`", 2), ("keras-cifar `fast_muon` (eb500)", 1), ("keras-cifar `fast_muon`", 1),
         ("airbench94, plain PyTorch", 1), ("airbench95, plain PyTorch", 1), ("airbench94_muon, plain PyTorch", 1),
         ("airbench94_muon, plain PyTorch", 1), ("airbench94_muon, plain PyTorch (zerobias)", 1)]
     assert [run["tta_accuracy"] for run in groups[3][1]] == [0.93, 0.92]
-    assert groups[2][1][0]["time_to_90"] == 25.0  # fast95: its 2nd epoch
+    assert groups[2][1][0]["time_to_90"] == 25.0  # airbench95: its 2nd epoch
     keras_runs, longer_runs, torch_runs = groups[0][1], groups[1][1], groups[6][1]
     assert groups[5][1][0]["time_to_94"] == 38.0 and groups[8][1][0]["time_to_94"] == 34.0
     assert longer_runs[0]["epochs"] == 4 and longer_runs[0]["time_to_90"] == 35.0  # its 3rd epoch
@@ -174,12 +174,12 @@ def test_fast_table_reads_both_programs_runs(tmp_path):
 
 
 @pytest.mark.parametrize("recipe, stage, command, name", [
-    ("muon", "keras", "cli.py fit --config configs/fast_muon.yaml", "keras-muon-e7-seed3"),
+    ("muon", "keras", "cli.py fit --config configs/airbench94_muon.yaml", "keras-muon-e7-seed3"),
     ("muon", "torch", "-m bench.airbench_muon_torch --device cpu --threads 2 --precision bf16", "torch-muon-e7-seed3"),
-    ("airbench95", "keras", "cli.py fit --config configs/fast95.yaml", "keras-95-e7-seed3"),
+    ("airbench95", "keras", "cli.py fit --config configs/airbench95.yaml", "keras-95-e7-seed3"),
     ("airbench95", "torch", "-m bench.airbench_torch --variant airbench95 --device cpu", "torch-95-e7-seed3"),
 ])
-def test_fast_recipe_script_names_runs_by_recipe_and_schedule(tmp_path, recipe, stage, command, name):
+def test_airbench_recipe_script_names_runs_by_recipe_and_schedule(tmp_path, recipe, stage, command, name):
     """bench/fast_recipe.sh: EPOCHS reaches either program and the run's name, which bench.fast_table groups by."""
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
@@ -220,7 +220,7 @@ def test_fast_epochs_takes_steady_epochs_of_both_and_compares_per_image(monkeypa
     muon = fast_epochs.measure("data", "bf16", 2, recipe="muon")
     assert recipes == ["muon", "muon"] and muon["airbench_images"] == 50000  # 25 steps of 2000
     fast_epochs.print_table([muon], "bf16", "test machine", "muon")
-    assert "| | cli.py fit (Keras, fast_muon.yaml) | airbench94_muon, plain PyTorch | ratio |" in capsys.readouterr().out
+    assert "| | cli.py fit (Keras, airbench94_muon.yaml) | airbench94_muon, plain PyTorch | ratio |" in capsys.readouterr().out
 
 
 def test_fast_epochs_reads_the_cli_runs_wall_column(monkeypatch, tmp_path):
@@ -285,8 +285,8 @@ def test_gpu_session_smoke_on_cpu_without_tensorflow(stage, real_folder_small, t
     assert "without TFDS" in log and "Traceback" not in log
     with tarfile.open(out / "runs.tgz") as tar:
         names = tar.getnames()
-    tag, recipe, program = {"fast": ("", "fast", "airbench94"), "muon": ("-muon", "fast_muon", "airbench94_muon"),
-                            "95": ("-95", "fast95", "airbench95")}[stage]
+    tag, recipe, program = {"airbench94": ("", "airbench94", "airbench94"), "muon": ("-muon", "airbench94_muon", "airbench94_muon"),
+                            "95": ("-95", "airbench95", "airbench95")}[stage]
     assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("summary.json") for n in names), names
     assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("metrics.csv") for n in names), names
     assert f"./torch{tag}-seed0.json" in names and not any(n.endswith(".keras") for n in names)
@@ -341,7 +341,7 @@ def test_tta_batch_times_every_batch_size_on_a_saved_checkpoint(real_folder_smal
 
     tta_batch = load_script("tta_batch")
     path = tmp_path / "fast.keras"
-    kc.create_model("fast", widths=(8, 8, 8)).save(path)
+    kc.create_model("airbench94", widths=(8, 8, 8)).save(path)
     times, accuracy = tta_batch.main([str(path), "--data", str(real_folder_small), "--data-dir", str(data_dir),
                                       "--batch-sizes", "7,50",
                                       "--rounds", "3", "--test-images", "60"])
@@ -361,7 +361,7 @@ def test_frozen_gradient_times_both_variants_in_turns_and_restores_the_bias():
     import keras_cifar as kc
 
     frozen_gradient = load_script("frozen_gradient")
-    model = kc.create_model("fast", widths=(8, 8, 8))
+    model = kc.create_model("airbench94", widths=(8, 8, 8))
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     images = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
     labels = torch.as_tensor(np.arange(16) % 10)

@@ -28,7 +28,7 @@ def test_every_model_has_a_config_with_the_original_hyperparameters():
         "resnet18": dict(lr=1e-3, batch_size=32, epochs=10, optimizer="sgd", momentum=0.0, weights="imagenet"),
     }
     for model in list_models():
-        if model in ("fast", "fast95"):  # not originals: airbench's recipes (tests/test_fast_recipe.py)
+        if model.startswith("airbench"):  # not originals: airbench's recipes (tests/test_airbench_recipe.py)
             continue
         config = resolve_config(None, {"model": model})
         for key, value in expected[model].items():
@@ -204,7 +204,7 @@ def test_model_specific_settings_are_declared_by_the_registry():
     assert declared == set(MODEL_SPECIFIC)
     assert get_model_info("resnet18").settings == ("resize_to", "weights")
     assert get_model_info("googlenet").settings == ("resize_to",)
-    assert get_model_info("fast").settings == ("whitening", "head", "whiten_bias_init")
+    assert get_model_info("airbench94").settings == ("whitening", "head", "whiten_bias_init")
 
 
 def test_a_new_model_declares_its_settings_in_one_place(monkeypatch, tmp_path):
@@ -264,3 +264,15 @@ def test_a_model_without_a_config_is_an_error(tmp_path, monkeypatch):
         resolve_config(None, {"model": "cnn"})
     (tmp_path / "cnn.yaml").write_text("model: cnn\nepochs: 3\n")
     assert resolve_config(None, {"model": "cnn"}).epochs == 3
+
+
+@pytest.mark.parametrize("old, new", [("fast", "airbench94"), ("fast_muon", "airbench94_muon"), ("fast95", "airbench95")])
+def test_an_old_model_name_is_refused_with_the_new_one(old, new):
+    import keras_cifar as kc
+    from keras_cifar.errors import UsageError
+
+    with pytest.raises(ConfigError, match=f"{old!r} is now called {new!r}"):
+        resolve_config(None, {"model": old})
+    with pytest.raises(UsageError, match=f"now called {new!r}"):
+        kc.create_model(old)
+    assert resolve_config(None, {"model": new}).model == new

@@ -183,11 +183,11 @@ def test_nan_loss_stops_names_epoch_and_step_keeps_last_good_checkpoint(real_fol
     import torch
 
     from keras_cifar.errors import TrainingError
-    from keras_cifar.train import optim
+    from keras_cifar import losses
     from keras_cifar.train.config import resolve_config
     from keras_cifar.train.trainer import fit
 
-    original = optim.SparseCrossentropy.call
+    original = losses.SparseCrossentropy.call
     training_steps = {"n": 0}
 
     def diverging(self, y_true, y_pred):  # fault injection: the loss turns NaN at epoch 2, step 4
@@ -198,7 +198,7 @@ def test_nan_loss_stops_names_epoch_and_step_keeps_last_good_checkpoint(real_fol
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(optim.SparseCrossentropy, "call", diverging)
+    monkeypatch.setattr(losses.SparseCrossentropy, "call", diverging)
     config = resolve_config(None, dict(model="cnn", epochs=3, batch_size=30, data=str(real_folder_small),
                                        data_dir=str(tmp_path / "tfds"), log_dir=str(tmp_path / "logs")))
     with pytest.raises(TrainingError) as error:

@@ -95,10 +95,10 @@ def test_data_parallel_step_makes_no_host_sync_beyond_the_collectives(equivalenc
 
 
 # Largest allowed difference from the one-process reference, by case (measured: 7e-9, 5e-6, 6e-4, 2.4e-7, 2.4e-7).
-TOLERANCE = {"cnn": 1e-6, "resnet18": 1e-4, "resnet18-sync-bn": None, "fast": 1e-4, "fast-muon": 1e-4}
+TOLERANCE = {"cnn": 1e-6, "resnet18": 1e-4, "resnet18-sync-bn": None, "airbench94": 1e-4, "airbench94-muon": 1e-4}
 
 
-@pytest.mark.parametrize("case", ["cnn", "resnet18", "resnet18-sync-bn", "fast", "fast-muon"])
+@pytest.mark.parametrize("case", ["cnn", "resnet18", "resnet18-sync-bn", "airbench94", "airbench94-muon"])
 def test_two_processes_train_like_one_with_twice_the_batch(equivalence, case):
     """2 processes x batch B for k steps (SGD with momentum, graph capture on) end with the weights
     of 1 process with batch 2B on the same images, batch-norm statistics included: without
@@ -113,9 +113,9 @@ def test_two_processes_train_like_one_with_twice_the_batch(equivalence, case):
     channel of resnet18's last stage is so ill-conditioned that one process moves its own
     weights by 3e-2 when only the order of the sums changes (`reference-spread`, measured each
     run): the data-parallel run must stay within a tenth of that (measured 6e-4), and the exact
-    check of sync_bn is the next test's. `fast` adds the fast recipe's optimizer (batch-norm biases
+    check of sync_bn is the next test's. `airbench94` adds the fast recipe's optimizer (batch-norm biases
     at 64x the learning rate, lookahead) and torch's batch-norm kernel: 1e-4 (measured 2.4e-7,
-    moved up to 1.0). `fast-muon` steps the kernels with Muon (fast_muon.yaml's optimizer, its
+    moved up to 1.0). `airbench94-muon` steps the kernels with Muon (airbench94_muon.yaml's optimizer, its
     Newton-Schulz iteration in bfloat16) on the averaged gradients: 1e-4 (measured 2.4e-7, moved
     up to 2.0)."""
     result = equivalence[case]

@@ -81,4 +81,4 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
     assert "tensorflow not importable" in results and "Traceback" not in results
     assert "resnet_lite, fp32 on cpu" in results and "\nAccuracy: " in results
     assert "googlenet, --jit off on cpu" in results and "\n| cnn |" in results
-    assert "| keras-cifar `fast` | 0 | 1 |" in results and "| airbench94, plain PyTorch | 0 | 1 |" in results
+    assert "| keras-cifar `airbench94` | 0 | 1 |" in results and "| airbench94, plain PyTorch | 0 | 1 |" in results

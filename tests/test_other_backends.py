@@ -133,7 +133,7 @@ def test_checkpoints_load_and_predict_on_another_backend(backend, checkpoints):
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_loss_in_keras_ops_equals_torchs(label_smoothing):
     """What `evaluate` computes on another backend: the loss of torch's kernel, label smoothing included."""
-    from keras_cifar.train.optim import SparseCrossentropy
+    from keras_cifar.losses import SparseCrossentropy
 
     loss = SparseCrossentropy(label_smoothing=label_smoothing)
     rng = np.random.default_rng(0)

@@ -102,7 +102,7 @@ class ImageClassifier(keras.Model):
 
     def lean_step_applies(self):
         """True when the lean step computes exactly what Keras's generic step would."""
-        from keras_cifar.train.optim import SparseCrossentropy
+        from keras_cifar.losses import SparseCrossentropy
 
         return (isinstance(self.loss, SparseCrossentropy)
                 and self.metrics == [keras_internals.loss_tracker(self), self.accuracy_tracker]

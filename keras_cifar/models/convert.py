@@ -11,7 +11,7 @@ from keras import layers
 from torch import nn
 
 from keras_cifar.keras_internals import all_layers
-from keras_cifar.models.fast import PatchWhitening
+from keras_cifar.models.airbench94 import PatchWhitening
 
 
 def keras_layers_by_name(model):

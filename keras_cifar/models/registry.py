@@ -28,7 +28,7 @@ def register_model(name, *, input_size, experiment, description, settings=(), da
     `normalize`: RunConfig fields declared `model_specific`); each must be a keyword of the
     builder. A run passes them to the builder where set and rejects them for other models.
     `data_init(model, train_images)`, where given, sets weights from the training images (raw
-    uint8 NHWC) when a run starts from scratch (`fast`: its whitening layer).
+    uint8 NHWC) when a run starts from scratch (`airbench94`: its whitening layer).
     """
 
     def decorator(builder):
@@ -50,12 +50,19 @@ def list_models():
 
 
 def unknown_model_message(name):
+    if name in RENAMED:
+        return (f"The model {name!r} is now called {RENAMED[name]!r} (configs/{RENAMED[name]}.yaml): "
+                f"pass `model={RENAMED[name]!r}`.")
     known = list_models()
     message = f"Unknown model {name!r}. Known models: {', '.join(known)}."
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.4)
     if close:
         message += f" Did you mean {close[0]!r}?"
     return message
+
+
+# Names of earlier releases: refused with the new name, never silently mapped (a run's name says what it trained).
+RENAMED = {"fast": "airbench94", "fast_muon": "airbench94_muon", "fast95": "airbench95"}
 
 
 def get_model_info(name):

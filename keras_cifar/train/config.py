@@ -63,11 +63,11 @@ class RunConfig:
                                      "whitens the training images' patches (airbench); learned: an ordinary "
                                      "trainable convolution (the ablation).", choices=("data", "learned"),
                              model_specific=True)
-    head: str = setting("airbench94", "fast's classifier head. airbench94: PyTorch's initialisation, logits "
+    head: str = setting("airbench94", "airbench94's classifier head. airbench94: PyTorch's initialisation, logits "
                                       "x 1/9; muon (airbench94_muon): weights scaled to unit std, logits / 256 "
                                       "(the last block's width).", choices=("airbench94", "muon"),
                         model_specific=True)
-    whiten_bias_init: str = setting("zeros", "fast's whitening bias at the start. zeros: airbench94's; uniform "
+    whiten_bias_init: str = setting("zeros", "airbench94's whitening bias at the start. zeros: airbench94's; uniform "
                                              "(airbench94_muon): PyTorch's nn.Conv2d default, U(+-1/sqrt(12)).",
                                     choices=("zeros", "uniform"), model_specific=True)
     normalize: bool = setting(False, "Standardize pixels with CIFAR-10's per-channel mean and std instead of only "
@@ -121,7 +121,7 @@ class RunConfig:
                                         "the steps; triangle: 0: 23%, linear from 0.2 x lr to lr, then linear to "
                                         "0.07 x lr at the end). At most `epochs`. linear: from lr at the "
                                         "first step to 0 at the last, no warm-up (a weight that trains for the "
-                                        "first epochs only, as fast's whitening bias, reaches 0 at its own "
+                                        "first epochs only, as airbench94's whitening bias, reaches 0 at its own "
                                         "last step).", min=0)
     label_smoothing: float = setting(0.0, "Label smoothing.", min=0, max=1, max_open=True)
     bn_bias_lr_scale: float = setting(1.0, "sgd, muon: learning-rate multiplier of batch-norm biases; their weight decay "

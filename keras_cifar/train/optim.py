@@ -176,7 +176,7 @@ class _TorchOptimUpdate:
 
     def param_group_of(self, variable):
         """(learning-rate scale, step from which the variable stays still or None) of `variable`.
-        From that step on its tensor stops requiring gradients (for `fast`'s whitening bias the
+        From that step on its tensor stops requiring gradients (for `airbench94`'s whitening bias the
         backward pass then skips the first layer and block1's input gradient, as airbench's
         `bias.detach()` does); `restore_gradients` turns them back on after training."""
         return 1.0, None
@@ -563,7 +563,7 @@ def restore_gradients(model):
 
 def build_optimizer(config, steps_per_epoch, model=None):
     """The optimizer of `config`. `model` (needed for `bn_bias_lr_scale` and for layers whose bias
-    trains for a number of epochs only, as `fast`'s whitening layer) names the variables that
+    trains for a number of epochs only, as `airbench94`'s whitening layer) names the variables that
     take their own learning rate."""
     optimizer = _build_optimizer(config, steps_per_epoch, model)
     if config.mixed_precision == "fp16":  # what Keras's compile would wrap it in, without host syncs
@@ -610,38 +610,3 @@ def _build_optimizer(config, steps_per_epoch, model=None):
                          weight_decay=decay, **options)
     return TorchSGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay,
                     **options)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class SparseCrossentropy(keras.losses.Loss):
-    """Cross-entropy of logits against integer labels, with PyTorch's label smoothing
-    (`(1 - s) * nll(label) + s * mean over classes of nll(class)`), computed in float32 by
-    torch's own kernel."""
-
-    def __init__(self, label_smoothing=0.0, name="sparse_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = label_smoothing
-
-    def call(self, y_true, y_pred):
-        if keras.backend.backend() != "torch":
-            return self._portable_call(y_true, y_pred)
-        return torch.nn.functional.cross_entropy(y_pred.float(), y_true.reshape(-1).long(), reduction="none",
-                                                 label_smoothing=self.label_smoothing)
-
-    def _portable_call(self, y_true, y_pred):
-        """The same loss in `keras.ops`, for evaluating a checkpoint on another backend."""
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        labels = ops.expand_dims(ops.cast(ops.reshape(y_true, (-1,)), "int32"), -1)
-        nll = -ops.squeeze(ops.take_along_axis(log_probs, labels, axis=-1), -1)
-        if not self.label_smoothing:
-            return nll
-        return (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(log_probs, axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config["label_smoothing"] = self.label_smoothing
-        return config
-
-
-def build_loss(config):
-    return SparseCrossentropy(label_smoothing=config.label_smoothing)

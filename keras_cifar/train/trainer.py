@@ -25,7 +25,8 @@ from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerc
 from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
                                      set_precision)
 from keras_cifar.train.evaluation import classification_report, predict_logits, predict_logits_tta
-from keras_cifar.train.optim import build_loss, build_optimizer, restore_gradients
+from keras_cifar.losses import build_loss
+from keras_cifar.train.optim import build_optimizer, restore_gradients
 from keras_cifar.train.reports import write_final_summaries
 
 # Keys a resumed run may change (declared `resumable` in RunConfig); the rest define the run and must stay.

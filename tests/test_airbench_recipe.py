@@ -1,4 +1,4 @@
-"""The fast recipe (`fast` model, configs/fast.yaml): airbench94's update, schedule, lookahead,
+"""The fast recipe (`airbench94` model, configs/airbench94.yaml): airbench94's update, schedule, lookahead,
 whitening, augmentation and test-time augmentation, each against a plain PyTorch reference
 written from airbench94.py; time to a target accuracy in `fit`."""
 
@@ -22,10 +22,11 @@ from keras_cifar.data import Split, TensorLoader
 from keras_cifar.data.augment import Augmentation, random_crop_flip
 from keras_cifar.errors import CheckpointError, ConfigError
 from keras_cifar.models.convert import copy_torch_weights
-from keras_cifar.models.fast import PatchWhitening, init_whitening, whitening_kernel
+from keras_cifar.models.airbench94 import PatchWhitening, init_whitening, whitening_kernel
 from keras_cifar.train.config import model_options, resolve_config
 from keras_cifar.train.evaluation import predict_logits, predict_logits_tta, tta_views
-from keras_cifar.train.optim import Triangle, build_loss, build_optimizer
+from keras_cifar.losses import build_loss
+from keras_cifar.train.optim import Triangle, build_optimizer
 from keras_cifar.train.trainer import fit
 from tests.cli_runner import run_cli
 from tests.conftest import random_images
@@ -34,9 +35,9 @@ from tests.conftest import random_images
 AIRBENCH = dict(lr=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0, label_smoothing=0.2)
 
 
-def fast_config(**overrides):
-    """configs/fast.yaml with `overrides`."""
-    return resolve_config(None, {"model": "fast", **overrides})
+def airbench94_config(**overrides):
+    """configs/airbench94.yaml with `overrides`."""
+    return resolve_config(None, {"model": "airbench94", **overrides})
 
 
 def airbench_lr_schedule(step, total):
@@ -55,10 +56,10 @@ def test_triangle_schedule_is_airbenchs():
         assert schedule.value_at(step) == pytest.approx(1.5 * airbench_lr_schedule(step, total), rel=1e-12)
 
 
-@pytest.mark.parametrize("model, airbench_lr", [("fast", AIRBENCH["lr"]), ("fast95", 10.0)])
+@pytest.mark.parametrize("model, airbench_lr", [("airbench94", AIRBENCH["lr"]), ("airbench95", 10.0)])
 def test_fast_yaml_is_airbench_converted_to_the_mean_loss(model, airbench_lr):
-    """configs/fast.yaml is airbench94's hyp, configs/fast95.yaml airbench95's (its lr 10.0)."""
-    config = fast_config(model=model)
+    """configs/airbench94.yaml is airbench94's hyp, configs/airbench95.yaml airbench95's (its lr 10.0)."""
+    config = airbench94_config(model=model)
     kilostep = 1024 * (1 + 1 / (1 - AIRBENCH["momentum"]))
     # airbench sums the loss over the batch: its torch lr per image times the batch is ours
     assert config.lr == pytest.approx(airbench_lr / kilostep * config.batch_size, rel=1e-4)
@@ -67,14 +68,14 @@ def test_fast_yaml_is_airbench_converted_to_the_mean_loss(model, airbench_lr):
     assert (config.bn_bias_lr_scale, config.lookahead, config.schedule) == (64, 5, "triangle")
     assert (config.crop_padding, config.crop_fill, config.flip) == (2, "reflect", "alternate")
     assert config.drop_last  # airbench's loader: 48 full steps per epoch
-    assert config.epochs == {"fast": 10, "fast95": 15}[model]
+    assert config.epochs == {"airbench94": 10, "airbench95": 15}[model]
 
 
-def test_fast95_yaml_differs_from_fast_yaml_where_airbench95_differs_from_airbench94():
+def test_airbench95_yaml_differs_from_airbench94_yaml_where_airbench95_differs_from_airbench94():
     """legacy/airbench95.py changes airbench94's widths (the model), lr (and so the decay per unit
     of lr) and epochs, nothing else."""
-    fast, fast95 = (dataclasses.asdict(fast_config(model=name)) for name in ("fast", "fast95"))
-    assert {key for key in fast if fast[key] != fast95[key]} == {"model", "lr", "weight_decay", "epochs"}
+    fast, airbench95 = (dataclasses.asdict(airbench94_config(model=name)) for name in ("airbench94", "airbench95"))
+    assert {key for key in fast if fast[key] != airbench95[key]} == {"model", "lr", "weight_decay", "epochs"}
 
 
 def airbench_reference_run(module, batches, epochs, steps_per_epoch, whiten_bias_epochs):
@@ -119,7 +120,7 @@ def airbench_reference_run(module, batches, epochs, steps_per_epoch, whiten_bias
 
 
 def test_fast_training_equals_airbench_loop():
-    """12 steps (3 epochs of 4) of `fit`'s optimizer on the `fast` model against airbench's loop:
+    """12 steps (3 epochs of 4) of `fit`'s optimizer on the `airbench94` model against airbench's loop:
     batch-norm biases at 64x, the whitening bias frozen after epoch 1, lookahead every 5 steps
     and at the end, the triangle schedule, label smoothing; the same weights after every epoch.
 
@@ -137,15 +138,15 @@ def test_fast_training_equals_airbench_loop():
     start = reference.Airbench94(widths=widths)
     with torch.no_grad():
         start.whiten.weight.normal_(0, 0.3)
-    model = kc.create_model("fast", widths=widths, whiten_bias_epochs=1)
+    model = kc.create_model("airbench94", widths=widths, whiten_bias_epochs=1)
     copy_torch_weights(model, start)
-    config = fast_config(batch_size=batch, epochs=epochs, lr=fast_config().lr * batch / 1024, mixed_precision="none")
+    config = airbench94_config(batch_size=batch, epochs=epochs, lr=airbench94_config().lr * batch / 1024, mixed_precision="none")
     model.compile(optimizer=build_optimizer(config, steps, model), loss=build_loss(config), metrics=["accuracy"])
     model.set_graph_capture(True)
 
     images = random_images(batch * steps * epochs, seed=1)
     labels = np.random.default_rng(1).integers(0, 10, len(images))
-    batches = [(reference.preprocess_nchw(images[i:i + batch], "fast"), torch.as_tensor(labels[i:i + batch]))
+    batches = [(reference.preprocess_nchw(images[i:i + batch], "airbench94"), torch.as_tensor(labels[i:i + batch]))
                for i in range(0, len(images), batch)]
 
     def reference_weights(module):
@@ -173,15 +174,15 @@ def test_fast_training_equals_airbench_loop():
 def test_lookahead_optimizer_recompiles_with_its_model_only():
     """A built lookahead optimizer averages one model's statistics: compiling that model again
     keeps them; compiling another model with it is refused."""
-    config = fast_config(batch_size=8, epochs=1, mixed_precision="none")
-    model = kc.create_model("fast", widths=(8, 8, 8))
+    config = airbench94_config(batch_size=8, epochs=1, mixed_precision="none")
+    model = kc.create_model("airbench94", widths=(8, 8, 8))
     model.compile(optimizer=build_optimizer(config, 2, model), loss=build_loss(config), metrics=["accuracy"])
     model.train_on_batch(torch.as_tensor(random_images(8)), torch.zeros(8, dtype=torch.int64))
     averages = model.optimizer.model_state_averages()
     assert len(averages) == len([v for v in model.non_trainable_weights if "float" in str(v.dtype)]) > 0
     model.compile(optimizer=model.optimizer, loss=build_loss(config), metrics=["accuracy"])
     assert all(a is b for a, b in zip(model.optimizer.model_state_averages(), averages))
-    other = kc.create_model("fast", widths=(8, 8, 8))
+    other = kc.create_model("airbench94", widths=(8, 8, 8))
     with pytest.raises(ValueError, match="another model's state"):
         other.compile(optimizer=model.optimizer, loss=build_loss(config))
 
@@ -195,7 +196,7 @@ def assert_gradient_stopped(model):
 
 def test_fit_stops_the_frozen_bias_gradient_and_restores_it_after_training(real_folder_small, tmp_path,
                                                                            monkeypatch):
-    """Through `fit`: fast.yaml's whitening bias (3 epochs) stops requiring gradients for epoch 4,
+    """Through `fit`: airbench94.yaml's whitening bias (3 epochs) stops requiring gradients for epoch 4,
     and every trainable weight requires them again once training ends."""
     from keras_cifar.train import trainer
 
@@ -208,7 +209,7 @@ def test_fit_stops_the_frozen_bias_gradient_and_restores_it_after_training(real_
         seen["after"] = all(variable.value.requires_grad for variable in model.trainable_weights)
 
     monkeypatch.setattr(trainer, "restore_gradients", spy)
-    fit(fast_config(data=str(real_folder_small), epochs=4, batch_size=100, eval_batch_size=100,
+    fit(airbench94_config(data=str(real_folder_small), epochs=4, batch_size=100, eval_batch_size=100,
                     mixed_precision="none", device="cpu", tta=False, log_dir=str(tmp_path)),
         verbose=0, echo=lambda message: None)
     assert seen == {"during": False, "after": True}
@@ -252,12 +253,12 @@ def test_whitening_decorrelates_patches():
 
 
 def test_init_whitening_sets_the_kernel_from_the_data():
-    model = kc.create_model("fast", widths=(8, 8, 8))
+    model = kc.create_model("airbench94", widths=(8, 8, 8))
     images = random_images(64)
     init_whitening(model, images)
     layer = model.get_layer("whiten")
     assert isinstance(layer, PatchWhitening) and not layer.kernel.trainable
-    x = reference.preprocess_nchw(images, "fast").numpy()
+    x = reference.preprocess_nchw(images, "airbench94").numpy()
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel), whitening_kernel(x, 2), rtol=1e-4,
                                atol=1e-4)
 
@@ -268,8 +269,8 @@ def test_learned_whitening_is_airbenchs_first_conv_trained_like_the_others():
     never frozen by the optimizer; the setting reaches the builder from the run config."""
     from keras_cifar.train.trainer import build_model
 
-    data_model = kc.create_model("fast", widths=(8, 8, 8))
-    model = kc.create_model("fast", widths=(8, 8, 8), whitening="learned")
+    data_model = kc.create_model("airbench94", widths=(8, 8, 8))
+    model = kc.create_model("airbench94", widths=(8, 8, 8), whitening="learned")
     layer = model.get_layer("whiten")
     assert not isinstance(layer, PatchWhitening) and layer.kernel.trainable
     kernel = keras.ops.convert_to_numpy(layer.kernel)
@@ -281,22 +282,22 @@ def test_learned_whitening_is_airbenchs_first_conv_trained_like_the_others():
     assert trainable(model) == trainable(data_model) + 2 * 2 * 3 * 24
     init_whitening(model, random_images(64))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.kernel), kernel)
-    options = build_optimizer(fast_config(whitening="learned"), 10, model)
-    assert not options.frozen_after and build_optimizer(fast_config(), 10, data_model).frozen_after
+    options = build_optimizer(airbench94_config(whitening="learned"), 10, model)
+    assert not options.frozen_after and build_optimizer(airbench94_config(), 10, data_model).frozen_after
 
-    config = fast_config(whitening="learned")
+    config = airbench94_config(whitening="learned")
     assert model_options(config) == {"whitening": "learned"}
     assert not isinstance(build_model(config, 10).get_layer("whiten"), PatchWhitening)
-    with pytest.raises(ConfigError, match="whitening.*applies to fast and fast95 only"):
+    with pytest.raises(ConfigError, match="whitening.*applies to airbench94, airbench94_muon and airbench95 only"):
         resolve_config(None, {"model": "cnn", "whitening": "learned"})
     with pytest.raises(ConfigError, match="whitening.*data, learned"):
-        fast_config(whitening="random")
+        airbench94_config(whitening="random")
     with pytest.raises(ValueError, match="whitening=None"):
-        kc.create_model("fast", whitening=None)
+        kc.create_model("airbench94", whitening=None)
 
 
 def test_dirac_init():
-    model = kc.create_model("fast", widths=(8, 16, 16))
+    model = kc.create_model("airbench94", widths=(8, 16, 16))
     kernel = keras.ops.convert_to_numpy(model.get_layer("block2_conv1").kernel)  # 8 in, 16 out
     identity = np.zeros((3, 3, 8, 8), "float32")
     identity[1, 1] = np.eye(8)
@@ -329,7 +330,7 @@ def test_alternating_flips_and_reflected_translation():
 
 
 def test_tta_equals_airbench_infer_mirror_translate():
-    model = kc.create_model("fast", widths=(8, 8, 8))
+    model = kc.create_model("airbench94", widths=(8, 8, 8))
     images = random_images(20)
     split = Split(images, np.zeros(20, "int64"))
     ours = predict_logits_tta(model, split, batch_size=7)
@@ -359,19 +360,19 @@ def test_recipe_settings_are_checked():
     with pytest.raises(ConfigError, match="crop_fill"):
         resolve_config(None, {"model": "cnn", "crop_fill": "wrap"})
     with pytest.raises(ConfigError, match="muon_lr.*optimizer muon only.*optimizer='sgd'"):
-        resolve_config(None, {"model": "fast", "optimizer": "sgd", "muon_lr": 0.1})
+        resolve_config(None, {"model": "airbench94", "optimizer": "sgd", "muon_lr": 0.1})
     with pytest.raises(ConfigError, match="lookahead.*sgd only.*optimizer='muon'"):
-        resolve_config(None, {"model": "fast", "optimizer": "muon", "lookahead": 5})
+        resolve_config(None, {"model": "airbench94", "optimizer": "muon", "lookahead": 5})
     with pytest.raises(ConfigError, match="head_lr_scale.*sgd and muon only"):
         resolve_config(None, {"model": "cnn", "optimizer": "adam", "head_lr_scale": 2.0})
     with pytest.raises(ConfigError, match="fp16"):
-        resolve_config(None, {"model": "fast", "optimizer": "muon", "lookahead": 0, "mixed_precision": "fp16"})
-    with pytest.raises(ConfigError, match="`head` applies to fast and fast95 only"):
+        resolve_config(None, {"model": "airbench94", "optimizer": "muon", "lookahead": 0, "mixed_precision": "fp16"})
+    with pytest.raises(ConfigError, match="`head` applies to airbench94, airbench94_muon and airbench95 only"):
         resolve_config(None, {"model": "cnn", "head": "muon"})
-    with pytest.raises(ConfigError, match="`whiten_bias_init` applies to fast and fast95 only"):
+    with pytest.raises(ConfigError, match="`whiten_bias_init` applies to airbench94, airbench94_muon and airbench95 only"):
         resolve_config(None, {"model": "cnn", "whiten_bias_init": "uniform"})
     with pytest.raises(ConfigError, match="whiten_bias_init.*zeros, uniform"):
-        resolve_config(None, {"model": "fast", "whiten_bias_init": "normal"})
+        resolve_config(None, {"model": "airbench94", "whiten_bias_init": "normal"})
     with pytest.raises(ConfigError, match="schedule"):
         resolve_config(None, {"model": "cnn", "schedule": "step"})
 
@@ -399,12 +400,12 @@ def test_fit_reports_time_to_target_and_stops(real_folder_small, tmp_path):
     """A tiny fast run: the whitening layer set from the data, time to target in summary.json,
     the run stopped at the epoch that reached it, TTA in the final evaluation; the checkpoint
     evaluates with `evaluate --tta` to the same accuracy."""
-    config = fast_config(data=str(real_folder_small), epochs=3, batch_size=64, eval_batch_size=50, mixed_precision="none",
+    config = airbench94_config(data=str(real_folder_small), epochs=3, batch_size=64, eval_batch_size=50, mixed_precision="none",
                          target_accuracy=0.01, stop_at_target=True, log_dir=str(tmp_path), device="cpu")
     result = fit(config, verbose=0, echo=lambda message: None)
     summary = result.summary
     assert summary["epochs"] == 1  # stopped at the first epoch, which reached 1%
-    # drop_last (fast.yaml): 300 images make 4 full steps of 64, and the schedule counts those
+    # drop_last (airbench94.yaml): 300 images make 4 full steps of 64, and the schedule counts those
     assert (summary["steps_per_epoch"], summary["train_images_per_epoch"]) == (4, 256)
     assert result.history[0]["learning_rate"] == pytest.approx(
         1.5 * airbench_lr_schedule(4, 3 * 4), rel=1e-6)
@@ -426,14 +427,14 @@ def test_fit_reports_time_to_target_and_stops(real_folder_small, tmp_path):
     assert report["tta"] and report["accuracy"] == pytest.approx(summary["final_accuracy"], abs=1e-9)
 
 
-@pytest.mark.parametrize("recipe", ["fast", "fast_muon"])
+@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon"])
 def test_resume_mid_lookahead_equals_an_uninterrupted_run(recipe, real_folder_small, tmp_path):
-    """Lookahead's running average (fast.yaml) and Muon's momentum buffers (fast_muon.yaml) are
+    """Lookahead's running average (airbench94.yaml) and Muon's momentum buffers (airbench94_muon.yaml) are
     optimizer state in the checkpoint: stopping after epoch 1 (fast: step 6, one step after a
     lookahead pull) and resuming gives the uninterrupted run's weights."""
     from keras_cifar.train.trainer import resumed_config
 
-    make_config = fast_config if recipe == "fast" else fast_muon_config
+    make_config = airbench94_config if recipe == "airbench94" else muon_config
     common = dict(data=str(real_folder_small), epochs=2, batch_size=50, eval_batch_size=100, mixed_precision="none",
                   device="cpu", tta=False)
     quiet = dict(verbose=0, echo=lambda message: None)
@@ -458,7 +459,7 @@ def test_resume_refuses_an_optimizer_state_that_does_not_load(real_folder_small,
     from keras_cifar.train.optim import TorchSGD
     from keras_cifar.train.trainer import resumed_config
 
-    config = fast_config(data=str(real_folder_small), epochs=2, batch_size=50, eval_batch_size=100,
+    config = airbench94_config(data=str(real_folder_small), epochs=2, batch_size=50, eval_batch_size=100,
                          mixed_precision="none", device="cpu", tta=False, log_dir=str(tmp_path),
                          target_accuracy=0.01, stop_at_target=True)
     quiet = dict(verbose=0, echo=lambda message: None)
@@ -475,17 +476,17 @@ MUON = dict(batch_size=2000, bias_lr=0.053, head_lr=0.67, wd_per_image=2e-6, muo
             momentum=0.85, epochs=8, whiten_bias_epochs=3, label_smoothing=0.2)
 
 
-def fast_muon_config(**overrides):
-    """configs/fast_muon.yaml with `overrides`."""
-    return resolve_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "fast_muon.yaml"),
+def muon_config(**overrides):
+    """configs/airbench94_muon.yaml with `overrides`."""
+    return resolve_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "airbench94_muon.yaml"),
                           overrides)
 
 
-def test_fast_muon_yaml_is_airbench94_muon_converted_to_the_mean_loss():
-    config = fast_muon_config()
+def test_airbench94_muon_yaml_is_airbench94_muon_converted_to_the_mean_loss():
+    config = muon_config()
     batch = MUON["batch_size"]
     assert (config.model, config.head, config.optimizer, config.batch_size, config.epochs) == (
-        "fast", "muon", "muon", batch, MUON["epochs"])
+        "airbench94_muon", "muon", "muon", batch, MUON["epochs"])
     # summed loss over the batch: its SGD learning rates times the batch are ours
     assert config.lr == pytest.approx(MUON["bias_lr"] * batch, rel=1e-6)
     assert config.lr * config.head_lr_scale == pytest.approx(MUON["head_lr"] * batch, rel=1e-6)
@@ -498,7 +499,7 @@ def test_fast_muon_yaml_is_airbench94_muon_converted_to_the_mean_loss():
     assert (config.crop_padding, config.crop_fill, config.flip, config.drop_last, config.tta) == (
         2, "reflect", "alternate", True, True)
     assert model_options(config) == {"head": "muon", "whiten_bias_init": "uniform"}
-    model = kc.create_model("fast", **model_options(config))
+    model = kc.create_model("airbench94", **model_options(config))
     assert model.get_layer("whiten").bias_epochs == MUON["whiten_bias_epochs"]
 
 
@@ -514,20 +515,20 @@ def test_whitening_bias_starts_as_airbench94_muons_or_at_zero():
     assert 0 < reference.whiten.bias.abs().max() <= bound
     keras.utils.set_random_seed(0)
     biases = np.concatenate([
-        keras.ops.convert_to_numpy(kc.create_model("fast", widths=(8, 8, 8), whiten_bias_init="uniform")
+        keras.ops.convert_to_numpy(kc.create_model("airbench94", widths=(8, 8, 8), whiten_bias_init="uniform")
                                    .get_layer("whiten").bias) for _ in range(4)])
     assert biases.shape == (4 * reference.whiten.out_channels,)
     assert 0.9 * bound < np.abs(biases).max() <= bound and np.all(biases != 0)
     assert abs(biases.mean()) < 0.25 * bound  # centred, as U(-bound, bound)
     for options in ({}, {"head": "muon"}, {"whitening": "learned"}):
-        zeros = kc.create_model("fast", widths=(8, 8, 8), **options).get_layer("whiten").bias
+        zeros = kc.create_model("airbench94", widths=(8, 8, 8), **options).get_layer("whiten").bias
         assert not np.any(keras.ops.convert_to_numpy(zeros)), options
     with pytest.raises(ValueError, match="whiten_bias_init='normal'"):
-        kc.create_model("fast", widths=(8, 8, 8), whiten_bias_init="normal")
+        kc.create_model("airbench94", widths=(8, 8, 8), whiten_bias_init="normal")
 
 
 def muon_reference_as_fast(module):
-    """airbench94_muon's CifarNet renamed as the `fast` model's layers (reference.Airbench94's names)."""
+    """airbench94_muon's CifarNet renamed as the `airbench94` model's layers (reference.Airbench94's names)."""
     names = {"layers.1.": "block1.", "layers.2.": "block2.", "layers.3.": "block3.", "head.": "fc."}
     state = {}
     for name, value in module.state_dict().items():
@@ -559,8 +560,8 @@ def test_newton_schulz_on_keras_kernels_is_airbench94_muons():
         assert 0.3 < singular.min() and singular.max() < 1.6, singular
 
 
-def test_fast_muon_training_equals_airbench94_muon_loop(monkeypatch):
-    """12 steps (3 epochs of 4) of `fit`'s optimizer on `fast` with the muon head against
+def test_airbench94_muon_training_equals_airbench94_muon_loop(monkeypatch):
+    """12 steps (3 epochs of 4) of `fit`'s optimizer on `airbench94` with the muon head against
     airbench94_muon's own loop and Muon (bench/airbench_muon_torch.py): Muon on the kernels,
     SGD groups for biases and head, the linear schedules, the whitening bias's own decay to its
     last step; the same weights at the end."""
@@ -577,10 +578,10 @@ def test_fast_muon_training_equals_airbench94_muon_loop(monkeypatch):
     module.reset()
     with torch.no_grad():
         module.whiten.weight.normal_(0, 0.3)
-    model = kc.create_model("fast", widths=widths, whiten_bias_epochs=1, head="muon")
+    model = kc.create_model("airbench94", widths=widths, whiten_bias_epochs=1, head="muon")
     copy_torch_weights(model, muon_reference_as_fast(module))
-    base = fast_muon_config()
-    config = fast_muon_config(batch_size=batch, epochs=epochs, mixed_precision="none",
+    base = muon_config()
+    config = muon_config(batch_size=batch, epochs=epochs, mixed_precision="none",
                               lr=MUON["bias_lr"] * batch, weight_decay=MUON["wd_per_image"] / MUON["bias_lr"])
     assert config.head_lr_scale == base.head_lr_scale
     model.compile(optimizer=build_optimizer(config, steps, model), loss=build_loss(config), metrics=["accuracy"])
@@ -593,7 +594,7 @@ def test_fast_muon_training_equals_airbench94_muon_loop(monkeypatch):
     total = epochs * steps
     module.train()
     for step, i in enumerate(range(0, len(images), batch)):
-        inputs = reference.preprocess_nchw(images[i:i + batch], "fast")
+        inputs = reference.preprocess_nchw(images[i:i + batch], "airbench94")
         muon_ref.train_step(module, optimizers, inputs, torch.as_tensor(labels[i:i + batch]), step, total,
                             steps, contextlib.nullcontext)
         model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))

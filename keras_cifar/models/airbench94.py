@@ -1,4 +1,4 @@
-"""`fast`: the network of KellerJordan's airbench94 (94% on CIFAR-10 in seconds on a GPU),
+"""`airbench94`, `airbench94_muon` and `airbench95`: the network of KellerJordan's airbench94 (94% on CIFAR-10 in seconds on a GPU),
 written as a Keras functional model of this zoo.
 
 A frozen 2x2 patch-whitening convolution initialised from the training data (its bias trains
@@ -12,15 +12,15 @@ scaled to unit standard deviation and the logits divided by the last block's wid
 `whiten_bias_init="uniform"` is airbench94_muon's whitening bias: PyTorch's `nn.Conv2d` default,
 U(-1/sqrt(12), 1/sqrt(12)), where airbench94 starts it at zero.
 
-The rest of the recipe is run settings (configs/fast.yaml): Nesterov SGD at batch 1024 with a
+The rest of the recipe is run settings (configs/airbench94.yaml): Nesterov SGD at batch 1024 with a
 triangular schedule, batch-norm biases at 64x the learning rate, lookahead, label smoothing,
 alternating flips with 2-pixel reflected translations, and test-time augmentation.
-configs/fast_muon.yaml is airbench94_muon's: the muon head, the uniform whitening bias, Muon for
+configs/airbench94_muon.yaml is airbench94_muon's: the muon head, the uniform whitening bias, Muon for
 the 3x3 kernels (`optimizer: muon`), batch 2000, 8 epochs.
 
-`fast95` is airbench95's network (legacy/airbench95.py: 95.01% in 10.4 s on an A100): the same
+`airbench95` is airbench95's network (legacy/airbench95.py: 95.01% in 10.4 s on an A100): the same
 layers, wider (128, 384 and 384 channels), 3.9x airbench94's training FLOPs over its 15 epochs
-(configs/fast95.yaml).
+(configs/airbench95.yaml).
 """
 
 import functools
@@ -39,7 +39,7 @@ from keras_cifar.models.registry import register_model
 WHITENINGS = ("data", "learned")
 HEADS = ("airbench94", "muon")
 WHITEN_BIAS_INITS = ("zeros", "uniform")
-FAST_SETTINGS = ("whitening", "head", "whiten_bias_init")  # the model-specific run settings of fast and fast95
+AIRBENCH_SETTINGS = ("whitening", "head", "whiten_bias_init")  # the model-specific run settings of the airbench models
 WHITEN_EPS = 5e-4  # added to the patch covariance's eigenvalues before scaling by 1/sqrt
 
 
@@ -159,16 +159,16 @@ def apply_conv_group(x, filters, data_format, bn_momentum, name):
 
 
 @register_model(
-    "fast",
+    "airbench94",
     input_size="32x32",
     experiment="airbench94 (KellerJordan/cifar10-airbench), not one of the originals",
     description="airbench94's network: patch whitening, 3 conv groups (64-256-256), 94% recipe",
-    settings=FAST_SETTINGS,
+    settings=AIRBENCH_SETTINGS,
     data_init=init_whitening,
 )
-def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
+def build_airbench94(num_classes=10, data_format="channels_first", input_shape=RAW_IMAGE_SHAPE, init="torch",
                widths=(64, 256, 256), bn_momentum=0.6, whiten_bias_epochs=3, logit_scale=None, whitening="data",
-               head="airbench94", whiten_bias_init="zeros", name="fast"):
+               head="airbench94", whiten_bias_init="zeros", name="airbench94"):
     """`whitening`: "data" (airbench's frozen PatchWhitening, set by `init_whitening`) or "learned"
     (the same 2x2 convolution trained like the others, from airbench's initialisation). `head`:
     "airbench94" (logits x 1/9) or "muon" (unit-std initial weights, logits / the last width).
@@ -220,12 +220,22 @@ def build_fast(num_classes=10, data_format="channels_first", input_shape=RAW_IMA
     return model
 
 
-# airbench95: airbench94's network at other widths; every other argument as `build_fast`'s.
+# airbench94_muon: airbench94's network with the muon head and nn.Conv2d's whitening bias.
 register_model(
-    "fast95",
+    "airbench94_muon",
+    input_size="32x32",
+    experiment="airbench94_muon (KellerJordan/cifar10-airbench), not one of the originals",
+    description="airbench94's network with airbench94_muon's head, for the Muon recipe",
+    settings=AIRBENCH_SETTINGS,
+    data_init=init_whitening,
+)(functools.partial(build_airbench94, head="muon", whiten_bias_init="uniform", name="airbench94_muon"))
+
+# airbench95: airbench94's network at other widths; every other argument as `build_airbench94`'s.
+register_model(
+    "airbench95",
     input_size="32x32",
     experiment="airbench95 (KellerJordan/cifar10-airbench), not one of the originals",
-    description="airbench95's network: fast widened to 128-384-384, 95% recipe",
-    settings=FAST_SETTINGS,
+    description="airbench95's network: airbench94 widened to 128-384-384, 95% recipe",
+    settings=AIRBENCH_SETTINGS,
     data_init=init_whitening,
-)(functools.partial(build_fast, widths=(128, 384, 384), name="fast95"))
+)(functools.partial(build_airbench94, widths=(128, 384, 384), name="airbench95"))
