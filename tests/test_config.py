@@ -167,10 +167,10 @@ def test_validation_follows_the_metadata(name):
 
 
 def test_settings_doc_is_generated_from_the_schema():
-    from keras_cifar.train.config import settings_markdown
+    from keras_cifar.train.settings_doc import settings_markdown
 
     doc = (REPO / "docs" / "SETTINGS.md").read_text()
-    assert doc == settings_markdown(), "docs/SETTINGS.md is stale: python -m keras_cifar.train.config docs/SETTINGS.md"
+    assert doc == settings_markdown(), "docs/SETTINGS.md is stale: python -m keras_cifar.train.settings_doc docs/SETTINGS.md"
     for name in FIELDS:
         assert f"| `{name}` |" in doc
 
@@ -276,3 +276,23 @@ def test_an_old_model_name_is_refused_with_the_new_one(old, new):
     with pytest.raises(UsageError, match=f"now called {new!r}"):
         kc.create_model(old)
     assert resolve_config(None, {"model": new}).model == new
+
+
+def test_optimizer_rules_are_checked_apart_from_the_schema():
+    from keras_cifar.train.config import build_config
+    from keras_cifar.train.optimizer_settings import check_optimizer_settings
+
+    check_optimizer_settings(RunConfig(optimizer="muon", muon_lr=0.1, head_lr_scale=2.0))
+    for values, message in [
+        (dict(optimizer="adam", lookahead=5), "`lookahead` applies to optimizer sgd only. Received: "
+                                              "`optimizer='adam'`, `lookahead=5`"),
+        (dict(optimizer="adamw", bn_bias_lr_scale=64.0), "`bn_bias_lr_scale` and `head_lr_scale` apply to "
+                                                         "optimizers sgd and muon only."),
+        (dict(optimizer="sgd", muon_momentum=0.5), "`muon_lr` and `muon_momentum` apply to optimizer muon only. "
+                                                   "Received: `optimizer='sgd'`, `muon_momentum=0.5`"),
+        (dict(optimizer="muon", mixed_precision="fp16"), "optimizer muon does not take fp16's loss scaling"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_optimizer_settings(RunConfig(**values))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_config({"model": "cnn", **values})

@@ -26,7 +26,7 @@ def test_pyproject_lists_every_subpackage():
 
 
 def test_configs_are_found_in_the_package_or_beside_it(tmp_path):
-    from keras_cifar.train.config import _configs_beside, configs_dir
+    from keras_cifar.train.config_files import _configs_beside, configs_dir
 
     installed = tmp_path / "site-packages" / "keras_cifar"
     (installed / "configs").mkdir(parents=True)

@@ -4,19 +4,18 @@
 annotation), its default, and in its metadata the help text, the allowed choices or range,
 whether a resumed run may change it, and whether it is a model-specific setting. From
 these alone come the `fit` flags (`keras_cifar/cli.py`), the validation here, and the
-settings table of docs/SETTINGS.md (`settings_markdown`). A model-specific setting
+settings table of docs/SETTINGS.md (`settings_doc.py`). A model-specific setting
 (`resize_to`, `weights`, `normalize`) applies to the models whose registry entry declares it
 (`register_model(..., settings=...)`).
 
 Every experiment in `configs/` is one YAML file of these keys; the files ship inside the
-package (`keras_cifar/configs/` in an installed copy). Unknown keys are rejected with the list
+package (`keras_cifar/configs/` in an installed copy, see `config_files.py`). Unknown keys are rejected with the list
 of valid ones, and every value is checked before anything runs. The resolved configuration is
 written into the run folder.
 """
 
 import dataclasses
 import difflib
-import os
 import re
 import types
 import typing
@@ -26,6 +25,8 @@ from typing import Optional
 import yaml
 
 from keras_cifar.errors import ConfigError
+from keras_cifar.train.config_files import configs_dir, default_config_path
+from keras_cifar.train.optimizer_settings import check_optimizer_settings
 
 
 def setting(default, help, *, choices=None, pattern=None, min=None, max=None, min_open=False, max_open=False,
@@ -187,6 +188,10 @@ def base_type(name):
     return hint, False
 
 
+def flag_name(name):
+    return "--" + name.replace("_", "-")
+
+
 def valid_keys_message():
     return "Valid keys: " + ", ".join(FIELDS) + "."
 
@@ -231,7 +236,7 @@ def coerce(name, value):
     raise ConfigError(f"`{name}` must be {_type_name(name)}. Received: `{name}={value!r}`")
 
 
-def _number(value):
+def format_number(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -240,13 +245,14 @@ def range_text(name):
     meta = FIELDS[name].metadata
     low, high = meta["min"], meta["max"]
     if low is not None and high is not None:
-        return f"in {'(' if meta['min_open'] else '['}{_number(low)}, {_number(high)}{')' if meta['max_open'] else ']'}"
+        low_bracket, high_bracket = "(" if meta["min_open"] else "[", ")" if meta["max_open"] else "]"
+        return f"in {low_bracket}{format_number(low)}, {format_number(high)}{high_bracket}"
     if low is not None:
         if meta["min_open"]:
-            return "positive" if low == 0 else f"greater than {_number(low)}"
-        return f"at least {_number(low)}"
+            return "positive" if low == 0 else f"greater than {format_number(low)}"
+        return f"at least {format_number(low)}"
     if high is not None:
-        return f"{'below' if meta['max_open'] else 'at most'} {_number(high)}"
+        return f"{'below' if meta['max_open'] else 'at most'} {format_number(high)}"
     return None
 
 
@@ -273,7 +279,8 @@ def models_taking(name):
 
 
 def _check_values(config):
-    """Every check that the schema declares, then the few that relate fields to each other."""
+    """Every check that the schema declares, then the few that relate fields to each other (those of the
+    optimizers in `check_optimizer_settings`)."""
     from keras_cifar.models.registry import get_model_info, list_models, unknown_model_message
 
     def require(condition, message):
@@ -296,21 +303,7 @@ def _check_values(config):
     require(config.warmup_epochs <= config.epochs,
             f"`warmup_epochs` must be in [0, epochs]. Received: `warmup_epochs={config.warmup_epochs!r}`, "
             f"`epochs={config.epochs!r}`")
-    require(config.optimizer == "sgd" or config.lookahead == 0,
-            f"`lookahead` applies to optimizer sgd only. Received: `optimizer={config.optimizer!r}`, "
-            f"`lookahead={config.lookahead!r}`")
-    require(config.optimizer in ("sgd", "muon") or (config.bn_bias_lr_scale == 1.0 and config.head_lr_scale == 1.0),
-            f"`bn_bias_lr_scale` and `head_lr_scale` apply to optimizers sgd and muon only. Received: "
-            f"`optimizer={config.optimizer!r}`, `bn_bias_lr_scale={config.bn_bias_lr_scale!r}`, "
-            f"`head_lr_scale={config.head_lr_scale!r}`")
-    muon_fields = {name: getattr(config, name) for name in ("muon_lr", "muon_momentum")
-                   if getattr(config, name) != FIELDS[name].default}
-    require(config.optimizer == "muon" or not muon_fields,
-            "`muon_lr` and `muon_momentum` apply to optimizer muon only. Received: "
-            f"`optimizer={config.optimizer!r}`, " + ", ".join(f"`{k}={v!r}`" for k, v in muon_fields.items()))
-    require(config.optimizer != "muon" or config.mixed_precision != "fp16",
-            "optimizer muon does not take fp16's loss scaling; use `mixed_precision` bf16 or none. Received: "
-            "`optimizer='muon'`, `mixed_precision='fp16'`")
+    check_optimizer_settings(config)
     require(not config.stop_at_target or config.target_accuracy is not None,
             "`stop_at_target` needs `target_accuracy`. Received: `stop_at_target=True`, `target_accuracy=None`")
     takes = get_model_info(config.model).settings
@@ -360,31 +353,6 @@ def check_keys(values, where):
         raise ConfigError(f"Unknown key(s) in {where}: {', '.join(map(str, unknown))}.{hint} {valid_keys_message()}")
 
 
-def configs_dir():
-    """The folder of the experiment configs, found from any working directory:
-
-    1. `KERAS_CIFAR_CONFIGS`, if set;
-    2. `keras_cifar/configs/` inside the installed package (a wheel or sdist install: the build
-       maps the top-level `configs/` there, see pyproject.toml);
-    3. `configs/` beside the package (a checkout, installed editable or not at all).
-    """
-    if os.environ.get("KERAS_CIFAR_CONFIGS"):
-        return Path(os.environ["KERAS_CIFAR_CONFIGS"])
-    return _configs_beside(Path(__file__).resolve().parents[1])
-
-
-def _configs_beside(package):
-    """`package/configs` where the build put it, else the checkout's `configs/` next to `package`."""
-    packaged = package / "configs"
-    return packaged if packaged.is_dir() else package.parent / "configs"
-
-
-def default_config_path(model):
-    """The model's config file, or None when it has none."""
-    path = configs_dir() / f"{model}.yaml"
-    return path if path.is_file() else None
-
-
 def resolve_config(config_file=None, overrides=None):
     """`config_file` (or the model's file in configs/) < `overrides` (None values ignored).
 
@@ -430,80 +398,3 @@ def write_config(config, path):
     atomic_write_text(path, "# batch_size: images per step on each process (global batch under torchrun: "
                             "batch_size x processes; see summary.json)\n"
                             + yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
-# --- the settings table of docs/SETTINGS.md --------------------------------------------------------
-
-
-def flag_name(name):
-    return "--" + name.replace("_", "-")
-
-
-def _allowed(name):
-    field = FIELDS[name]
-    kind, optional = base_type(name)
-    parts = []
-    if field.metadata["choices"]:
-        parts.append(", ".join(f"`{choice}`" for choice in field.metadata["choices"]))
-    elif field.metadata["pattern"]:
-        parts.append(field.metadata["pattern"][1])
-    elif kind is bool:
-        parts.append("`true`, `false`")
-    else:
-        meta = field.metadata
-        low, high = meta["min"], meta["max"]
-        if low is not None and high is not None:
-            bounds = f" in {'(' if meta['min_open'] else '['}{_number(low)}, {_number(high)}{')' if meta['max_open'] else ']'}"
-        elif low is not None:
-            bounds = f" {'>' if meta['min_open'] else '>='} {_number(low)}"
-        elif high is not None:
-            bounds = f" {'<' if meta['max_open'] else '<='} {_number(high)}"
-        else:
-            bounds = ""
-        parts.append({int: "integer", float: "number", str: "string"}[kind] + bounds)
-    if optional:
-        parts.append("unset" + (f" (also {', '.join(repr(w) for w in field.metadata['none_words'])})"
-                                if field.metadata["none_words"] else ""))
-    return " or ".join(parts)
-
-
-def settings_markdown():
-    """The settings table of docs/SETTINGS.md, generated from RunConfig and the model registry."""
-    def cell(text):
-        return str(text).replace("|", "\\|")
-
-    lines = [
-        "# Settings",
-        "",
-        "Every setting of a run: a key of the YAML files in `configs/` (and of `--config FILE`), and the",
-        "`fit` flag that overrides it. A run starts from its model's config (`configs/<model>.yaml`); the",
-        "defaults below fill only keys that a config file leaves out. Model-specific settings apply to the",
-        "models listed and are rejected for the others. Resumable settings may change when a run is",
-        "resumed (`fit --resume`); the others define the run.",
-        "",
-        "Generated from `RunConfig` in `keras_cifar/train/config.py`, the one place a setting is declared",
-        "(`python -m keras_cifar.train.config docs/SETTINGS.md` rewrites this file; a test checks it).",
-        "",
-        "| key | flag | values | default | description |",
-        "|---|---|---|---|---|",
-    ]
-    for name, field in FIELDS.items():
-        kind = base_type(name)[0]
-        flag = f"`{flag_name(name)}`/`--no-{name.replace('_', '-')}`" if kind is bool else f"`{flag_name(name)}`"
-        default = "unset" if field.default is None else f"`{yaml.safe_dump(field.default).splitlines()[0]}`"
-        notes = []
-        if field.metadata["model_specific"]:
-            notes.append(f"Only for {', '.join(f'`{m}`' for m in models_taking(name))}.")
-        if field.metadata["resumable"]:
-            notes.append("Resumable.")
-        description = " ".join([field.metadata["help"]] + notes)
-        lines.append(f"| `{name}` | {flag} | {cell(_allowed(name))} | {cell(default)} | {cell(description)} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    import sys
-
-    import keras_cifar  # noqa: F401  (registers the models)
-
-    Path(sys.argv[1] if len(sys.argv) > 1 else "docs/SETTINGS.md").write_text(settings_markdown())
