@@ -15,6 +15,7 @@ import os
 import sys
 
 TORCH = "torch"
+PACKAGE = "keras_cifar"  # the package of this project's Keras-registered classes, as saved files name them
 
 
 def configure():

@@ -7,7 +7,8 @@ import pytest
 from keras_cifar import InceptionBlock, ResidualBlock
 from keras_cifar.keras_internals import all_layers
 from keras_cifar.models.inception_lite import LITE_BLOCK
-from keras_cifar.models.layers import SymmetricMaxPooling2D, TorchBatchNorm
+from keras_cifar.models.batch_norm import TorchBatchNorm
+from keras_cifar.models.blocks import SymmetricMaxPooling2D
 from tests.helpers import run_layer_test, to_numpy
 
 
@@ -75,7 +76,7 @@ def test_blocks_saved_with_keras_batch_norm_load_into_the_fused_one(tmp_path, mo
     """A checkpoint saved when the GoogLeNet and ResNet18 blocks' batch norms were Keras's own
     loads into today's fused ones, weights unchanged: Keras finds a block's sub-layer weights by
     class name, and the fused layer keeps Keras's."""
-    import keras_cifar.models.layers as layers_module
+    from keras_cifar.models import blocks as blocks_module
 
     def blocks():
         inputs = keras.Input((16, 8, 8))
@@ -83,7 +84,7 @@ def test_blocks_saved_with_keras_batch_norm_load_into_the_fused_one(tmp_path, mo
         return keras.Model(inputs, ResidualBlock(16, strides=2, batch_norm=True, data_format="channels_first")(x))
 
     with monkeypatch.context() as patch:
-        patch.setattr(layers_module, "BatchNormalization", keras.layers.BatchNormalization)
+        patch.setattr(blocks_module, "BatchNormalization", keras.layers.BatchNormalization)
         old = blocks()
     rng = np.random.default_rng(0)
     for layer in all_layers(old):
@@ -100,3 +101,24 @@ def test_blocks_saved_with_keras_batch_norm_load_into_the_fused_one(tmp_path, mo
     x = rng.normal(size=(2, 16, 8, 8)).astype("float32")
     np.testing.assert_allclose(to_numpy(loaded(x, training=False)), to_numpy(old(x, training=False)),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("block,args", [
+    (SymmetricMaxPooling2D, dict(pool_size=2, strides=1, padding=0, data_format="channels_first")),
+    (InceptionBlock, dict(LITE_BLOCK, data_format="channels_first", bn_epsilon=1e-4)),
+    (InceptionBlock, dict(filters_1x1=4, filters_3x3_reduce=4, filters_3x3=4, filters_5x5_reduce=2, filters_5x5=4,
+                          filters_pool_proj=4, activation=None)),
+    (ResidualBlock, dict(filters=8, strides=2, batch_norm=True, bn_epsilon=1e-3, data_format="channels_last")),
+])
+def test_block_configs_mirror_their_constructors(block, args):
+    """get_config holds exactly the constructor's arguments, and a block rebuilt from it is the same block."""
+    import inspect
+
+    layer = block(**args, name="block")
+    config = layer.get_config()
+    own = set(config) - set(keras.layers.Layer(name="block").get_config())
+    arguments = set(inspect.signature(block.__init__).parameters) - {"self", "kwargs"}
+    assert own == arguments
+    for name, value in args.items():
+        assert config[name] == (list(value) if isinstance(value, tuple) else value), name
+    assert block.from_config(config).get_config() == config

@@ -29,10 +29,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_cifar._backend import PACKAGE
+from keras_cifar.models.batch_norm import TorchBatchNorm
 from keras_cifar.models.classifier import ImageClassifier
+from keras_cifar.models.conv import TorchConv2D, channels_last_conv2d, torch_conv2d
+from keras_cifar.models.data_format import channel_axis
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import (PACKAGE, TorchBatchNorm, TorchConv2D, channel_axis, channels_last_conv2d,
-                                       torch_conv2d)
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 

@@ -2,9 +2,10 @@
 
 from keras import layers
 
+from keras_cifar.models.blocks import InceptionBlock
 from keras_cifar.models.classifier import ImageClassifier
+from keras_cifar.models.conv import TorchConv2D
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import InceptionBlock, TorchConv2D
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 

@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from keras_cifar.models.layers import standardize_data_format
+from keras_cifar.models.data_format import standardize_data_format
 
 RAW_IMAGE_SHAPE = (32, 32, 3)
 

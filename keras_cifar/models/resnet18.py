@@ -2,10 +2,12 @@
 
 from keras import layers
 
+from keras_cifar.models.batch_norm import BatchNormalization
+from keras_cifar.models.blocks import ResidualBlock, SymmetricMaxPooling2D
 from keras_cifar.models.classifier import ImageClassifier
+from keras_cifar.models.conv import torch_conv
+from keras_cifar.models.data_format import channel_axis
 from keras_cifar.models.init import initialize
-from keras_cifar.models.layers import (BatchNormalization, ResidualBlock, SymmetricMaxPooling2D, channel_axis,
-                                       torch_conv)
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
 
