@@ -100,13 +100,13 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(real_folder_2k, uninterr
 KILL_DURING_COMMIT = textwrap.dedent("""
     import os, signal, sys
     import keras_cifar
-    from keras_cifar.train import callbacks
+    from keras_cifar.train import commit
     from keras_cifar.train.config import resolve_config
     from keras_cifar.train.trainer import fit
 
     data, root, where = sys.argv[1], sys.argv[2], sys.argv[3]
     original_save = keras_cifar.models.classifier.ImageClassifier.save
-    original_link = callbacks._replace_with_link
+    original_link = commit._replace_with_link
     commits = {"n": 0}
 
     def die():
@@ -135,7 +135,7 @@ KILL_DURING_COMMIT = textwrap.dedent("""
 
     keras_cifar.models.classifier.ImageClassifier.save = save
     os.replace = replace
-    callbacks._replace_with_link = link
+    commit._replace_with_link = link
     config = resolve_config(None, dict(model="cnn", epochs=3, batch_size=30, data=data,
                                        data_dir=os.path.join(root, "tfds"), log_dir=os.path.join(root, "logs")))
     fit(config, verbose=0)

@@ -15,7 +15,7 @@ import pytest
 
 import keras_cifar
 from keras_cifar.errors import StorageError
-from keras_cifar.train import callbacks, trainer
+from keras_cifar.train import callbacks, commit, tensorboard_callbacks, trainer
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.storage import size_text
@@ -141,10 +141,10 @@ def test_a_refused_write_keeps_the_last_commit_and_resume_finishes(where, real_f
     if where == "summary.json":
         monkeypatch.setattr(rd, "write_json", refuse_from_epoch_2(rd.write_json, rd.SUMMARY))
     if where == "metrics.csv":
-        monkeypatch.setattr(callbacks, "write_metrics_csv", refuse_from_epoch_2(callbacks.write_metrics_csv))
+        monkeypatch.setattr(commit, "write_metrics_csv", refuse_from_epoch_2(commit.write_metrics_csv))
     if where == "TensorBoard events":
-        on_epoch_end = callbacks.OriginalTags.on_epoch_end
-        monkeypatch.setattr(callbacks.OriginalTags, "on_epoch_end",
+        on_epoch_end = tensorboard_callbacks.OriginalTags.on_epoch_end
+        monkeypatch.setattr(tensorboard_callbacks.OriginalTags, "on_epoch_end",
                             lambda self, *args: refuse_from_epoch_2(on_epoch_end)(self, *args))
 
     what, committed, kept = REFUSED[where]
@@ -197,8 +197,9 @@ def test_a_read_only_log_folder_stops_before_training(real_folder_small, read_on
 
 def test_checkpoint_writes_are_off_the_time_to_target_clock(real_folder_small, tmp_path, monkeypatch):
     pause = 1.5
-    commit = callbacks.Checkpointer.commit
-    monkeypatch.setattr(callbacks.Checkpointer, "commit", lambda self, *args: (time.sleep(pause), commit(self, *args)))
+    original_commit = commit.Checkpointer.commit
+    monkeypatch.setattr(commit.Checkpointer, "commit",
+                        lambda self, *args: (time.sleep(pause), original_commit(self, *args)))
     stats = callbacks.EpochStats.on_epoch_end
 
     def accuracy(self, epoch, logs=None):  # the target is reached at epoch 2, after epoch 1's slow commit

@@ -10,8 +10,9 @@ import torch
 
 from bench.host_syncs import HostSyncCounter, counting_callback
 from keras_cifar.data import Split, TensorLoader
-from keras_cifar.train.callbacks import EpochTensorBoard, NaNGuard, RunCallbacks
+from keras_cifar.train.callbacks import NaNGuard, RunCallbacks
 from keras_cifar.train.config import resolve_config
+from keras_cifar.train.tensorboard_callbacks import EpochTensorBoard
 from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
 
 

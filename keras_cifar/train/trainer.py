@@ -17,9 +17,9 @@ from keras_cifar.errors import (CheckpointError, ConfigError, KerasCifarError, S
 from keras_cifar.models import create_model
 from keras_cifar.train import distributed, storage
 from keras_cifar.train import run_dir as rd
-from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
-                                         OriginalTags, RunCallbacks, TrainingClock, finish_commit)
+from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks, TrainingClock
 from keras_cifar.train.checkpoints import check_compatible, check_optimizer_restored, load_checkpoint
+from keras_cifar.train.commit import Checkpointer, finish_commit
 from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
                                       to_dict, write_config)
 from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
@@ -28,6 +28,7 @@ from keras_cifar.train.evaluation import classification_report, predict_logits, 
 from keras_cifar.losses import build_loss
 from keras_cifar.train.optim import build_optimizer, restore_gradients
 from keras_cifar.train.reports import write_final_summaries
+from keras_cifar.train.tensorboard_callbacks import EpochTensorBoard, OriginalTags
 
 # Keys a resumed run may change (declared `resumable` in RunConfig); the rest define the run and must stay.
 RESUMABLE_CHANGES = RESUMABLE
