@@ -170,7 +170,8 @@ def test_settings_doc_is_generated_from_the_schema():
     from keras_cifar.train.settings_doc import settings_markdown
 
     doc = (REPO / "docs" / "SETTINGS.md").read_text()
-    assert doc == settings_markdown(), "docs/SETTINGS.md is stale: python -m keras_cifar.train.settings_doc docs/SETTINGS.md"
+    assert doc == settings_markdown(), (
+        "docs/SETTINGS.md is stale: python -m keras_cifar.train.settings_doc docs/SETTINGS.md")
     for name in FIELDS:
         assert f"| `{name}` |" in doc
 

@@ -1,0 +1,109 @@
+"""The shape of the code (issue 30): short modules, models independent of training, tests independent of bench/.
+
+Cheap: parses the sources, runs none of them."""
+
+import ast
+
+from tests.conftest import REPO
+
+MAX_LINES = 450
+
+# shrinking in progress (issue 30): known offenders, to delete as each is fixed.
+LONG_MODULES = {
+    "keras_cifar/train/optim.py": "being rewritten as a package",
+    "keras_cifar/train/distributed.py": "being split",
+}
+TESTS_IMPORTING_BENCH = {
+    "tests/distributed_equivalence.py": "bench.host_syncs",
+    "tests/test_airbench_recipe.py": "bench.airbench_muon_torch, bench.reference, bench.torch_loop",
+    "tests/test_airbench_torch.py": "bench.airbench_torch, bench.airbench_muon_torch",
+    "tests/test_bench.py": "bench.*",
+    "tests/test_gpu_check.py": "bench.gpu_check",
+    "tests/test_gpu_first.py": "bench.gpu_bundle",
+    "tests/test_gpu_readiness.py": "bench.gpu_check",
+    "tests/test_models.py": "bench.reference",
+    "tests/test_packaging.py": "bench.reference, bench.torch_loop",
+    "tests/test_pretrained.py": "bench.reference",
+    "tests/test_step.py": "bench.host_syncs",
+    "tests/test_training.py": "bench.torch_loop",
+}
+MODELS_IMPORTING_TRAIN = {}
+
+
+def _sources(folder):
+    return sorted((REPO / folder).rglob("*.py"))
+
+
+def _relative(path):
+    return path.relative_to(REPO).as_posix()
+
+
+def imported_modules(path):
+    """Every module that `path` imports, at any depth: `import a.b`, `from a.b import c` (as `a.b` and
+    `a.b.c`, since `c` may be a module), and `importlib.import_module("a.b")` with a literal name or an
+    f-string that starts with one."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and _called_name(node.func) == "import_module" and node.args:
+            name = node.args[0]
+            if isinstance(name, ast.JoinedStr) and name.values:
+                name = name.values[0]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                modules.add(name.value)
+    return modules
+
+
+def _called_name(func):
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+
+
+def _in_package(module, package):
+    return module == package or module.startswith(package + ".")
+
+
+def long_modules():
+    return {_relative(path) for path in _sources("keras_cifar") if len(path.read_text().splitlines()) > MAX_LINES}
+
+
+def models_importing_train():
+    return {_relative(path) for path in _sources("keras_cifar/models")
+            if any(_in_package(module, "keras_cifar.train") for module in imported_modules(path))}
+
+
+def bench_importers_in_tests():
+    return {_relative(path) for path in _sources("tests")
+            if any(_in_package(module, "bench") for module in imported_modules(path))}
+
+
+def _check(found, allowed, what):
+    new = sorted(found - set(allowed))
+    assert not new, f"{what}: {', '.join(new)}"
+    fixed = sorted(set(allowed) - found)
+    assert not fixed, f"no longer {what}, delete from the allow-list: {', '.join(fixed)}"
+
+
+def test_no_module_is_over_450_lines():
+    _check(long_modules(), LONG_MODULES, f"over {MAX_LINES} lines")
+
+
+def test_models_do_not_import_training():
+    _check(models_importing_train(), MODELS_IMPORTING_TRAIN, "models importing keras_cifar.train")
+
+
+def test_tests_do_not_import_bench():
+    _check(bench_importers_in_tests(), TESTS_IMPORTING_BENCH, "tests importing the bench package")
+
+
+def test_the_checks_see_every_kind_of_import(tmp_path):
+    source = tmp_path / "sample.py"
+    source.write_text("import importlib\nimport bench.gpu_check\nfrom keras_cifar.train import optim\n"
+                      "def f(name):\n    from bench import host_syncs\n"
+                      "    return importlib.import_module(f'bench.{name}'), importlib.import_module('benchmark')\n")
+    modules = imported_modules(source)
+    assert {"bench.gpu_check", "keras_cifar.train.optim", "bench", "bench.host_syncs", "bench."} <= modules
+    assert not _in_package("benchmark", "bench") and _in_package("bench.", "bench")
