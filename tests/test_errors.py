@@ -217,7 +217,8 @@ def test_a_model_without_a_config_is_a_usage_error(tmp_path, monkeypatch):
 
 
 def test_cli_errors_render_parameters_as_flags():
-    from keras_cifar.cli import _flag_setting, _options, fit
+    from keras_cifar.cli import fit
+    from keras_cifar.cli_errors import _flag_setting, _options
 
     options = _options(fit)
     assert _flag_setting(options["augment"], True) == "--augment"

@@ -61,7 +61,8 @@ def test_missing_file_explains_both_ways(tmp_path):
     assert "does not exist" in message and "`weights='path/to/resnet18.pth'`" in message
     assert "torch hub cache" in message
     # The CLI names the flag instead of the parameter.
-    from keras_cifar.cli import fit, for_cli
+    from keras_cifar.cli import fit
+    from keras_cifar.cli_errors import for_cli
 
     context = fit.make_context("fit", ["--model", "resnet18", "--weights", str(tmp_path / "nope.pth")])
     assert "pass its path: --weights path/to/resnet18.pth" in for_cli(error.value, context)
