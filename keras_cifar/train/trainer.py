@@ -4,7 +4,6 @@
 import contextlib
 import dataclasses
 import os
-import shutil
 import time
 
 import keras
@@ -12,26 +11,22 @@ import keras
 from keras_cifar import _backend, tensorflow_cpu
 from keras_cifar.data import TensorLoader, load_cifar
 from keras_cifar.data.augment import Augmentation
-from keras_cifar.errors import (CheckpointError, ConfigError, KerasCifarError, StorageError, TrainingError,
-                                UsageError)
+from keras_cifar.errors import KerasCifarError, TrainingError, UsageError
+from keras_cifar.losses import build_loss
 from keras_cifar.models import create_model
 from keras_cifar.train import distributed, storage
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks, TrainingClock
 from keras_cifar.train.checkpoints import check_compatible, check_optimizer_restored, load_checkpoint
-from keras_cifar.train.commit import Checkpointer, finish_commit
-from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
-                                      to_dict, write_config)
-from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
-                                     set_precision)
+from keras_cifar.train.commit import Checkpointer
+from keras_cifar.train.config import model_options
+from keras_cifar.train.device import describe_device, seed_everything, select_device, set_precision
 from keras_cifar.train.evaluation import classification_report, predict_logits, predict_logits_tta
-from keras_cifar.losses import build_loss
 from keras_cifar.train.optim import build_optimizer, restore_gradients
-from keras_cifar.train.reports import write_final_summaries
+from keras_cifar.train.reports import format_duration, summary_of, target_line, timing_of, write_final_summaries
+from keras_cifar.train.run_folder import (RESUMABLE_CHANGES, kept, new_run_folder, new_run_state,  # noqa: F401 (re-exported)
+                                          prepare_resumed_folder, resumed_config, storage_error)
 from keras_cifar.train.tensorboard_callbacks import EpochTensorBoard, OriginalTags
-
-# Keys a resumed run may change (declared `resumable` in RunConfig); the rest define the run and must stay.
-RESUMABLE_CHANGES = RESUMABLE
 
 
 class Interrupted(KerasCifarError):
@@ -43,28 +38,6 @@ class FitResult:
     run_path: str
     summary: dict
     history: list
-
-
-def resumed_config(run_path, overrides):
-    """The run's saved config with the explicitly given `overrides` applied."""
-    if not rd.is_run_dir(run_path) or not os.path.exists(os.path.join(run_path, rd.STATE)):
-        raise CheckpointError(f"{run_path!r} is not a resumable run folder (it has no {rd.CONFIG} and {rd.STATE}).")
-    saved = to_dict(build_config(read_config_file(os.path.join(run_path, rd.CONFIG))))
-    given = {k: v for k, v in overrides.items() if v is not None and k != "log_dir"}
-    check_keys(given, "the options")
-    changed = {k: coerce(k, v) for k, v in given.items() if coerce(k, v) != saved.get(k)}
-    fixed = sorted(set(changed) - RESUMABLE_CHANGES)
-    if fixed:
-        raise ConfigError(
-            f"Cannot change {', '.join(fixed)} when resuming {run_path!r}: they define the run. "
-            f"A resumed run may change only {', '.join(sorted(RESUMABLE_CHANGES))}; start a new run instead."
-        )
-    if "epochs" in changed and saved.get("schedule", "constant") != "constant":
-        raise ConfigError(
-            f"Cannot change epochs when resuming a run with the {saved['schedule']!r} schedule: the schedule "
-            "was laid out for the original number of epochs. Start a new run instead."
-        )
-    return build_config({**saved, **changed, "log_dir": saved.get("log_dir", "logs")})
 
 
 def build_model(config, num_classes):
@@ -121,10 +94,6 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=No
     return callbacks, nan_guard
 
 
-def new_run_state(class_names=()):
-    return {"completed_epochs": 0, "checkpoint": None, "best": None, "history": [], "class_names": list(class_names)}
-
-
 def _check_sizes(config, data, world_size=1):
     if config.batch_size > len(data.train):
         raise UsageError(
@@ -136,12 +105,6 @@ def _check_sizes(config, data, world_size=1):
             f"The batch size {config.batch_size} per process times {world_size} processes is larger than the "
             f"{len(data.train)} training images. Lower `batch_size` (it is per process) or start fewer processes."
         )
-
-
-def _format_duration(seconds):
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
 
 
 def fit(config, resume_path=None, verbose=1, echo=print):
@@ -206,8 +169,8 @@ def _fit(config, resume_path, verbose, echo):
                     with storage.writing("the run folder", run_path):
                         stack.enter_context(rd.RunLock(run_path))
                 except storage.WriteFailed as failed:
-                    raise _storage_error(failed, None, "Nothing was trained.",
-                                         f"resume with: `fit(resume_path={run_path!r})`") from None
+                    raise storage_error(failed, None, "Nothing was trained.",
+                                        f"resume with: `fit(resume_path={run_path!r})`") from None
             state = group.broadcast(rd.read_json(os.path.join(run_path, rd.STATE)) if group.is_main else None)
             checkpoint = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
             if checkpoint and group.is_main:
@@ -219,69 +182,19 @@ def _fit(config, resume_path, verbose, echo):
                 model = new_model(config, data)
                 compile_model(model, config, steps_per_epoch)
             if group.is_main:
-                _prepare_resumed_folder(config, run_path, state, model)
+                prepare_resumed_folder(config, run_path, state, model)
             echo(f"Resuming {run_path} after epoch {state['completed_epochs']} of {config.epochs}")
         else:
             model = new_model(config, data)
             compile_model(model, config, steps_per_epoch)
             state = new_run_state(data.class_names)
-            run_path = _new_run_folder(config, state, model, stack) if group.is_main else None
+            run_path = new_run_folder(config, state, model, stack) if group.is_main else None
             run_path = group.broadcast(run_path)  # one run folder, rank 0's
         model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
         distributed.prepare(model, config, group, echo)
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
         return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
                       started)
-
-
-def _new_run_folder(config, state, model, stack):
-    """A new run folder with its config and first state, which also shows that the log folder takes
-    writes and has room for a checkpoint, before any training. One that does not is removed."""
-    needed = storage.variables_bytes(model)  # before the optimizer has its state: a lower bound
-    try:
-        run_path = rd.create_run_dir(config.log_dir, config.model)
-    except storage.WriteFailed as failed:
-        raise _storage_error(failed, needed, "Nothing was trained.",
-                             "run it again, or choose another `log_dir`.", at_least=True) from None
-    try:
-        with storage.writing("the run folder", run_path):
-            stack.enter_context(rd.RunLock(run_path))
-            write_config(config, os.path.join(run_path, rd.CONFIG))
-            rd.write_json(os.path.join(run_path, rd.STATE), state)
-            storage.check_free_space("a checkpoint", run_path, needed)
-    except storage.WriteFailed as failed:
-        shutil.rmtree(run_path, ignore_errors=True)
-        raise _storage_error(failed, needed, "Nothing was trained.",
-                             "run it again, or choose another `log_dir`.", at_least=True) from None
-    return run_path
-
-
-def _prepare_resumed_folder(config, run_path, state, model):
-    """Finishes the last commit (a run stopped by a full disk may have been stopped within it), saves
-    a changed config, and checks that the folder takes writes and, with epochs left, has room for a
-    checkpoint."""
-    needed = storage.checkpoint_bytes(model, run_path, state)
-    try:
-        with storage.writing("the run folder", run_path):
-            finish_commit(run_path, state)
-            if build_config(read_config_file(os.path.join(run_path, rd.CONFIG))) != config:
-                write_config(config, os.path.join(run_path, rd.CONFIG))
-            if state["completed_epochs"] < config.epochs:
-                storage.check_free_space("a checkpoint", run_path, needed)
-    except storage.WriteFailed as failed:
-        raise _storage_error(failed, needed, f"Nothing was trained; {_kept(state, config)}",
-                             f"resume with: `fit(resume_path={run_path!r})`",
-                             at_least=not state.get("checkpoint")) from None
-
-
-def _kept(state, config):
-    if not state.get("checkpoint"):
-        return "no epoch had been committed."
-    return f"the last committed epoch ({state['completed_epochs']} of {config.epochs}) is kept there."
-
-
-def _storage_error(failed, needed, outcome, then, at_least=False):
-    return StorageError(storage.explain(failed, needed, outcome, then, at_least=at_least))
 
 
 def _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo, started):
@@ -311,9 +224,9 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 f"or free the device and resume with: `fit(resume_path={run_path!r})`"
             ) from None
         except storage.WriteFailed as failed:
-            raise _storage_error(failed, storage.checkpoint_bytes(model, run_path, state),
-                                 f"Training stopped; {_kept(state, config)}",
-                                 f"resume with: `fit(resume_path={run_path!r})`") from None
+            raise storage_error(failed, storage.checkpoint_bytes(model, run_path, state),
+                                f"Training stopped; {kept(state, config)}",
+                                f"resume with: `fit(resume_path={run_path!r})`") from None
         except KeyboardInterrupt:
             raise Interrupted(
                 f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
@@ -326,10 +239,10 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
     if nan_guard.bad_step is not None:
         epoch, step = nan_guard.bad_step
         where = f"epoch {epoch}, step {step}" if step else f"epoch {epoch}"
-        kept = (f"the last good checkpoint (epoch {state['completed_epochs']}) is kept in {run_path}"
-                if state["checkpoint"] else f"no epoch had completed, so {run_path} holds no checkpoint")
+        what_is_kept = (f"the last good checkpoint (epoch {state['completed_epochs']}) is kept in {run_path}"
+                        if state["checkpoint"] else f"no epoch had completed, so {run_path} holds no checkpoint")
         raise TrainingError(
-            f"The training loss became NaN or infinite at {where}; training stopped and {kept}. "
+            f"The training loss became NaN or infinite at {where}; training stopped and {what_is_kept}. "
             "Lower the learning rate (`lr`), or use `schedule='cosine'` with warm-up (`warmup_epochs`)."
         )
     try:
@@ -348,8 +261,8 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
             f"`fit(resume_path={run_path!r})`"
         ) from None
     report = classification_report(data.eval.labels, logits, data.class_names)
-    timing = _timing(config, state, report, clock, prepare_s, tta)
-    summary = _summary(config, state, report, data, device, run_path)
+    timing = timing_of(config, state, report, clock, prepare_s, tta)
+    summary = summary_of(config, state, report, data, device, run_path)
     summary.update(timing, steps_per_epoch=len(train_loader),
                    train_images_per_epoch=train_loader.images_per_epoch * group.world_size)
     if group.is_main:
@@ -359,80 +272,16 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 if config.tensorboard:
                     write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
         except storage.WriteFailed as failed:
-            raise _storage_error(failed, storage.checkpoint_bytes(model, run_path, state),
-                                 f"All {state['completed_epochs']} epochs are saved there; only the summary "
-                                 "is missing.", f"write it with: `fit(resume_path={run_path!r})`") from None
+            raise storage_error(failed, storage.checkpoint_bytes(model, run_path, state),
+                                f"All {state['completed_epochs']} epochs are saved there; only the summary "
+                                "is missing.", f"write it with: `fit(resume_path={run_path!r})`") from None
     best = state.get("best")
     if best:
         echo(f"Best {data.eval_split_name} accuracy {100 * best['value']:.2f}% (epoch {best['epoch']}); "
              f"final {100 * report['accuracy']:.2f}%" + (" with test-time augmentation "
              f"({100 * tta['plain_accuracy']:.2f}% without)." if tta else "."))
     if timing["target"] is not None:
-        echo(_target_line(timing))
+        echo(target_line(timing))
     echo(f"Checkpoints and logs: {run_path}")
-    echo(f"Total time: {_format_duration(time.perf_counter() - started)}")
+    echo(f"Total time: {format_duration(time.perf_counter() - started)}")
     return FitResult(run_path, summary, state["history"])
-
-
-def _timing(config, state, report, clock, prepare_s, tta):
-    """summary.json's timing: preparation (data, model, whitening, compile) before the first
-    step, the first step (graph capture), and the time to `target_accuracy`: the time of training
-    and evaluation (not of the writes between epochs) from the first step to the end of the epoch
-    that reached it, or, when only the final TTA
-    evaluation reached it, the whole training time plus that evaluation (as airbench counts)."""
-    history = state["history"]
-    train_s = history[-1].get("elapsed_s") if history else None
-    target = state.get("target")
-    if target is None and config.target_accuracy is not None:
-        reached = tta is not None and report["accuracy"] >= config.target_accuracy and train_s is not None
-        target = {"accuracy": config.target_accuracy, "reached": False}
-        if reached:
-            target = {"accuracy": config.target_accuracy, "epoch": state["completed_epochs"],
-                      "elapsed_s": train_s + tta["time_s"], "value": report["accuracy"], "with_tta": True}
-    if target is not None:
-        target = {"reached": True, **target}
-    return {
-        "prepare_s": prepare_s,
-        "first_step_s": clock.first_step_s,
-        "elapsed_s": train_s,
-        "tta": tta is not None,
-        "tta_time_s": tta["time_s"] if tta else None,
-        "final_accuracy_without_tta": tta["plain_accuracy"] if tta else None,
-        "target": target,
-    }
-
-
-def _target_line(timing):
-    target = timing["target"]
-    if not target["reached"]:
-        return f"Target accuracy {100 * target['accuracy']:.2f}% not reached."
-    how = "with the final test-time augmentation" if target["with_tta"] else f"at epoch {target['epoch']}"
-    first = f"; first step {timing['first_step_s']:.1f} s" if timing["first_step_s"] is not None else ""
-    return (f"Reached {100 * target['accuracy']:.2f}% ({100 * target['value']:.2f}%) {how} after "
-            f"{_format_duration(target['elapsed_s'])} of training (from the first step{first}, graph capture "
-            f"included; {timing['prepare_s']:.1f} s of data and model preparation before it).")
-
-
-def _summary(config, state, report, data, device, run_path):
-    history = state["history"]
-    best = state.get("best") or {}
-    return {
-        "run": os.path.basename(os.path.abspath(run_path)),
-        "model": config.model,
-        "epochs": state["completed_epochs"],
-        "eval_split": data.eval_split_name,
-        "best_accuracy": best.get("value"),
-        "best_epoch": best.get("epoch"),
-        "final_accuracy": report["accuracy"],
-        "final_loss": history[-1].get("val_loss") if history else None,
-        "final_train_accuracy": history[-1].get("accuracy") if history else None,
-        "per_class_accuracy": {k: v["accuracy"] for k, v in report["per_class"].items()},
-        "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in history),
-        "device": device,
-        "device_name": describe_device(device),
-        "gpu_settings": gpu_settings(device),
-        "data": data.source,
-        "config": to_dict(config),
-        # batch_size is per process; under torchrun the global batch is world_size x batch_size
-        **distributed.current().summary(config),
-    }
