@@ -2,7 +2,7 @@
 
 Three copies of a model start from the same PyTorch-initialised weights and take the same steps on
 the same real batches with the original recipe (Adam, lr 1e-3, no augmentation):
-  - `torch`: the PyTorch original (bench.reference) with torch.optim.Adam;
+  - `torch`: the PyTorch original (pytorch_reference.originals) with torch.optim.Adam;
   - `torch+ulp`: the same, its weights first multiplied by (1 + 1e-7 * noise), about one float32 ulp:
     how far rounding alone carries two runs of the same code apart;
   - `keras`: the Keras port as `fit` trains it (graph capture, TorchAdam), weights copied from `torch`.
@@ -22,7 +22,7 @@ import keras_cifar  # noqa: F401  (backend first)
 import keras
 import torch
 
-from bench.torch_loop import ReferenceRun, nudge_weights
+from pytorch_reference.torch_loop import ReferenceRun, nudge_weights
 from keras_cifar.data import load_cifar
 from keras_cifar.models.convert import copy_torch_weights
 from keras_cifar.train.config import resolve_config

@@ -5,7 +5,7 @@ checkpoints, metrics.csv and TensorBoard logs. `cli.py fit --epochs 3` runs in a
 its steady epoch is the mean of epochs 2 and 3 from the `wall_s` column of the run's metrics.csv
 (wall time from the first step to each epoch's end: start-up, data loading and graph capture fall
 before the first step, and the first epoch's warm-up is left out). The yardstick is
-`bench.torch_loop.TidyRun` on the same data, batch size and threads, also 3 epochs in a fresh
+`pytorch_reference.torch_loop.TidyRun` on the same data, batch size and threads, also 3 epochs in a fresh
 process: the mean of its epochs 2 and 3, each a training epoch plus the test set's evaluation.
 Rounds (`--rounds`) alternate which of the two runs first, so drift of the machine falls on both;
 the table gives the median.
@@ -62,7 +62,7 @@ import json, time, torch
 import keras_cifar
 from keras_cifar.data import load_cifar
 from keras_cifar.train.device import set_precision
-from bench.torch_loop import fastest_tidy_run
+from pytorch_reference.torch_loop import fastest_tidy_run
 set_precision("none", {device!r})  # TF32 and cuDNN autotuning on a GPU, as the product
 data = load_cifar({data!r}, None, log=lambda m: None)
 optimizer, lr = {TORCH_OPTIMIZER[model]!r}

@@ -1,5 +1,5 @@
 """Seconds per epoch of the fast recipe: `cli.py fit --config configs/airbench94.yaml` against airbench94
-itself in plain PyTorch (bench/airbench_torch.py), on the same data, CPU threads and precision.
+itself in plain PyTorch (pytorch_reference/airbench_torch.py), on the same data, CPU threads and precision.
 
 Each side runs 3 epochs in a fresh process, and its steady epoch is the mean of epochs 2 and 3:
 for `cli.py fit`, the steps of the `wall_s` column of the run's metrics.csv (wall time from the
@@ -14,7 +14,7 @@ each side's images per epoch read from its own run (summary.json's `train_images
     python -m bench.fast_epochs --rounds 3           # bf16 on the CPU, as configs/airbench94.yaml
     python -m bench.fast_epochs --precision none     # float32 on both sides
     python -m bench.fast_epochs --recipe muon        # configs/airbench94_muon.yaml against airbench94_muon
-                                                     # (bench/airbench_muon_torch.py): 25 steps of 2000
+                                                     # (pytorch_reference/airbench_muon_torch.py): 25 steps of 2000
 """
 
 import json
@@ -30,8 +30,8 @@ from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, in_turn, machine_na
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
 # recipe -> (config of cli.py fit, airbench's program in plain PyTorch, its batch size)
-RECIPES = {"airbench94": ("airbench94.yaml", "bench.airbench_torch", 1024),
-           "muon": ("airbench94_muon.yaml", "bench.airbench_muon_torch", 2000)}
+RECIPES = {"airbench94": ("airbench94.yaml", "pytorch_reference.airbench_torch", 1024),
+           "muon": ("airbench94_muon.yaml", "pytorch_reference.airbench_muon_torch", 2000)}
 
 
 def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):

@@ -18,7 +18,7 @@ import keras_cifar  # noqa: F401  (backend first)
 import torch
 import torch.nn.functional as F
 
-from bench.torch_loop import ReferenceRun, nudge_weights
+from pytorch_reference.torch_loop import ReferenceRun, nudge_weights
 from keras_cifar.data import load_cifar
 from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name
 from keras_cifar.train.config import resolve_config

@@ -17,7 +17,7 @@ for model in ${MODELS:-resnet_lite inception_lite}; do
       if [ "$framework" = keras ]; then
         run $PY cli.py fit --model "$model" --seed "$seed" --data "$DATA" --log-dir "$OUT/seeds/keras"
       else
-        run $PY -m bench.train_reference --model "$model" --data "$DATA" --epochs "${EPOCHS[$model]}" \
+        run $PY -m pytorch_reference.train_reference --model "$model" --data "$DATA" --epochs "${EPOCHS[$model]}" \
             --batch-size "${BATCH[$model]}" --lr 1e-3 --seed "$seed" --out "$OUT/seeds/pytorch/$model-seed$seed"
       fi
     done

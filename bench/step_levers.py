@@ -19,7 +19,7 @@ Variants:
                        instead of the lean step
   Keras Adam           Keras's own Adam update (per-variable Python, Keras's epsilon)
   no graph capture     eager Keras: every layer through `Layer.__call__`
-  tidy PyTorch loop    not a lever: the same model, batches and optimizer in bench.torch_loop's
+  tidy PyTorch loop    not a lever: the same model, batches and optimizer in pytorch_reference.torch_loop's
                        TidyRun (channels_last, fused Adam), the yardstick of the end-to-end
                        benchmarks, measured in the same process and the same turns
 """
@@ -34,7 +34,7 @@ import numpy as np
 
 import keras_cifar  # noqa: F401  (selects Keras's torch backend before keras is imported)
 import keras  # noqa: E402
-from bench.torch_loop import TidyRun
+from pytorch_reference.torch_loop import TidyRun
 from keras_cifar.data.dataset import Split
 from keras_cifar.data.loader import TensorLoader
 from keras_cifar.train.callbacks import RunCallbacks

@@ -12,7 +12,7 @@ Variants:
                    already in memory (`fit(x, y, batch_size=...)`)
   keras-tfdata     (--tfdata) the same, fed a tf.data pipeline straight from TFDS
   tidy             the yardstick: the reference module in a tidy plain PyTorch loop
-                   (bench.torch_loop.TidyRun): data as one tensor on the device, batches by
+                   (pytorch_reference.torch_loop.TidyRun): data as one tensor on the device, batches by
                    indexing, its fastest memory format and optimizer implementation (probed),
                    `.item()` per step, the test set evaluated under no_grad
   pytorch          the reference module in the original scripts' loop: DataLoader over a
@@ -171,7 +171,7 @@ def run_keras(spec, conn):
 def run_pytorch(spec, conn):
     import torch
 
-    from bench.torch_loop import ReferenceRun, make_loader
+    from pytorch_reference.torch_loop import ReferenceRun, make_loader
 
     data, train, test = subsets(spec)
     device = "cuda" if spec["device"] in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
@@ -198,7 +198,7 @@ def run_pytorch(spec, conn):
 def run_tidy(spec, conn):
     import torch
 
-    from bench.torch_loop import fastest_tidy_run
+    from pytorch_reference.torch_loop import fastest_tidy_run
     from keras_cifar.train.device import set_precision
 
     data, train, test = subsets(spec)

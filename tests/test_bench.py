@@ -87,7 +87,7 @@ def test_tidy_loop_trains_like_the_reference_loop_and_evaluates_every_image(real
     every test image once."""
     import torch
 
-    from bench.torch_loop import ReferenceRun, TidyRun
+    from pytorch_reference.torch_loop import ReferenceRun, TidyRun
     from keras_cifar.data import load_cifar
 
     data = load_cifar(str(real_folder_small), str(data_dir))

@@ -1,4 +1,4 @@
-"""Installing on a GPU machine that has its own torch, and the first look there (bench/gpu_first.sh)."""
+"""Installing on a GPU machine that has its own torch, and the first look there (gpu/gpu_first.sh)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from bench import gpu_bundle
+from gpu import gpu_bundle
 from tests import data_formats as fmt
 from tests.conftest import BLOCKER, REPO
 
@@ -55,12 +55,12 @@ def blocking(tmp_path, *names):
 
 
 @pytest.mark.parametrize("missing, says", [
-    ("keras", "holds no wheels: run `bash bench/gpu_prepare.sh`"),
+    ("keras", "holds no wheels: run `bash gpu/gpu_prepare.sh`"),
     ("torch", "cannot import torch: install the torch built for this machine's CUDA first"),
 ])
 def test_a_machine_without_the_bundle_is_told_what_to_do(missing, says, tmp_path):
     env = dict(os.environ, **blocking(tmp_path, missing))
-    result = subprocess.run(["bash", "-c", "source bench/gpu_env.sh && gpu_env"], cwd=REPO, env=env,
+    result = subprocess.run(["bash", "-c", "source gpu/gpu_env.sh && gpu_env"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert says in result.stdout and "Traceback" not in result.stdout + result.stderr
@@ -71,7 +71,7 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
     data = fmt.tar_folder(str(real_folder_small), str(tmp_path / "slice.tar.gz"), ".")
     env = dict(os.environ, **blocking(tmp_path), DEVICE="cpu", DATA=data)
     out = tmp_path / "out"
-    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_first.sh"), str(out)], cwd=tmp_path, env=env,
+    result = subprocess.run(["bash", str(REPO / "gpu" / "gpu_first.sh"), str(out)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     results = (out / "results.md").read_text()
     assert result.returncode == 0, results[-3000:]
