@@ -82,3 +82,32 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
     assert "resnet_lite, fp32 on cpu" in results and "\nAccuracy: " in results
     assert "googlenet, --jit off on cpu" in results and "\n| cnn |" in results
     assert "| keras-cifar `airbench94` | 0 | 1 |" in results and "| airbench94, plain PyTorch | 0 | 1 |" in results
+
+
+@pytest.mark.parametrize("stage", ["muon", "95"])
+def test_gpu_session_smoke_on_cpu_without_tensorflow(stage, real_folder_small, tmp_path, without_tensorflow):
+    """gpu/gpu_session.sh, the prepared GPU session, as its header's CPU smoke run: both
+    programs of the muon (or 95) stage on a slice of the real data, TensorFlow unavailable as
+    on the GPU machine, and the runs collected into runs.tgz. (The airbench94 stage's two programs run
+    in gpu/gpu_first.sh's CPU mode, above; the stages share the rest.)"""
+    import tarfile
+
+    data = fmt.tar_folder(str(real_folder_small), str(tmp_path / "slice.tar.gz"), ".")
+    out = tmp_path / "out"
+    env = dict(os.environ, **without_tensorflow, OUT=str(out), DEVICE="cpu", SEEDS="0", DATA=data,
+               RUNS=str(tmp_path / "runs"), PYTHON=sys.executable,
+               FIT_ARGS="--epochs 1 --batch-size 64 --eval-batch-size 100 --mixed-precision none --train-images 128",
+               AIRBENCH_ARGS="--epochs 1 --batch-size 64 --train-images 128")
+    result = subprocess.run(["bash", str(REPO / "gpu" / "gpu_session.sh"), stage], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=900)
+    log = (out / "session.log").read_text()
+    assert result.returncode == 0, log[-3000:]
+    assert "without TFDS" in log and "Traceback" not in log
+    with tarfile.open(out / "runs.tgz") as tar:
+        names = tar.getnames()
+    tag, recipe, program = {"airbench94": ("", "airbench94", "airbench94"), "muon": ("-muon", "airbench94_muon", "airbench94_muon"),
+                            "95": ("-95", "airbench95", "airbench95")}[stage]
+    assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("summary.json") for n in names), names
+    assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("metrics.csv") for n in names), names
+    assert f"./torch{tag}-seed0.json" in names and not any(n.endswith(".keras") for n in names)
+    assert f"| keras-cifar `{recipe}` | 0 | 1 |" in log and f"| {program}, plain PyTorch | 0 | 1 |" in log
