@@ -1,4 +1,4 @@
-"""The airbench recipes' tables for docs/RESULTS.md, from the runs of bench/airbench_runs.sh.
+"""The airbench recipes' tables for docs/RESULTS.md and RESULTS-LOG.md, from the runs of bench/airbench_runs.sh.
 
     python -m bench.airbench_table OUT_DIR
 

@@ -5,7 +5,7 @@ cross-entropy loss against PyTorch in float64, for: the Keras port (float32), th
 (float32), and the PyTorch original with its weights moved by about one float32 ulp. A port that
 computed something else would stand out from the two PyTorch columns; rounding flips a max-pool
 choice between near-equal values now and then, which moves a few gradients in every column alike.
-tests/test_pytorch_reference.py checks it on real batches; the table of docs/RESULTS.md came from
+tests/test_pytorch_reference.py checks it on real batches; the table of docs/RESULTS-LOG.md came from
 this module's former command line (bench/gradients.py at commit d3fdef3).
 """
 

@@ -33,7 +33,7 @@ def write_run(folder, accuracies, seed=None):
 
 
 def test_results_seed_table_compares_means_over_runs(tmp_path):
-    """bench.results (docs/RESULTS.md's seed tables): means and spreads over the seeds of each side,
+    """bench.results (docs/RESULTS-LOG.md's seed tables): means and spreads over the seeds of each side,
     unfinished runs left out, and the gap with its standard error."""
     write_run(tmp_path / "pytorch" / "cnn", [0.60, 0.70], seed=0)
     write_run(tmp_path / "seeds" / "pytorch" / "cnn-seed1", [0.60, 0.60], seed=1)
