@@ -33,12 +33,12 @@ import numpy as np
 import keras_cifar  # noqa: F401  (selects Keras's torch backend before keras is imported)
 import keras  # noqa: E402
 from bench.timing import interleaved, medians, ratio_table
-from pytorch_reference.torch_loop import TidyRun
 from keras_cifar.data.dataset import Split
 from keras_cifar.data.loader import TensorLoader
 from keras_cifar.train.callbacks import RunCallbacks
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
+from pytorch_reference.torch_loop import TidyRun
 
 ORIGINAL_BATCH = {"cnn": 32, "resnet_lite": 32, "inception_lite": 16, "googlenet": 32, "resnet18": 32}
 TIDY = "tidy PyTorch loop"

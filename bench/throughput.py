@@ -240,6 +240,7 @@ def measure(specs, rounds):
         process = context.Process(target=worker, args=(spec, child_end), daemon=True)
         process.start()
         workers.append((spec, parent_end, process))
+
     def segment(conn):
         conn.send("go")
         message = conn.recv()

@@ -47,14 +47,14 @@ import torch
 import keras_cifar  # noqa: F401  (selects Keras's torch backend first)
 import keras  # noqa: E402
 
-from pytorch_reference import originals as reference  # noqa: E402
-from pytorch_reference.host_syncs import HostSyncCounter  # noqa: E402
 from keras_cifar.data.dataset import Split  # noqa: E402
 from keras_cifar.data.loader import TensorLoader  # noqa: E402
 from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks  # noqa: E402
 from keras_cifar.train.config import resolve_config  # noqa: E402
 from keras_cifar.train.device import set_precision, set_tf32, tf32_enabled  # noqa: E402
 from keras_cifar.train.trainer import build_model, compile_model  # noqa: E402
+from pytorch_reference import originals as reference  # noqa: E402
+from pytorch_reference.host_syncs import HostSyncCounter  # noqa: E402
 
 PRECISIONS = ("none", "bf16", "fp16")
 PRECISION_NAMES = {"float32": "none"}  # the flag's other spelling of the product's `none`

@@ -12,13 +12,12 @@ this module's former command line (bench/gradients.py at commit d3fdef3).
 import copy
 
 import keras_cifar  # noqa: F401  (backend first)
-import torch
 import torch.nn.functional as F
 
-from pytorch_reference.torch_loop import ReferenceRun, nudge_weights
 from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import build_model
+from pytorch_reference.torch_loop import ReferenceRun, nudge_weights
 
 
 def keras_layout(gradient):

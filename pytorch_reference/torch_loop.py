@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
-from pytorch_reference import originals as reference
 from keras_cifar.train.callbacks import write_metrics_csv
+from pytorch_reference import originals as reference
 
 
 def make_loader(split, batch_size, shuffle, seed=0):

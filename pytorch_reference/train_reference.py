@@ -12,8 +12,8 @@ import time
 import click
 
 import keras_cifar  # noqa: F401  (backend first)
-from pytorch_reference.torch_loop import final_and_best, train_reference
 from keras_cifar.data import load_cifar
+from pytorch_reference.torch_loop import final_and_best, train_reference
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""bench/airbench_torch.py, the plain-PyTorch airbench94 reference: one short run in-process,
+"""pytorch_reference/airbench_torch.py, the plain-PyTorch airbench94 reference: one short run in-process,
 its whitening init, and how it counts the time to an accuracy."""
 
 import importlib
@@ -108,7 +108,7 @@ def test_time_to_counts_tta_only_when_no_epoch_reached(airbench):
 
 
 def test_airbench94_muon_one_short_epoch_writes_the_report(tmp_path):
-    """bench/airbench_muon_torch.py: airbench94_muon's loop over the same loader and report."""
+    """pytorch_reference/airbench_muon_torch.py: airbench94_muon's loop over the same loader and report."""
     muon = importlib.import_module("pytorch_reference.airbench_muon_torch")
     out = tmp_path / "muon.json"
     report, lines = short_run(muon, out, 2)
