@@ -23,8 +23,8 @@ def archives(repo, wheel, wheel_from_sdist, sdist):
             for name in configs:
                 assert archive.read(f"keras_cifar/configs/{name}") == (repo / "configs" / name).read_bytes(), name
             assert "keras_cifar/keras_internals.py" in names
-            stray = [n for n in names if n.split("/")[0] in ("bench", "tests", "configs")
-                     or n.endswith(("reference.py", "torch_loop.py"))]
+            stray = [n for n in names if n.split("/")[0] in ("bench", "gpu", "pytorch_reference", "tests", "configs")
+                     or n.endswith(("originals.py", "torch_loop.py"))]
             assert not stray, f"{path}: not part of the package: {stray}"
     with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(wheel_from_sdist) as b:
         assert sorted(a.namelist()) == sorted(b.namelist()), "the sdist builds another wheel"

@@ -1,5 +1,5 @@
-"""Tables and training curves of docs/RESULTS.md, from the runs of bench/reproduce.sh and
-bench/improved.sh (their metrics.csv and summary.json files).
+"""Tables and training curves of docs/RESULTS.md, from the runs of bench/reproduce.sh (its
+stages original, improved and seeds: their metrics.csv and summary.json files).
 
     python -m bench.results --results logs/results --plots docs
 """
@@ -45,7 +45,8 @@ def pct(value):
 
 def seed_runs(results, model):
     """-> {"Keras": [...], "PyTorch": [...]}: the original-recipe runs of the current code, one per seed
-    (Keras with TorchAdam from bench/seeds.sh; PyTorch seed 0 from bench/reproduce.sh, others from seeds.sh)."""
+    (Keras with TorchAdam from STAGE=seeds of bench/reproduce.sh; PyTorch seed 0 from its original stage, others
+    from STAGE=seeds)."""
     keras_runs = [read(p) for p in sorted(glob.glob(os.path.join(results, "seeds", "keras", f"{model}-*")))
                   if os.path.isfile(os.path.join(p, "summary.json"))]
     torch_paths = [os.path.join(results, "pytorch", model)]
@@ -173,36 +174,6 @@ def main(results, plots):
         for model, original, i in improvements:
             print(f"| {model} | {i['epochs']} | {pct(original)} | {pct(i['final'])} ({pct(i['best'])}) | "
                   f"**{100 * (i['final'] - original):+.2f}** | {i['epoch_time']:.0f} |")
-    studies = [
-        ("resnet_lite", "Keras, seed 0, Keras's Adam (epsilon 1e-7)", os.path.join(results, "keras", "resnet_lite-*")),
-        ("resnet_lite", "Keras, seed 0, Keras's Adam with epsilon 1e-8",
-         os.path.join(results, "keras-eps1e-8", "resnet_lite-*")),
-        ("inception_lite", "Keras, seed 0, Keras's Adam (epsilon 1e-7)",
-         os.path.join(results, "keras", "inception_lite-*")),
-        ("cnn", "Keras, PyTorch initialisation (default), Keras's Adam (epsilon 1e-7)",
-         os.path.join(results, "keras", "cnn-*")),
-        ("cnn", "Keras, Keras initialisation (`--init keras`), Keras's Adam with epsilon 1e-8",
-         os.path.join(results, "keras-init", "cnn-*")),
-        ("cnn", "PyTorch, seed 0", os.path.join(results, "pytorch", "cnn")),
-    ]
-    rows = [(model, label, latest(pattern)) for model, label, pattern in studies]
-    rows = [(model, label, read(run)) for model, label, run in rows if run]
-    if rows:
-        print("\n| model | run | final | best | mean of the last 10 epochs | train accuracy, last epoch |")
-        print("|---|---|---|---|---|---|")
-        for model, label, r in rows:
-            print(f"| {model} | {label} | {pct(r['final'])} | {pct(r['best'])} | "
-                  f"{pct(statistics.mean(r['val'][-10:]))} | {pct(r['train'][-1])} |")
-    short = sorted(p for p in glob.glob(os.path.join(results, "keras-short", "*-*"))
-                   if os.path.isfile(os.path.join(p, "metrics.csv")))
-    if short:
-        print("\n| model | steps | train loss per epoch | train accuracy per epoch | test accuracy per epoch |")
-        print("|---|---|---|---|---|")
-        for run in short:
-            s = read(run)
-            steps = s["epochs"] * -(-int(s["config"].get("train_images") or 50000) // int(s["config"]["batch_size"]))
-            print(f"| {s['config'].get('model')} | {steps} | {' → '.join(f'{v:.3f}' for v in s['losses'])} | "
-                  f"{' → '.join(pct(v) for v in s['train'])} | {' → '.join(pct(v) for v in s['val'])} |")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ callbacks, each lever switched back to what stock Keras does, one at a time.
 
 All variants run in this one process on the same synthetic batches (the step's cost does not
 depend on pixel values), in turns: one epoch of `--steps` steps each, A B C ... then ... C B A,
-for `--rounds` rounds after a warm-up round; the table gives the median.
+for `--rounds` rounds after a warm-up round (bench/timing.py); the table gives the median.
 
 Variants:
   product              the step `cli.py fit` runs: captured forward, lean loss and metrics,
@@ -19,13 +19,11 @@ Variants:
                        instead of the lean step
   Keras Adam           Keras's own Adam update (per-variable Python, Keras's epsilon)
   no graph capture     eager Keras: every layer through `Layer.__call__`
-  tidy PyTorch loop    not a lever: the same model, batches and optimizer in bench.torch_loop's
+  tidy PyTorch loop    not a lever: the same model, batches and optimizer in pytorch_reference.torch_loop's
                        TidyRun (channels_last, fused Adam), the yardstick of the end-to-end
                        benchmarks, measured in the same process and the same turns
 """
 
-import statistics
-import sys
 import tempfile
 import time
 
@@ -34,12 +32,13 @@ import numpy as np
 
 import keras_cifar  # noqa: F401  (selects Keras's torch backend before keras is imported)
 import keras  # noqa: E402
-from bench.torch_loop import TidyRun
+from bench.timing import interleaved, medians, ratio_table
 from keras_cifar.data.dataset import Split
 from keras_cifar.data.loader import TensorLoader
 from keras_cifar.train.callbacks import RunCallbacks
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import build_model, compile_model, make_callbacks, new_run_state
+from pytorch_reference.torch_loop import TidyRun
 
 ORIGINAL_BATCH = {"cnn": 32, "resnet_lite": 32, "inception_lite": 16, "googlenet": 32, "resnet18": 32}
 TIDY = "tidy PyTorch loop"
@@ -111,21 +110,11 @@ def main(models, steps, rounds, batch_size):
             batch = batch_size or ORIGINAL_BATCH[model_name]
             variants = [(TidyVariant if label == TIDY else Variant)(label, model_name, batch, steps, folder)
                         for label in VARIANTS]
-            times = {label: [] for label in VARIANTS}
-            for round_index in range(rounds + 1):
-                for variant in variants if round_index % 2 == 0 else variants[::-1]:
-                    seconds = variant.epoch()
-                    if round_index:
-                        times[variant.label].append(seconds)
-                print(f"  {model_name}: round {round_index}/{rounds}", file=sys.stderr, flush=True)
-        base = statistics.median(times["product"])
+            times = interleaved({variant.label: variant.epoch for variant in variants}, rounds, warmup=1,
+                                label=f"{model_name}: ")
         print(f"\n{model_name}, batch {batch}: ms per training step (median of {rounds} "
               f"rounds of {steps} steps)")
-        print("| variant | ms/step | vs product |")
-        print("|---|---|---|")
-        for label in VARIANTS:
-            value = statistics.median(times[label])
-            print(f"| {label} | {1e3 * value:.2f} | {value / base:.2f}x |", flush=True)
+        print(ratio_table(medians(times), "product", unit="ms/step", scale=1e3), flush=True)
 
 
 if __name__ == "__main__":

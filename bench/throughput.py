@@ -12,7 +12,7 @@ Variants:
                    already in memory (`fit(x, y, batch_size=...)`)
   keras-tfdata     (--tfdata) the same, fed a tf.data pipeline straight from TFDS
   tidy             the yardstick: the reference module in a tidy plain PyTorch loop
-                   (bench.torch_loop.TidyRun): data as one tensor on the device, batches by
+                   (pytorch_reference.torch_loop.TidyRun): data as one tensor on the device, batches by
                    indexing, its fastest memory format and optimizer implementation (probed),
                    `.item()` per step, the test set evaluated under no_grad
   pytorch          the reference module in the original scripts' loop: DataLoader over a
@@ -37,6 +37,8 @@ import tempfile
 import time
 
 import click
+
+from bench.timing import interleaved
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORIGINAL_BATCH = {"cnn": 32, "resnet_lite": 32, "inception_lite": 16, "googlenet": 32, "resnet18": 32}
@@ -171,7 +173,7 @@ def run_keras(spec, conn):
 def run_pytorch(spec, conn):
     import torch
 
-    from bench.torch_loop import ReferenceRun, make_loader
+    from pytorch_reference.torch_loop import ReferenceRun, make_loader
 
     data, train, test = subsets(spec)
     device = "cuda" if spec["device"] in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
@@ -198,7 +200,7 @@ def run_pytorch(spec, conn):
 def run_tidy(spec, conn):
     import torch
 
-    from bench.torch_loop import fastest_tidy_run
+    from pytorch_reference.torch_loop import fastest_tidy_run
     from keras_cifar.train.device import set_precision
 
     data, train, test = subsets(spec)
@@ -238,19 +240,20 @@ def measure(specs, rounds):
         process = context.Process(target=worker, args=(spec, child_end), daemon=True)
         process.start()
         workers.append((spec, parent_end, process))
-    results = {spec["label"]: {"train": [], "eval": []} for spec in specs}
+
+    def segment(conn):
+        conn.send("go")
+        message = conn.recv()
+        if message[0] == "error":
+            raise RuntimeError(message[1])
+        return message[1], message[2]
+
     try:
-        for round_index in range(rounds + 1):
-            order = workers if round_index % 2 == 0 else workers[::-1]
-            for spec, conn, _ in order:
-                conn.send("go")
-                message = conn.recv()
-                if message[0] == "error":
-                    raise RuntimeError(message[1])
-                if round_index > 0:  # round 0 warms up (and traces, compiles, autotunes)
-                    results[spec["label"]]["train"].append(message[1])
-                    results[spec["label"]]["eval"].append(message[2])
-            print(f"  round {round_index}/{rounds} done", file=sys.stderr, flush=True)
+        # round 0 warms up (and traces, compiles, autotunes)
+        rounds_run = interleaved({spec["label"]: (lambda conn=conn: segment(conn)) for spec, conn, _ in workers},
+                                 rounds, warmup=1)
+        results = {label: {"train": [train for train, _ in segments], "eval": [test for _, test in segments]}
+                   for label, segments in rounds_run.items()}
         for spec, conn, process in workers:
             message = conn.recv()
             if message[0] == "error":
@@ -422,8 +425,9 @@ def main(models, steps, rounds, eval_images, data, data_dir, device, threads, re
     if epochs and not levers:
         from bench import epochs as end_to_end
 
-        rows = [end_to_end.measure(model, ORIGINAL_BATCH[model], data, args["device"]) for model in args["models"]]
-        end_to_end.print_table(end_to_end.summarize(rows), end_to_end.machine_name(args["device"]))
+        rows = [end_to_end.measure(model, ORIGINAL_BATCH[model], data, args["device"], 1, data_dir)
+                for model in args["models"]]
+        end_to_end.print_table(rows, end_to_end.machine_name(args["device"]))
     if memory and not levers:
         memory_check(args)
 

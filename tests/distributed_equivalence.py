@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import torch
 
-from bench.host_syncs import counting_callback
+from pytorch_reference.host_syncs import counting_callback
 from keras_cifar import keras_internals
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.train import distributed

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import keras_cifar as kc
-from bench import reference
-from bench.torch_loop import nudge_weights
+from pytorch_reference import originals as reference
+from pytorch_reference.torch_loop import nudge_weights
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.data.augment import Augmentation, random_crop_flip
 from keras_cifar.errors import CheckpointError, ConfigError
@@ -506,7 +506,7 @@ def test_airbench94_muon_yaml_is_airbench94_muon_converted_to_the_mean_loss():
 def test_whitening_bias_starts_as_airbench94_muons_or_at_zero():
     """airbench94_muon's whitening layer is a plain nn.Conv2d: its bias starts in U(+-1/sqrt(fan_in))
     (`whiten_bias_init="uniform"`); airbench94's Conv zeroes it (the default)."""
-    from bench import airbench_muon_torch as muon_ref
+    from pytorch_reference import airbench_muon_torch as muon_ref
 
     torch.manual_seed(0)
     reference = muon_ref.CifarNet(widths=(8, 8, 8))
@@ -546,7 +546,7 @@ def test_newton_schulz_on_keras_kernels_is_airbench94_muons():
     """The product's iteration on a kernel in Keras's layout (kh, kw, in, out) gives airbench's on
     the same kernel in torch's (out, in, kh, kw), in bfloat16 as both run it; both push the
     singular values of a full-rank matrix into about [0.5, 1.5]."""
-    from bench import airbench_muon_torch as muon_ref
+    from pytorch_reference import airbench_muon_torch as muon_ref
     from keras_cifar.train.optim import newton_schulz
 
     torch.manual_seed(0)
@@ -565,7 +565,7 @@ def test_airbench94_muon_training_equals_airbench94_muon_loop(monkeypatch):
     airbench94_muon's own loop and Muon (bench/airbench_muon_torch.py): Muon on the kernels,
     SGD groups for biases and head, the linear schedules, the whitening bias's own decay to its
     last step; the same weights at the end."""
-    from bench import airbench_muon_torch as muon_ref
+    from pytorch_reference import airbench_muon_torch as muon_ref
     from keras_cifar.train.optim import TorchMuon
 
     # Newton-Schulz in float32 on both sides: in bfloat16 the two matrix layouts round

@@ -1,4 +1,4 @@
-"""bench/airbench_torch.py, the plain-PyTorch airbench94 reference: one short run in-process,
+"""pytorch_reference/airbench_torch.py, the plain-PyTorch airbench94 reference: one short run in-process,
 its whitening init, and how it counts the time to an accuracy."""
 
 import importlib
@@ -15,7 +15,7 @@ from keras_cifar.data import CifarData, Split
 
 @pytest.fixture(scope="module")
 def airbench():
-    return importlib.import_module("bench.airbench_torch")
+    return importlib.import_module("pytorch_reference.airbench_torch")
 
 
 def synthetic_data(train, test, seed=0):
@@ -108,8 +108,8 @@ def test_time_to_counts_tta_only_when_no_epoch_reached(airbench):
 
 
 def test_airbench94_muon_one_short_epoch_writes_the_report(tmp_path):
-    """bench/airbench_muon_torch.py: airbench94_muon's loop over the same loader and report."""
-    muon = importlib.import_module("bench.airbench_muon_torch")
+    """pytorch_reference/airbench_muon_torch.py: airbench94_muon's loop over the same loader and report."""
+    muon = importlib.import_module("pytorch_reference.airbench_muon_torch")
     out = tmp_path / "muon.json"
     report, lines = short_run(muon, out, 2)
     written = json.loads(out.read_text())
@@ -123,7 +123,7 @@ def test_airbench94_muon_one_short_epoch_writes_the_report(tmp_path):
 def test_airbench94_muon_whitening_bias_starts_as_nn_conv2d_or_at_zero():
     """airbench94_muon's whitening layer is a plain nn.Conv2d, so its bias starts in
     U(+-1/sqrt(12)); `--whiten-bias zeros` starts it at zero, as airbench94's Conv does."""
-    muon = importlib.import_module("bench.airbench_muon_torch")
+    muon = importlib.import_module("pytorch_reference.airbench_muon_torch")
     torch.manual_seed(0)
     bound = 1 / 12 ** 0.5
     biases = torch.cat([muon.new_model("cpu", torch.channels_last, "bf16").whiten.bias.detach() for _ in range(4)])
@@ -135,7 +135,7 @@ def test_airbench94_muon_whitening_bias_starts_as_nn_conv2d_or_at_zero():
 
 
 def ab_args(program, argv):
-    from bench import airbench_torch
+    from pytorch_reference import airbench_torch
 
     return airbench_torch.parse_args(argv, program.add_arguments)
 
@@ -143,7 +143,7 @@ def ab_args(program, argv):
 def test_airbench94_muon_normalises_and_orthogonalises_the_kernels():
     """Its Muon step leaves every trained kernel at norm sqrt(output channels) before the
     update, and the update of a kernel is the Newton-Schulz image of its (Nesterov) momentum."""
-    muon = importlib.import_module("bench.airbench_muon_torch")
+    muon = importlib.import_module("pytorch_reference.airbench_muon_torch")
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(16, 8, 3, 3))
     weight.grad = torch.randn_like(weight)

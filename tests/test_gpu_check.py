@@ -1,4 +1,4 @@
-"""bench/gpu_check.py, the GPU check, run as a CPU smoke test: it must run where only torch,
+"""gpu/gpu_check.py, the GPU check, run as a CPU smoke test: it must run where only torch,
 torchvision, keras and pyyaml are installed (the GPU machines), and its checks must fail when
 what they check breaks."""
 
@@ -27,7 +27,7 @@ def test_gpu_check_runs_without_tensorflow_and_passes_on_cpu_printing_each_row_w
     limit keeps the rows it finished."""
     shadow_packages(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--models", "cnn,resnet18", "--precisions",
+        [sys.executable, "-m", "gpu.gpu_check", "--device", "cpu", "--models", "cnn,resnet18", "--precisions",
          "float32", "--steps", "6", "--resize-to", "32"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
         env={**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}", "PYTHONUNBUFFERED": "1"},
@@ -42,7 +42,7 @@ def test_gpu_check_runs_without_tensorflow_and_passes_on_cpu_printing_each_row_w
 def test_gpu_check_flags_choose_the_rows_and_reject_unknown_values(monkeypatch):
     from click.testing import CliRunner
 
-    from bench import gpu_check
+    from gpu import gpu_check
 
     calls = []
 
@@ -63,7 +63,7 @@ def test_gpu_check_flags_choose_the_rows_and_reject_unknown_values(monkeypatch):
 
 
 def test_gpu_check_rows_fail_when_a_step_syncs(monkeypatch):
-    from bench import gpu_check
+    from gpu import gpu_check
     from keras_cifar.models.classifier import ImageClassifier
 
     original = ImageClassifier.train_step
@@ -80,7 +80,7 @@ def test_gpu_check_rows_fail_when_a_step_syncs(monkeypatch):
 
 @pytest.mark.parametrize("broken", ["capture"])
 def test_gpu_check_rows_fail_when_capture_differs(monkeypatch, broken):
-    from bench import gpu_check
+    from gpu import gpu_check
     from keras_cifar.models import graph_capture
 
     original = graph_capture.ForwardGraphs.__call__

@@ -1,4 +1,4 @@
-"""Installing on a GPU machine that has its own torch, and the first look there (bench/gpu_first.sh)."""
+"""Installing on a GPU machine that has its own torch, and the first look there (gpu/gpu_first.sh)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from bench import gpu_bundle
+from gpu import gpu_bundle
 from tests import data_formats as fmt
 from tests.conftest import BLOCKER, REPO
 
@@ -55,12 +55,12 @@ def blocking(tmp_path, *names):
 
 
 @pytest.mark.parametrize("missing, says", [
-    ("keras", "holds no wheels: run `bash bench/gpu_prepare.sh`"),
+    ("keras", "holds no wheels: run `bash gpu/gpu_prepare.sh`"),
     ("torch", "cannot import torch: install the torch built for this machine's CUDA first"),
 ])
 def test_a_machine_without_the_bundle_is_told_what_to_do(missing, says, tmp_path):
     env = dict(os.environ, **blocking(tmp_path, missing))
-    result = subprocess.run(["bash", "-c", "source bench/gpu_env.sh && gpu_env"], cwd=REPO, env=env,
+    result = subprocess.run(["bash", "-c", "source gpu/gpu_env.sh && gpu_env"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert says in result.stdout and "Traceback" not in result.stdout + result.stderr
@@ -71,7 +71,7 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
     data = fmt.tar_folder(str(real_folder_small), str(tmp_path / "slice.tar.gz"), ".")
     env = dict(os.environ, **blocking(tmp_path), DEVICE="cpu", DATA=data)
     out = tmp_path / "out"
-    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_first.sh"), str(out)], cwd=tmp_path, env=env,
+    result = subprocess.run(["bash", str(REPO / "gpu" / "gpu_first.sh"), str(out)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     results = (out / "results.md").read_text()
     assert result.returncode == 0, results[-3000:]
@@ -82,3 +82,32 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
     assert "resnet_lite, fp32 on cpu" in results and "\nAccuracy: " in results
     assert "googlenet, --jit off on cpu" in results and "\n| cnn |" in results
     assert "| keras-cifar `airbench94` | 0 | 1 |" in results and "| airbench94, plain PyTorch | 0 | 1 |" in results
+
+
+@pytest.mark.parametrize("stage", ["muon", "95"])
+def test_gpu_session_smoke_on_cpu_without_tensorflow(stage, real_folder_small, tmp_path, without_tensorflow):
+    """gpu/gpu_session.sh, the prepared GPU session, as its header's CPU smoke run: both
+    programs of the muon (or 95) stage on a slice of the real data, TensorFlow unavailable as
+    on the GPU machine, and the runs collected into runs.tgz. (The airbench94 stage's two programs run
+    in gpu/gpu_first.sh's CPU mode, above; the stages share the rest.)"""
+    import tarfile
+
+    data = fmt.tar_folder(str(real_folder_small), str(tmp_path / "slice.tar.gz"), ".")
+    out = tmp_path / "out"
+    env = dict(os.environ, **without_tensorflow, OUT=str(out), DEVICE="cpu", SEEDS="0", DATA=data,
+               RUNS=str(tmp_path / "runs"), PYTHON=sys.executable,
+               FIT_ARGS="--epochs 1 --batch-size 64 --eval-batch-size 100 --mixed-precision none --train-images 128",
+               AIRBENCH_ARGS="--epochs 1 --batch-size 64 --train-images 128")
+    result = subprocess.run(["bash", str(REPO / "gpu" / "gpu_session.sh"), stage], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=900)
+    log = (out / "session.log").read_text()
+    assert result.returncode == 0, log[-3000:]
+    assert "without TFDS" in log and "Traceback" not in log
+    with tarfile.open(out / "runs.tgz") as tar:
+        names = tar.getnames()
+    tag, recipe, program = {"airbench94": ("", "airbench94", "airbench94"), "muon": ("-muon", "airbench94_muon", "airbench94_muon"),
+                            "95": ("-95", "airbench95", "airbench95")}[stage]
+    assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("summary.json") for n in names), names
+    assert any(n.startswith(f"./keras{tag}-seed0/") and n.endswith("metrics.csv") for n in names), names
+    assert f"./torch{tag}-seed0.json" in names and not any(n.endswith(".keras") for n in names)
+    assert f"| keras-cifar `{recipe}` | 0 | 1 |" in log and f"| {program}, plain PyTorch | 0 | 1 |" in log

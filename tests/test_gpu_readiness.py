@@ -1,6 +1,6 @@
 """What the CPU can check of the GPU path: TensorFlow kept off the GPU and out of the model, predict
 and GPU-check paths; device choice and its errors; mixed-precision dtypes; the GPU math modes
-recorded; out-of-memory errors without a traceback. bench/gpu_check.py checks the rest on a GPU."""
+recorded; out-of-memory errors without a traceback. gpu/gpu_check.py checks the rest on a GPU."""
 
 import os
 import re
@@ -188,7 +188,7 @@ def tf32_as_read_by_torch_and_inductor():
 
 
 def test_tf32_stays_readable_by_every_api_after_set_precision_and_the_checks_float32_block(gpu_math):
-    from bench import gpu_check
+    from gpu import gpu_check
 
     set_precision("none", "cuda")
     on = tf32_as_read_by_torch_and_inductor()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import keras_cifar as kc
-from bench import reference
+from pytorch_reference import originals as reference
 from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name, keras_weighted_layer_names
 from tests.conftest import random_images
 from tests.helpers import assert_saves_and_reloads, to_numpy

@@ -1,5 +1,5 @@
-"""The package as `pip install .` builds it: the configs inside, nothing of bench/ or tests/, every
-subpackage listed; the bench scripts run as modules of the checkout."""
+"""The package as `pip install .` builds it: the configs inside, nothing of bench/, gpu/,
+pytorch_reference/ or tests/, every subpackage listed; the checkout's programs run as modules."""
 
 import re
 import shutil
@@ -67,22 +67,26 @@ def test_the_wheel_holds_the_package_only(wheel):
     tops = {name.split("/")[0] for name in wheel}
     assert tops == {"keras_cifar", "keras_cifar-0.1.0.dist-info"}
     assert "keras_cifar/keras_internals.py" in wheel and "keras_cifar/cli.py" in wheel
-    assert not [name for name in wheel if name.endswith(("/reference.py", "/torch_loop.py"))]
+    assert not [name for name in wheel if name.endswith(("/originals.py", "/torch_loop.py"))]
     metadata = wheel["keras_cifar-0.1.0.dist-info/METADATA"].decode()
     assert "Requires-Dist: keras<3.16,>=3.15.1" in metadata
     assert "keras-cifar = keras_cifar.cli:main" in wheel["keras_cifar-0.1.0.dist-info/entry_points.txt"].decode()
 
 
-def test_bench_is_a_package_of_the_checkout_not_of_the_install():
-    assert not (REPO / "keras_cifar" / "reference.py").exists()
+def test_the_checkouts_folders_are_packages_of_the_checkout_not_of_the_install():
+    listed = listed_packages()
+    for folder in ("bench", "gpu", "pytorch_reference"):
+        assert (REPO / folder / "__init__.py").is_file()
+        assert not [name for name in listed if name.split(".")[0] == folder]
+        for script in (REPO / folder).glob("*.py"):
+            assert "sys.path" not in script.read_text(), f"{folder}/{script.name} edits sys.path: run it with python -m"
+    assert not (REPO / "keras_cifar" / "originals.py").exists()
     assert not (REPO / "keras_cifar" / "torch_loop.py").exists()
-    assert (REPO / "bench" / "__init__.py").is_file()
-    for script in (REPO / "bench").glob("*.py"):
-        assert "sys.path" not in script.read_text(), f"{script.name} edits sys.path: run it as python -m bench.*"
-    from bench import reference, torch_loop  # noqa: F401  (importable as the tests and scripts do)
+    from pytorch_reference import originals, torch_loop  # noqa: F401  (importable as the tests and bench/ do)
 
 
-def test_bench_scripts_run_as_modules(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.train_reference", "--help"], cwd=REPO,
+@pytest.mark.parametrize("module", ["pytorch_reference.train_reference", "bench.epochs"])
+def test_the_checkouts_programs_run_as_modules(module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "--model" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 0 and "--" in result.stdout, result.stderr[-3000:]

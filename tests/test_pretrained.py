@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import keras_cifar as kc
-from bench import reference
+from pytorch_reference import originals as reference
 from keras_cifar.errors import UsageError, WeightsError
 from tests.conftest import random_images
 

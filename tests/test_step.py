@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.host_syncs import HostSyncCounter, counting_callback
+from pytorch_reference.host_syncs import HostSyncCounter, counting_callback
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.train.callbacks import NaNGuard, RunCallbacks
 from keras_cifar.train.config import resolve_config

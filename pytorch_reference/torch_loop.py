@@ -3,7 +3,7 @@ scripts trained them: DataLoader with shuffling, ToTensor-style scaling per
 batch, cross-entropy, Adam or SGD, the test set evaluated after every epoch.
 
 It is the yardstick of the benchmarks (`bench/throughput.py`) and of the
-reproduction runs (`python -m bench.train_reference`): what a user would write
+reproduction runs (`python -m pytorch_reference.train_reference`): what a user would write
 without keras-cifar.
 """
 
@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
-from bench import reference
 from keras_cifar.train.callbacks import write_metrics_csv
+from pytorch_reference import originals as reference
 
 
 def make_loader(split, batch_size, shuffle, seed=0):
@@ -74,7 +74,7 @@ class ReferenceRun:
 
 def nudge_weights(module, seed=0, scale=1e-7):
     """Multiplies every weight by (1 + scale * noise): about one float32 ulp at the default, to
-    show how far rounding alone carries two runs of the same code apart (bench/divergence.py)."""
+    show how far rounding alone carries two runs of the same code apart (docs/RESULTS-LOG.md, the divergence study)."""
     noise = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():

@@ -1,29 +1,29 @@
 #!/usr/bin/env bash
-# The fast recipe's results for docs/RESULTS.md, one run after another (never two at once: they
+# The airbench recipes' results for docs/RESULTS.md, one run after another (never two at once: they
 # share the CPU and the times would be wrong). Each run writes its own folder (summary.json,
 # metrics.csv) as it goes, so a killed sequence keeps what finished.
-#   bash bench/fast_recipe.sh OUT_DIR [seeds...]        the Keras recipe, 3 seeds by default
-#   EPOCHS=30 bash bench/fast_recipe.sh OUT_DIR 0      the same recipe over another schedule length (keras-e30-seed0;
+#   bash bench/airbench_runs.sh OUT_DIR [seeds...]        the Keras recipe, 3 seeds by default
+#   EPOCHS=30 bash bench/airbench_runs.sh OUT_DIR 0      the same recipe over another schedule length (keras-e30-seed0;
 #                                                      with STAGE=torch, airbench's: torch-e30-seed0.json)
-#   STAGE=torch bash bench/fast_recipe.sh OUT_DIR 0    airbench94 itself, plain PyTorch (bench/airbench_torch.py)
-#   RECIPE=muon bash bench/fast_recipe.sh OUT_DIR      configs/airbench94_muon.yaml (airbench94_muon) instead, and with
-#                                                      STAGE=torch airbench94_muon itself (bench/airbench_muon_torch.py)
-#   RECIPE=airbench95 bash bench/fast_recipe.sh OUT_DIR configs/airbench95.yaml (airbench95: the wider network, 15 epochs;
+#   STAGE=torch bash bench/airbench_runs.sh OUT_DIR 0    airbench94 itself, plain PyTorch (pytorch_reference/airbench_torch.py)
+#   RECIPE=muon bash bench/airbench_runs.sh OUT_DIR      configs/airbench94_muon.yaml (airbench94_muon) instead, and with
+#                                                      STAGE=torch airbench94_muon itself (pytorch_reference/airbench_muon_torch.py)
+#   RECIPE=airbench95 bash bench/airbench_runs.sh OUT_DIR configs/airbench95.yaml (airbench95: the wider network, 15 epochs;
 #                                                      keras-95-seedS), and with STAGE=torch airbench95 itself
-#                                                      (bench/airbench_torch.py --variant airbench95; torch-95-seedS)
-#   STAGE=ablation bash bench/fast_recipe.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
+#                                                      (pytorch_reference/airbench_torch.py --variant airbench95; torch-95-seedS)
+#   STAGE=ablation bash bench/airbench_runs.sh OUT_DIR   3-epoch runs, each trick removed on its own (TTA: every
 #                                                      run reports its accuracy with and without it);
 #                                                      VARIANTS_ORDER="fp32 random-flip" picks some
 set -euo pipefail
-OUT=${1:?usage: bash bench/fast_recipe.sh OUT_DIR [seeds...]}
+OUT=${1:?usage: bash bench/airbench_runs.sh OUT_DIR [seeds...]}
 shift
 SEEDS=${*:-0 1 2}
 DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 PY=${PYTHON:-.venv/bin/python}
 case "${RECIPE:-airbench94}" in
-airbench94) CONFIG=configs/airbench94.yaml; TAG=""; REFERENCE=bench.airbench_torch ;;
-muon) CONFIG=configs/airbench94_muon.yaml; TAG="-muon"; REFERENCE=bench.airbench_muon_torch ;;
-airbench95) CONFIG=configs/airbench95.yaml; TAG="-95"; REFERENCE="bench.airbench_torch --variant airbench95" ;;
+airbench94) CONFIG=configs/airbench94.yaml; TAG=""; REFERENCE=pytorch_reference.airbench_torch ;;
+muon) CONFIG=configs/airbench94_muon.yaml; TAG="-muon"; REFERENCE=pytorch_reference.airbench_muon_torch ;;
+airbench95) CONFIG=configs/airbench95.yaml; TAG="-95"; REFERENCE="pytorch_reference.airbench_torch --variant airbench95" ;;
 *) echo "RECIPE must be airbench94, muon or airbench95, not '$RECIPE'" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"

@@ -1,7 +1,7 @@
-"""Trains a PyTorch reference module (bench.reference) with a plain PyTorch
+"""Trains a PyTorch reference module (pytorch_reference.originals) with a plain PyTorch
 loop on the same data as `cli.py fit`, writing metrics.csv for `cli.py plot`.
 
-    python -m bench.train_reference --model cnn --data ../shared/data/cifar10-jpeg.tar.gz \
+    python -m pytorch_reference.train_reference --model cnn --data ../shared/data/cifar10-jpeg.tar.gz \
         --epochs 20 --batch-size 32 --lr 1e-3 --out logs/reference/cnn
 """
 
@@ -12,8 +12,8 @@ import time
 import click
 
 import keras_cifar  # noqa: F401  (backend first)
-from bench.torch_loop import final_and_best, train_reference
 from keras_cifar.data import load_cifar
+from pytorch_reference.torch_loop import final_and_best, train_reference
 
 
 @click.command()

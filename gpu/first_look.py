@@ -1,7 +1,7 @@
-"""Lines of bench/gpu_first.sh's results file.
+"""Lines of gpu/gpu_first.sh's results file.
 
-    python -m bench.first_look env                 # Python, torch, CUDA, cuDNN, the GPUs, Keras, TensorFlow
-    python -m bench.first_look run LABEL LOG_DIR   # the run under LOG_DIR in one line
+    python -m gpu.first_look env                 # Python, torch, CUDA, cuDNN, the GPUs, Keras, TensorFlow
+    python -m gpu.first_look run LABEL LOG_DIR   # the run under LOG_DIR in one line
 """
 
 import csv

@@ -7,11 +7,11 @@
 #                     Matplotlib, click, PyYAML and theirs) for the GPU machine's Python and CPU,
 #                     pip itself, and torchvision for its torch when TARGET_TORCH is given (only
 #                     the GPU check's plain-PyTorch resnet18 uses it), about 100 MB
-#   requirements.txt  what the GPU machine installs from wheels/ (python bench/gpu_bundle.py)
+#   requirements.txt  what the GPU machine installs from wheels/ (python gpu/gpu_bundle.py)
 #   data/             the CIFAR-10 copy (DATA: any local source `--data` reads), about 19 MB
 # Then copy the whole checkout, bundle included, to the GPU machine and run there, from its root:
-#   bash bench/gpu_first.sh               the first look, about 7 minutes
-#   bash bench/gpu_session.sh fast        and muon, 95, check: longer runs
+#   bash gpu/gpu_first.sh               the first look, about 7 minutes
+#   bash gpu/gpu_session.sh airbench94  and muon, 95, check: longer runs
 # Those install what the machine's Python lacks from wheels/ into a virtual environment in the
 # bundle, which sees the machine's packages: nothing is downloaded there and torch is never replaced.
 # Settings (environment variables), for the GPU machine:
@@ -39,7 +39,7 @@ for tag in manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014; do
 done
 rm -rf "$BUNDLE/wheels" "$BUNDLE/data"
 mkdir -p "$BUNDLE/wheels" "$BUNDLE/data"
-"$PYTHON" bench/gpu_bundle.py pyproject.toml > "$BUNDLE/requirements.txt"
+"$PYTHON" gpu/gpu_bundle.py pyproject.toml > "$BUNDLE/requirements.txt"
 "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --implementation cp \
   --python-version "$TARGET_PYTHON" "${platforms[@]}" -d "$BUNDLE/wheels" -r "$BUNDLE/requirements.txt" pip
 if [ -n "${TARGET_TORCH:-}" ]; then
@@ -53,4 +53,4 @@ if [ -n "${TARGET_TORCH:-}" ]; then
 fi
 cp -r "$DATA" "$BUNDLE/data/"
 du -sh "$BUNDLE/wheels" "$BUNDLE/data"
-echo "Copy this checkout, $BUNDLE included, to the GPU machine; there, from its root: bash bench/gpu_first.sh"
+echo "Copy this checkout, $BUNDLE included, to the GPU machine; there, from its root: bash gpu/gpu_first.sh"

@@ -5,24 +5,19 @@ cross-entropy loss against PyTorch in float64, for: the Keras port (float32), th
 (float32), and the PyTorch original with its weights moved by about one float32 ulp. A port that
 computed something else would stand out from the two PyTorch columns; rounding flips a max-pool
 choice between near-equal values now and then, which moves a few gradients in every column alike.
-
-    python -m bench.gradients --data ../shared/data/cifar10-jpeg.tar.gz --batches 3
+tests/test_pytorch_reference.py checks it on real batches; the table of docs/RESULTS-LOG.md came from
+this module's former command line (bench/gradients.py at commit d3fdef3).
 """
 
 import copy
 
-import click
-import numpy as np
-
 import keras_cifar  # noqa: F401  (backend first)
-import torch
 import torch.nn.functional as F
 
-from bench.torch_loop import ReferenceRun, nudge_weights
-from keras_cifar.data import load_cifar
 from keras_cifar.models.convert import copy_torch_weights, keras_layers_by_name
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import build_model
+from pytorch_reference.torch_loop import ReferenceRun, nudge_weights
 
 
 def keras_layout(gradient):
@@ -56,27 +51,3 @@ def gradient_errors(model_name, images, labels, seed=0):
         for key, gradient in candidates.items():
             errors[key] = max(errors[key], float((gradient - truth).norm() / truth.norm()))
     return errors
-
-
-@click.command()
-@click.option("--data", default="cifar10", show_default=True)
-@click.option("--data-dir", default=None, help="Where TFDS prepares and caches data.")
-@click.option("--models", default="cnn,resnet_lite,inception_lite", show_default=True)
-@click.option("--batches", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-def main(data, data_dir, models, batches, batch_size):
-    dataset = load_cifar(data, data_dir)
-    print("| model | batch | Keras float32 | PyTorch float32 | PyTorch float32, weights +1 ulp |")
-    print("|---|---|---|---|---|")
-    for model_name in models.split(","):
-        for batch in range(batches):
-            pick = np.random.default_rng(batch).permutation(len(dataset.train.labels))[:batch_size]
-            images = torch.as_tensor(dataset.train.images[pick])
-            labels = torch.as_tensor(dataset.train.labels[pick]).long()
-            errors = gradient_errors(model_name, images, labels)
-            print(f"| {model_name} | {batch} | {errors['keras']:.1e} | {errors['torch']:.1e} | "
-                  f"{errors['torch+ulp']:.1e} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()

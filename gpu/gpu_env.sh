@@ -1,10 +1,10 @@
 # shellcheck shell=bash
-# Sourced by bench/gpu_first.sh and bench/gpu_session.sh on the GPU machine, from the checkout's
+# Sourced by gpu/gpu_first.sh and gpu/gpu_session.sh on the GPU machine, from the checkout's
 # root: sets PY to a Python that runs this checkout, and DATA to the bundle's data unless set.
 # The machine's own Python (PYTHON, else python3) when it already imports keras-cifar's
 # dependencies; else a virtual environment in the bundle that sees the machine's packages (its
 # torch above all) and gets only what is missing, from the bundle's wheels, without a network.
-# The bundle is what `bash bench/gpu_prepare.sh` wrote (BUNDLE, default .gpu_bundle).
+# The bundle is what `bash gpu/gpu_prepare.sh` wrote (BUNDLE, default .gpu_bundle).
 BUNDLE=${BUNDLE:-.gpu_bundle}
 PY=${PYTHON:-python3}
 export KERAS_BACKEND=torch  # Keras's default backend is TensorFlow's
@@ -25,7 +25,7 @@ gpu_env() {
   pip=$(find "$BUNDLE/wheels" -maxdepth 1 -name 'pip-*.whl' 2>/dev/null | head -n 1)
   if [ -z "$pip" ] || [ ! -f "$BUNDLE/requirements.txt" ]; then
     echo "$PY lacks Keras or another dependency of keras-cifar, and $BUNDLE holds no wheels: run" \
-      "\`bash bench/gpu_prepare.sh\` on a machine with internet, then copy the checkout here again."
+      "\`bash gpu/gpu_prepare.sh\` on a machine with internet, then copy the checkout here again."
     return 1
   fi
   if [ ! -x "$venv/bin/python" ]; then
@@ -39,7 +39,7 @@ gpu_env() {
     --find-links "$BUNDLE/wheels" -r "$BUNDLE/requirements.txt" || {
     echo "Installing from $BUNDLE/wheels failed: were they prepared for this machine's Python" \
       "$("$PY" -c "import platform; print(platform.python_version(), platform.machine())")?" \
-      "Rerun bench/gpu_prepare.sh with TARGET_PYTHON and TARGET_ARCH set to these."
+      "Rerun gpu/gpu_prepare.sh with TARGET_PYTHON and TARGET_ARCH set to these."
     return 1
   }
   if ! "$venv/bin/python" -c "import torchvision" 2> /dev/null; then

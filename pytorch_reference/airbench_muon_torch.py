@@ -2,15 +2,15 @@
 configs/airbench94_muon.yaml (airbench94's network, trained 8 epochs with the Muon optimizer; 94.01%
 in 2.59 s on an A100, on the original CIFAR-10).
 
-    python -m bench.airbench_muon_torch --device cpu --threads 2 --precision bf16 --out muon_cpu.json
-    python -m bench.airbench_muon_torch --train-images 2048 --test-images 1000 --epochs 1   # smoke run
-    python -m bench.airbench_muon_torch --whiten-bias zeros ...   # its whitening bias starts at 0, as airbench94's
+    python -m pytorch_reference.airbench_muon_torch --device cpu --threads 2 --precision bf16 --out muon_cpu.json
+    python -m pytorch_reference.airbench_muon_torch --train-images 2048 --test-images 1000 --epochs 1   # smoke run
+    python -m pytorch_reference.airbench_muon_torch --whiten-bias zeros ...   # its whitening bias starts at 0, as airbench94's
 
 Adapted from KellerJordan/cifar10-airbench, airbench94_muon.py
 (https://github.com/KellerJordan/cifar10-airbench), MIT licence, Copyright (c) 2024 Keller Jordan.
 The Muon optimizer, the Newton-Schulz iteration, the network (head scaled to unit std, logits
 / 256), the hyperparameters, param groups, linear schedules, augmentation and TTA are its lines.
-What changed is what bench/airbench_torch.py changes for airbench94 (its loader, evaluation,
+What changed is what pytorch_reference/airbench_torch.py changes for airbench94 (its loader, evaluation,
 timing, report and command line are reused from there), and the Newton-Schulz iteration's
 precision is a class attribute (`Muon.ns_dtype`, bfloat16 as airbench's) so that tests can
 compare two implementations in float32, where bfloat16's rounding would not cancel: device and precision are choices
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import airbench_torch as ab
+from pytorch_reference import airbench_torch as ab
 
 BATCH_SIZE = 2000
 BIAS_LR = 0.053
@@ -265,7 +265,7 @@ def add_arguments(parser):
 
 
 def main(argv=None, data=None, log=None):
-    """bench/airbench_torch.py's flags (and --whiten-bias), data and checks around this program's
+    """pytorch_reference/airbench_torch.py's flags (and --whiten-bias), data and checks around this program's
     `train`; -> the report."""
     return ab.main(argv, data, log, train_run=train, add_arguments=add_arguments)
 

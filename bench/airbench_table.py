@@ -1,9 +1,10 @@
-"""The fast recipe's tables for docs/RESULTS.md, from the runs of bench/fast_recipe.sh.
+"""The airbench recipes' tables for docs/RESULTS.md and RESULTS-LOG.md, from the runs of bench/airbench_runs.sh.
 
-    python -m bench.fast_table OUT_DIR
+    python -m bench.airbench_table OUT_DIR
 
 Reads OUT_DIR/keras[-muon|-95][-eN][-VARIANT]-seedS/<run>/ (summary.json, metrics.csv),
-OUT_DIR/torch[-muon|-95][-eN][-VARIANT]-seedS.json (bench/airbench_torch.py, bench/airbench_muon_torch.py)
+OUT_DIR/torch[-muon|-95][-eN][-VARIANT]-seedS.json (pytorch_reference/airbench_torch.py,
+pytorch_reference/airbench_muon_torch.py)
 and OUT_DIR/ablation-*/<run>/, and prints markdown tables: one group of seeds per name, a VARIANT
 (a run with other flags, e.g. keras-muon-e7-eb500-seed0) named in its label. Times
 are wall-clock seconds from the first training step, counting every epoch's test evaluation

@@ -1,6 +1,6 @@
-"""What an offline GPU machine with its own torch installs from the bundle of bench/gpu_prepare.sh.
+"""What an offline GPU machine with its own torch installs from the bundle of gpu/gpu_prepare.sh.
 
-    python bench/gpu_bundle.py pyproject.toml     # one requirement a line
+    python gpu/gpu_bundle.py pyproject.toml     # one requirement a line
 
 keras-cifar's dependencies from pyproject.toml, less torch (the machine's own, built for its CUDA,
 is kept), torchvision (it would pull the torch it was built for) and TensorFlow with TFDS and

@@ -4,7 +4,7 @@ On a GPU, reading a tensor's value on the host (`item`, `bool`, `float`, `tolist
 for the device to finish its queued work, and so does a tensor made from Python numbers (a
 blocking host-to-device copy). `HostSyncCounter` counts those calls made from Python, so a CPU
 test can prove that a training step makes none; on CUDA, `torch.cuda.set_sync_debug_mode` checks
-the same in the driver (bench/gpu_check.py). Ops replayed inside a captured graph do not pass
+the same in the driver (gpu/gpu_check.py). Ops replayed inside a captured graph do not pass
 through Python and are not counted: they make no such calls.
 """
 

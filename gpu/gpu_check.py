@@ -1,9 +1,9 @@
 """The GPU check: is every path of keras-cifar correct and fast on this CUDA GPU?
 
-    python -m bench.gpu_check                 # all checks, about 5 minutes on one GPU
-    python -m bench.gpu_check --models cnn,resnet18 --precisions float32,bf16   # fewer rows
-    python -m bench.gpu_check --models googlenet --precisions float32 --jit trace,trace-fused,off
-    python -m bench.gpu_check --device cpu --steps 8 --resize-to 32  # a smoke run without a GPU
+    python -m gpu.gpu_check                 # all checks, about 5 minutes on one GPU
+    python -m gpu.gpu_check --models cnn,resnet18 --precisions float32,bf16   # fewer rows
+    python -m gpu.gpu_check --models googlenet --precisions float32 --jit trace,trace-fused,off
+    python -m gpu.gpu_check --device cpu --steps 8 --resize-to 32  # a smoke run without a GPU
 
 It needs only torch, torchvision, keras and pyyaml (synthetic data: no TensorFlow, no downloads;
 resnet18 starts from random weights), and prints one table, a row as soon as it is done: for each
@@ -15,7 +15,7 @@ graph with TorchScript's fuser off, the product's default; `trace-fused`: fused 
 torch.autocast and GradScaler where the product uses mixed precision), and four checks:
 
 - host syncs/step: synchronisations in 20 steady-state steps of `fit` with the run's callbacks,
-  counted by `torch.cuda.set_sync_debug_mode` in the driver and by `bench.host_syncs` in Python;
+  counted by `torch.cuda.set_sync_debug_mode` in the driver and by `pytorch_reference.host_syncs` in Python;
   must be 0 with a captured graph (eager Keras, `--jit off`, makes tensors of Python numbers in
   its Rescaling layer: counted, not checked);
 - capture vs eager: over 20 training steps, the largest difference between a step with the
@@ -47,14 +47,14 @@ import torch
 import keras_cifar  # noqa: F401  (selects Keras's torch backend first)
 import keras  # noqa: E402
 
-from bench import reference  # noqa: E402
-from bench.host_syncs import HostSyncCounter  # noqa: E402
 from keras_cifar.data.dataset import Split  # noqa: E402
 from keras_cifar.data.loader import TensorLoader  # noqa: E402
 from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks  # noqa: E402
 from keras_cifar.train.config import resolve_config  # noqa: E402
 from keras_cifar.train.device import set_precision, set_tf32, tf32_enabled  # noqa: E402
 from keras_cifar.train.trainer import build_model, compile_model  # noqa: E402
+from pytorch_reference import originals as reference  # noqa: E402
+from pytorch_reference.host_syncs import HostSyncCounter  # noqa: E402
 
 PRECISIONS = ("none", "bf16", "fp16")
 PRECISION_NAMES = {"float32": "none"}  # the flag's other spelling of the product's `none`

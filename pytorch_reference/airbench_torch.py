@@ -3,8 +3,8 @@ airbench comparison table (the fastest known recipe to 94% on CIFAR-10, written 
 
 Run from the checkout, on the CPU (two threads, bfloat16 autocast) or on CUDA if there is one:
 
-    python -m bench.airbench_torch --device cpu --threads 2 --precision bf16 --out airbench_cpu.json
-    python -m bench.airbench_torch --train-images 2048 --test-images 1000 --epochs 1   # smoke run
+    python -m pytorch_reference.airbench_torch --device cpu --threads 2 --precision bf16 --out airbench_cpu.json
+    python -m pytorch_reference.airbench_torch --train-images 2048 --test-images 1000 --epochs 1   # smoke run
 
 It prints one row per epoch and rewrites `--out` after every epoch, so a killed run keeps
 what it measured. Timing follows airbench: the whitening init and the training loops count
@@ -662,7 +662,7 @@ def add_variant_argument(parser):
 
 def main(argv=None, data=None, log=None, train_run=None, add_arguments=None):
     """Parses `argv`, loads the data (unless given a CifarData), trains with `train_run`
-    (default: airbench94's `train`, or airbench95's with `--variant`; bench/airbench_muon_torch.py
+    (default: airbench94's `train`, or airbench95's with `--variant`; pytorch_reference/airbench_muon_torch.py
     passes its own, and its own flags through `add_arguments`); -> the report."""
     if train_run is None:
         add_arguments = add_variant_argument

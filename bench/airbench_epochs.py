@@ -1,20 +1,20 @@
-"""Seconds per epoch of the fast recipe: `cli.py fit --config configs/airbench94.yaml` against airbench94
-itself in plain PyTorch (bench/airbench_torch.py), on the same data, CPU threads and precision.
+"""Seconds per epoch of the airbench recipes: `cli.py fit --config configs/airbench94.yaml` against airbench94
+itself in plain PyTorch (pytorch_reference/airbench_torch.py), on the same data, CPU threads and precision.
 
 Each side runs 3 epochs in a fresh process, and its steady epoch is the mean of epochs 2 and 3:
 for `cli.py fit`, the steps of the `wall_s` column of the run's metrics.csv (wall time from the
 first step to the end of each epoch, so an epoch's step holds its training, its evaluation of the
 test set and everything the callbacks do: checkpoints, metrics.csv, TensorBoard); for airbench94,
 its own loop's training time plus its per-epoch evaluation of the test set. Rounds alternate
-which program goes first (`--rounds`, the table gives the median), so drift of the machine falls
+which program goes first (`--rounds`, bench/timing.py; the table gives the median), so drift of the machine falls
 on both. Both train 48 full steps (49,152 images) per epoch: airbench's loader and configs/airbench94.yaml
 (`drop_last`) drop the last partial batch; the table gives seconds per epoch and images per second,
 each side's images per epoch read from its own run (summary.json's `train_images_per_epoch`).
 
-    python -m bench.fast_epochs --rounds 3           # bf16 on the CPU, as configs/airbench94.yaml
-    python -m bench.fast_epochs --precision none     # float32 on both sides
-    python -m bench.fast_epochs --recipe muon        # configs/airbench94_muon.yaml against airbench94_muon
-                                                     # (bench/airbench_muon_torch.py): 25 steps of 2000
+    python -m bench.airbench_epochs --rounds 3           # bf16 on the CPU, as configs/airbench94.yaml
+    python -m bench.airbench_epochs --precision none     # float32 on both sides
+    python -m bench.airbench_epochs --recipe muon        # configs/airbench94_muon.yaml against airbench94_muon
+                                                     # (pytorch_reference/airbench_muon_torch.py): 25 steps of 2000
 """
 
 import json
@@ -26,12 +26,13 @@ import tempfile
 
 import click
 
-from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, in_turn, machine_name, steady_epoch
+from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, steady_epoch
+from bench.timing import interleaved
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
 # recipe -> (config of cli.py fit, airbench's program in plain PyTorch, its batch size)
-RECIPES = {"airbench94": ("airbench94.yaml", "bench.airbench_torch", 1024),
-           "muon": ("airbench94_muon.yaml", "bench.airbench_muon_torch", 2000)}
+RECIPES = {"airbench94": ("airbench94.yaml", "pytorch_reference.airbench_torch", 1024),
+           "muon": ("airbench94_muon.yaml", "pytorch_reference.airbench_muon_torch", 2000)}
 
 
 def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):
@@ -54,16 +55,17 @@ def keras_epochs(data, precision, epochs=3, recipe="airbench94"):
                            "--mixed-precision", precision], data, "cpu", epochs)
 
 
-def measure(data, precision, threads, airbench_first=False, recipe="airbench94"):
-    runs = in_turn({"keras": lambda: keras_epochs(data, precision, recipe=recipe),
-                    "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe)},
-                   reverse=airbench_first)
-    elapsed, keras_images = runs["keras"]
-    steady = runs["airbench"][1:3]
-    return {"keras": steady_epoch(elapsed), "keras_images": keras_images,
-            "airbench": statistics.mean(r["train_time_s"] + r["eval_time_s"] for r in steady),
-            "airbench_images": RECIPES[recipe][2] * steady[0]["steps"], "keras_elapsed": elapsed,
-            "order": "airbench, keras" if airbench_first else "keras, airbench"}
+def measure(data, precision, threads, rounds, recipe="airbench94"):
+    """`rounds` interleaved rounds of both programs; -> one row per round."""
+    runs = interleaved({"keras": lambda: keras_epochs(data, precision, recipe=recipe),
+                        "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe)}, rounds)
+    rows = []
+    for (elapsed, keras_images), airbench in zip(runs["keras"], runs["airbench"]):
+        steady = airbench[1:3]
+        rows.append({"keras": steady_epoch(elapsed), "keras_images": keras_images,
+                     "airbench": statistics.mean(r["train_time_s"] + r["eval_time_s"] for r in steady),
+                     "airbench_images": RECIPES[recipe][2] * steady[0]["steps"]})
+    return rows
 
 
 def summarize(rows):
@@ -101,15 +103,9 @@ def print_table(rows, precision, machine, recipe="airbench94"):
 def main(data, precision, rounds, recipe):
     import torch
 
-    rows = []
-    for index in range(rounds):
-        print(f"round {index + 1}/{rounds}: cli.py fit and {recipe}, 3 epochs each ...", file=sys.stderr,
-              flush=True)
-        rows.append(measure(data, precision, torch.get_num_threads(), airbench_first=index % 2 == 1,
-                            recipe=recipe))
-        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+    print(f"{rounds} round(s) of cli.py fit and {recipe}, 3 epochs each ...", file=sys.stderr, flush=True)
+    rows = measure(data, precision, torch.get_num_threads(), rounds, recipe)
     print_table(rows, precision, machine_name("cpu"), recipe)
-
 
 if __name__ == "__main__":
     main()
