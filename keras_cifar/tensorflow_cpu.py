@@ -3,7 +3,7 @@
 TensorFlow serves only TFDS (data preparation) and TensorBoard summaries. A GPU build of
 TensorFlow, if the user has one installed, would reserve nearly all GPU memory at its first op,
 before torch trains: so the GPUs are hidden from it as it is first imported. Building models,
-training from prepared arrays, `predict` and bench/gpu_check.py never import it. Where it is not
+training from prepared arrays, `predict` and gpu/gpu_check.py never import it. Where it is not
 installed (`installed()`), `fit(tensorboard=False)` trains and a local copy of the data is read
 straight from its files.
 """

@@ -13,20 +13,7 @@ LONG_MODULES = {
     "keras_cifar/train/optim.py": "being rewritten as a package",
     "keras_cifar/train/distributed.py": "being split",
 }
-TESTS_IMPORTING_BENCH = {
-    "tests/distributed_equivalence.py": "bench.host_syncs",
-    "tests/test_airbench_recipe.py": "bench.airbench_muon_torch, bench.reference, bench.torch_loop",
-    "tests/test_airbench_torch.py": "bench.airbench_torch, bench.airbench_muon_torch",
-    "tests/test_bench.py": "bench.*",
-    "tests/test_gpu_check.py": "bench.gpu_check",
-    "tests/test_gpu_first.py": "bench.gpu_bundle",
-    "tests/test_gpu_readiness.py": "bench.gpu_check",
-    "tests/test_models.py": "bench.reference",
-    "tests/test_packaging.py": "bench.reference, bench.torch_loop",
-    "tests/test_pretrained.py": "bench.reference",
-    "tests/test_step.py": "bench.host_syncs",
-    "tests/test_training.py": "bench.torch_loop",
-}
+TESTS_IMPORTING_BENCH = {}
 MODELS_IMPORTING_TRAIN = {}
 
 

@@ -1,6 +1,6 @@
 """The model zoo: exact parameter counts, numerical parity with the PyTorch
 originals, saving, in-model preprocessing. Parametrized over the registry, so a
-new model is tested for free (add its reference to bench/reference.py)."""
+new model is tested for free (add its reference to pytorch_reference/originals.py)."""
 
 import json
 
