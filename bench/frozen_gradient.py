@@ -69,7 +69,7 @@ def main(argv=None):
     from keras_cifar.train.config import configs_dir, resolve_config
     from keras_cifar.train.device import set_precision
     from keras_cifar.losses import build_loss
-    from keras_cifar.train.optim import build_optimizer
+    from keras_cifar.optim import build_optimizer
     from keras_cifar.train.trainer import build_model
 
     torch.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ from keras_cifar.errors import CheckpointError
 def load_checkpoint(path, compile=False):
     import keras
 
-    import keras_cifar.train.optim  # noqa: F401  (registers the loss and schedules)
+    import keras_cifar.optim  # noqa: F401  (registers the optimizers and schedules)
 
     if not os.path.exists(path):
         raise CheckpointError(f"The checkpoint {path!r} does not exist.")

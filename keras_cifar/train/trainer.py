@@ -26,7 +26,8 @@ from keras_cifar.train.device import (describe_device, gpu_settings, seed_everyt
                                      set_precision)
 from keras_cifar.train.evaluation import classification_report, predict_logits, predict_logits_tta
 from keras_cifar.losses import build_loss
-from keras_cifar.train.optim import build_optimizer, restore_gradients
+from keras_cifar.optim import build_optimizer
+from keras_cifar.train.freeze import WhiteningBiasFreeze
 from keras_cifar.train.reports import write_final_summaries
 
 # Keys a resumed run may change (declared `resumable` in RunConfig); the rest define the run and must stay.
@@ -92,6 +93,18 @@ def compile_model(model, config, steps_per_epoch):
     )
 
 
+def resume_optimizer(model, config, steps_per_epoch, checkpoint):
+    """Compiles `model` with `config`'s optimizer (which a lookahead's model state needs: a saved
+    config cannot give it) and loads the optimizer state saved in `checkpoint`."""
+    import warnings
+
+    compile_model(model, config, steps_per_epoch)
+    model.optimizer.build(model.trainable_variables)
+    with warnings.catch_warnings():  # a state that does not fit is skipped, and refused after
+        warnings.simplefilter("ignore")
+        model.load_weights(checkpoint)
+
+
 def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=None):
     """The callbacks of every `fit` run (the benchmarks use the same). Order matters: the
     seeder first; epoch stats before anything reads the logs; the clock before the writers (what
@@ -106,6 +119,7 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=No
     else:
         nan_guard = NaNGuard()
     callbacks = [
+        WhiteningBiasFreeze(),
         EpochSeeder(config.seed, train_loader, rank=group.rank),
         EpochStats(),
         nan_guard,
@@ -210,10 +224,10 @@ def _fit(config, resume_path, verbose, echo):
             state = group.broadcast(rd.read_json(os.path.join(run_path, rd.STATE)) if group.is_main else None)
             checkpoint = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
             if checkpoint and group.is_main:
-                model = load_checkpoint(checkpoint, compile=True)
+                model = load_checkpoint(checkpoint)
                 check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
+                resume_optimizer(model, config, steps_per_epoch, checkpoint)
                 check_optimizer_restored(model, checkpoint, state["completed_epochs"])
-                model.jit_compile = config.jit == "compile"  # a run may change how it executes
             else:  # killed before the first epoch ended (start over in the same folder), or not rank 0
                 model = new_model(config, data)
                 compile_model(model, config, steps_per_epoch)
@@ -318,8 +332,6 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
                 f"saved in {run_path}. Resume with: `fit(resume_path={run_path!r})`"
             ) from None
-        finally:
-            restore_gradients(model)
     if group.distributed:  # rank 0's Checkpointer kept the record
         state = group.broadcast(state)
     if nan_guard.bad_step is not None:
