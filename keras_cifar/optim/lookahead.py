@@ -121,10 +121,13 @@ class Lookahead(keras.optimizers.Optimizer):
         self.base_optimizer.finalize_variable_values(var_list)
 
     def load_own_variables(self, store):
-        variables = self.variables
-        if len(store.keys()) > len(variables) and not self._given_state:
+        variables, saved = self.variables, len(store.keys())
+        if saved > len(variables) and not self._given_state:
             for i, variable in enumerate(variables):  # made from a config: the averages it holds
                 variable.assign(store[str(i)])
+        elif saved != len(variables) and self._given_state:
+            raise ValueError(f"The saved state of {self.name} holds {saved} variables, not {len(variables)}: "
+                             "another optimizer or model state saved it.")
         else:
             super().load_own_variables(store)
         self.base_optimizer.forget_torch_state()

@@ -19,7 +19,8 @@ from keras_cifar.train import distributed, storage
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import (Checkpointer, EpochSeeder, EpochStats, EpochTensorBoard, NaNGuard,
                                          OriginalTags, RunCallbacks, TrainingClock, finish_commit)
-from keras_cifar.train.checkpoints import check_compatible, check_optimizer_restored, load_checkpoint
+from keras_cifar.train.checkpoints import (check_compatible, check_optimizer_restored, load_checkpoint,
+                                          load_optimizer_state)
 from keras_cifar.train.config import (RESUMABLE, build_config, check_keys, coerce, model_options, read_config_file,
                                       to_dict, write_config)
 from keras_cifar.train.device import (describe_device, gpu_settings, seed_everything, select_device,
@@ -91,18 +92,6 @@ def compile_model(model, config, steps_per_epoch):
         metrics=["accuracy"],
         jit_compile=config.jit == "compile",
     )
-
-
-def resume_optimizer(model, config, steps_per_epoch, checkpoint):
-    """Compiles `model` with `config`'s optimizer (which a lookahead's model state needs: a saved
-    config cannot give it) and loads the optimizer state saved in `checkpoint`."""
-    import warnings
-
-    compile_model(model, config, steps_per_epoch)
-    model.optimizer.build(model.trainable_variables)
-    with warnings.catch_warnings():  # a state that does not fit is skipped, and refused after
-        warnings.simplefilter("ignore")
-        model.load_weights(checkpoint)
 
 
 def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=None):
@@ -226,7 +215,8 @@ def _fit(config, resume_path, verbose, echo):
             if checkpoint and group.is_main:
                 model = load_checkpoint(checkpoint)
                 check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
-                resume_optimizer(model, config, steps_per_epoch, checkpoint)
+                compile_model(model, config, steps_per_epoch)  # the factory's optimizer, with the model state
+                load_optimizer_state(model, checkpoint)
                 check_optimizer_restored(model, checkpoint, state["completed_epochs"])
             else:  # killed before the first epoch ended (start over in the same folder), or not rank 0
                 model = new_model(config, data)
