@@ -26,8 +26,7 @@ def newton_schulz(matrix, steps=3, eps=1e-7, dtype=torch.bfloat16):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TorchMuon(TorchSGD):
     """airbench94_muon's optimizer pair as one Keras optimizer: Muon for every trainable
-    convolution kernel (4-D), `TorchSGD` for
-    every other variable (its parameter groups).
+    convolution kernel (4-D), `TorchSGD` (with its parameter groups) for every other variable.
 
     Muon's step for a kernel (Keller Jordan's, as in airbench94_muon): momentum buffer
     `b = m * b + g` (Nesterov: `u = g + m * b`, else `u = b`); the kernel rescaled to a norm of
