@@ -684,3 +684,19 @@ def test_freeze_on_resume_starts_frozen_and_ends_trainable(tmp_path):
     loader = TensorLoader(Split(random_images(8), np.zeros(8, "int64")), 4)
     callbacks, _ = make_callbacks(airbench94_config(), str(tmp_path), new_run_state(), loader, eval_is_test=True)
     assert any(isinstance(callback, WhiteningBiasFreeze) for callback in callbacks)
+
+
+def test_an_earlier_releases_lookahead_sgd_config_loads_as_a_lookahead():
+    """The TorchSGD config of earlier releases (lookahead, learning-rate scales and frozen variables
+    as options) still deserialises, as a `Lookahead` around TorchSGD, so their checkpoints load."""
+    from keras_cifar.optim import Lookahead, TorchSGD
+
+    config = {"learning_rate": 0.1, "momentum": 0.85, "nesterov": True, "weight_decay": 1e-3,
+              "lr_scales": {"block1_norm1/beta": 64.0}, "frozen_after": {"whiten/bias": 75},
+              "lookahead_every": 5, "lookahead_total": 100}
+    optimizer = keras.optimizers.deserialize({"module": None, "class_name": "keras_cifar>TorchSGD",
+                                              "config": config, "registered_name": "keras_cifar>TorchSGD"})
+    assert isinstance(optimizer, Lookahead) and (optimizer.every, optimizer.total) == (5, 100)
+    assert isinstance(optimizer.base_optimizer, TorchSGD) and optimizer.base_optimizer.momentum == 0.85
+    plain = TorchSGD.from_config({"learning_rate": 0.1, "lr_scales": {}, "lookahead_every": 0})
+    assert type(plain) is TorchSGD
