@@ -8,7 +8,7 @@ from keras_cifar import _backend  # noqa: F401  (KERAS_BACKEND=torch unless chos
 from keras_cifar.models import create_model, get_model_info, list_models  # noqa: E402
 from keras_cifar.models.blocks import InceptionBlock, ResidualBlock  # noqa: E402
 from keras_cifar import losses as _losses  # noqa: E402,F401  (registers the loss for checkpoints)
-from keras_cifar.train import optim as _optim  # noqa: E402,F401  (registers the optimizers and schedules)
+from keras_cifar import optim as _optim  # noqa: E402,F401  (registers the optimizers and schedules)
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,8 @@ from keras_cifar.models.airbench94 import PatchWhitening, init_whitening, whiten
 from keras_cifar.train.config import model_options, resolve_config
 from keras_cifar.train.evaluation import predict_logits, predict_logits_tta, tta_views
 from keras_cifar.losses import build_loss
-from keras_cifar.train.optim import Triangle, build_optimizer
+from keras_cifar.optim import Triangle, build_optimizer
+from keras_cifar.train.freeze import WhiteningBiasFreeze
 from keras_cifar.train.trainer import fit
 from tests.cli_runner import run_cli
 from tests.conftest import random_images
@@ -154,7 +155,10 @@ def test_fast_training_equals_airbench_loop():
         return airbench_weights(module, with_statistics=True)
 
     expected = reference_weights(copy.deepcopy(start))
-    for i in range(0, len(images), batch):
+    freeze = freeze_callback(model)
+    for step, i in enumerate(range(0, len(images), batch)):
+        if step % steps == 0:
+            freeze.on_epoch_begin(step // steps)
         model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))
     ours = {variable.path: keras.ops.convert_to_numpy(variable) for variable in model.weights}
 
@@ -171,20 +175,33 @@ def test_fast_training_equals_airbench_loop():
     assert_gradient_stopped(model)
 
 
+def freeze_callback(model):
+    """fit's whitening-bias freeze, for a loop of `train_on_batch` that calls its `on_epoch_begin`."""
+    freeze = WhiteningBiasFreeze()
+    freeze.set_model(model)
+    return freeze
+
+
 def test_lookahead_optimizer_recompiles_with_its_model_only():
-    """A built lookahead optimizer averages one model's statistics: compiling that model again
-    keeps them; compiling another model with it is refused."""
+    """A lookahead averages the state of the model it was made for: compiling that model again
+    keeps its averages; training another model with it is refused."""
+    from keras_cifar.optim import Lookahead
+
     config = airbench94_config(batch_size=8, epochs=1, mixed_precision="none")
     model = kc.create_model("airbench94", widths=(8, 8, 8))
     model.compile(optimizer=build_optimizer(config, 2, model), loss=build_loss(config), metrics=["accuracy"])
+    assert isinstance(model.optimizer, Lookahead)
     model.train_on_batch(torch.as_tensor(random_images(8)), torch.zeros(8, dtype=torch.int64))
     averages = model.optimizer.model_state_averages()
     assert len(averages) == len([v for v in model.non_trainable_weights if "float" in str(v.dtype)]) > 0
     model.compile(optimizer=model.optimizer, loss=build_loss(config), metrics=["accuracy"])
     assert all(a is b for a, b in zip(model.optimizer.model_state_averages(), averages))
     other = kc.create_model("airbench94", widths=(8, 8, 8))
+    other.compile(optimizer=model.optimizer, loss=build_loss(config))
     with pytest.raises(ValueError, match="another model's state"):
-        other.compile(optimizer=model.optimizer, loss=build_loss(config))
+        other.train_on_batch(torch.as_tensor(random_images(8)), torch.zeros(8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="every"):
+        Lookahead(model.optimizer.base_optimizer, every=0, total=10)
 
 
 def assert_gradient_stopped(model):
@@ -198,21 +215,21 @@ def test_fit_stops_the_frozen_bias_gradient_and_restores_it_after_training(real_
                                                                            monkeypatch):
     """Through `fit`: airbench94.yaml's whitening bias (3 epochs) stops requiring gradients for epoch 4,
     and every trainable weight requires them again once training ends."""
-    from keras_cifar.train import trainer
-
     seen = {}
-    restore = trainer.restore_gradients
+    restore = WhiteningBiasFreeze.on_train_end
 
-    def spy(model):
-        seen["during"] = model.get_layer("whiten").bias.value.requires_grad
-        restore(model)
-        seen["after"] = all(variable.value.requires_grad for variable in model.trainable_weights)
+    def spy(self, logs=None):
+        bias = self.model.get_layer("whiten").bias
+        seen["during"] = (bias.value.requires_grad, any(v is bias for v in self.model.trainable_weights))
+        restore(self, logs)
+        seen["after"] = all(variable.value.requires_grad for variable in self.model.trainable_weights)
+        seen["trainable"] = bias.trainable
 
-    monkeypatch.setattr(trainer, "restore_gradients", spy)
+    monkeypatch.setattr(WhiteningBiasFreeze, "on_train_end", spy)
     fit(airbench94_config(data=str(real_folder_small), epochs=4, batch_size=100, eval_batch_size=100,
                     mixed_precision="none", device="cpu", tta=False, log_dir=str(tmp_path)),
         verbose=0, echo=lambda message: None)
-    assert seen == {"during": False, "after": True}
+    assert seen == {"during": (False, False), "after": True, "trainable": True}
 
 
 def airbench_weights(module, with_statistics=False):
@@ -282,8 +299,10 @@ def test_learned_whitening_is_airbenchs_first_conv_trained_like_the_others():
     assert trainable(model) == trainable(data_model) + 2 * 2 * 3 * 24
     init_whitening(model, random_images(64))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.kernel), kernel)
-    options = build_optimizer(airbench94_config(whitening="learned"), 10, model)
-    assert not options.frozen_after and build_optimizer(airbench94_config(), 10, data_model).frozen_after
+    from keras_cifar.optim.param_groups import frozen_bias
+
+    assert frozen_bias(model) is None
+    assert frozen_bias(data_model) == (data_model.get_layer("whiten").bias, 3)
 
     config = airbench94_config(whitening="learned")
     assert model_options(config) == {"whitening": "learned"}
@@ -379,21 +398,25 @@ def test_recipe_settings_are_checked():
 
 def test_linear_schedule_and_muon_optimizer_round_trip():
     from keras_cifar import keras_internals
-    from keras_cifar.train.optim import Linear, TorchMuon
+    from keras_cifar.optim import Linear, TorchMuon
+    from keras_cifar.optim.torch_update import param_group
 
     schedule = Linear(106.0, 200)
     assert [schedule.value_at(step) for step in (0, 100, 200, 250)] == [106.0, 53.0, 0.0, 0.0]
-    assert schedule.value_at(25, end=75) == pytest.approx(106.0 * (1 - 25 / 75))  # a variable's own last step
+    groups = [param_group(["fc/kernel"], 12.6), param_group(["whiten/bias"], 1.0, Linear(106.0, 75))]
     optimizer = TorchMuon(learning_rate=schedule, muon_lr_scale=0.24 / 106, muon_momentum=0.6, momentum=0.85,
-                          nesterov=True, weight_decay=3.7736e-5, lr_scales={"fc/kernel": 12.6},
-                          frozen_after={"whiten/bias": 75})
+                          nesterov=True, weight_decay=3.7736e-5, param_groups=groups)
     again = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert type(again) is TorchMuon and again.get_config() == optimizer.get_config()
     restored = keras_internals.optimizer_learning_rate(again)
     assert isinstance(restored, Linear) and restored.get_config() == schedule.get_config()
-    for bad in (dict(muon_lr_scale=0), dict(muon_momentum=1.0), dict(lookahead_every=5, lookahead_total=10)):
-        with pytest.raises(ValueError, match=next(iter(bad)).replace("_every", "")):
+    own = again.param_groups[1]["learning_rate"]
+    assert isinstance(own, Linear) and own.get_config() == {"peak": 106.0, "total_steps": 75}
+    for bad in (dict(muon_lr_scale=0), dict(muon_momentum=1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             TorchMuon(learning_rate=0.1, **bad)
+    with pytest.raises(ValueError, match="lr_scale"):
+        TorchMuon(learning_rate=0.1, param_groups=[param_group(["fc/kernel"], 0)])
 
 
 def test_fit_reports_time_to_target_and_stops(real_folder_small, tmp_path):
@@ -456,7 +479,7 @@ def test_resume_refuses_an_optimizer_state_that_does_not_load(real_folder_small,
     """A checkpoint of the version whose lookahead averaged the weights only holds fewer optimizer
     variables; Keras would skip them all and the resumed run restart its schedule at step 0:
     resuming refuses it instead."""
-    from keras_cifar.train.optim import TorchSGD
+    from keras_cifar.optim import factory
     from keras_cifar.train.trainer import resumed_config
 
     config = airbench94_config(data=str(real_folder_small), epochs=2, batch_size=50, eval_batch_size=100,
@@ -464,7 +487,7 @@ def test_resume_refuses_an_optimizer_state_that_does_not_load(real_folder_small,
                          target_accuracy=0.01, stop_at_target=True)
     quiet = dict(verbose=0, echo=lambda message: None)
     with monkeypatch.context() as earlier_version:
-        earlier_version.setattr(TorchSGD, "average_model_state", lambda self, variables: None)
+        earlier_version.setattr(factory, "model_state", lambda model: model.trainable_weights)
         stopped = fit(config, **quiet)
     assert stopped.summary["epochs"] == 1
     with pytest.raises(CheckpointError, match="optimizer state.*restart the learning-rate schedule"):
@@ -547,7 +570,7 @@ def test_newton_schulz_on_keras_kernels_is_airbench94_muons():
     the same kernel in torch's (out, in, kh, kw), in bfloat16 as both run it; both push the
     singular values of a full-rank matrix into about [0.5, 1.5]."""
     from pytorch_reference import airbench_muon_torch as muon_ref
-    from keras_cifar.train.optim import newton_schulz
+    from keras_cifar.optim import newton_schulz
 
     torch.manual_seed(0)
     for shape in ((16, 8, 3, 3), (8, 24, 3, 3), (32, 32, 3, 3)):
@@ -562,11 +585,11 @@ def test_newton_schulz_on_keras_kernels_is_airbench94_muons():
 
 def test_airbench94_muon_training_equals_airbench94_muon_loop(monkeypatch):
     """12 steps (3 epochs of 4) of `fit`'s optimizer on `airbench94` with the muon head against
-    airbench94_muon's own loop and Muon (bench/airbench_muon_torch.py): Muon on the kernels,
+    airbench94_muon's own loop and Muon (pytorch_reference/airbench_muon_torch.py): Muon on the kernels,
     SGD groups for biases and head, the linear schedules, the whitening bias's own decay to its
     last step; the same weights at the end."""
     from pytorch_reference import airbench_muon_torch as muon_ref
-    from keras_cifar.train.optim import TorchMuon
+    from keras_cifar.optim import TorchMuon
 
     # Newton-Schulz in float32 on both sides: in bfloat16 the two matrix layouts round
     # differently, and the iteration amplifies that within a few steps
@@ -593,10 +616,13 @@ def test_airbench94_muon_training_equals_airbench94_muon_loop(monkeypatch):
     optimizers = muon_ref.make_optimizers(module, batch_size=batch)
     total = epochs * steps
     module.train()
+    freeze = freeze_callback(model)
     for step, i in enumerate(range(0, len(images), batch)):
         inputs = reference.preprocess_nchw(images[i:i + batch], "airbench94")
         muon_ref.train_step(module, optimizers, inputs, torch.as_tensor(labels[i:i + batch]), step, total,
                             steps, contextlib.nullcontext)
+        if step % steps == 0:
+            freeze.on_epoch_begin(step // steps)
         model.train_on_batch(torch.as_tensor(images[i:i + batch]), torch.as_tensor(labels[i:i + batch]))
 
     expected = airbench_weights(muon_reference_as_fast(module))
@@ -606,3 +632,71 @@ def test_airbench94_muon_training_equals_airbench94_muon_loop(monkeypatch):
         # atol: one thread sums in another order than two; measured up to 5e-5 after 12 steps
         np.testing.assert_allclose(value, expected[variable.path], rtol=2e-4, atol=1e-4, err_msg=variable.path)
     assert_gradient_stopped(model)
+
+
+def test_whitening_bias_group_decays_to_zero_at_its_own_last_step():
+    """Under the linear schedule (airbench94_muon.yaml) the whitening bias is a parameter group with
+    its own schedule, reaching 0 at its last step (`bias_epochs` x steps), while the others
+    follow the run's; after that step the freeze takes it out of the update."""
+    from keras_cifar.optim import Linear
+
+    steps, epochs = 2, 3
+    model = kc.create_model("airbench94", widths=(8, 8, 8), whiten_bias_epochs=1, head="muon")
+    config = muon_config(batch_size=8, epochs=epochs, mixed_precision="none")
+    optimizer = build_optimizer(config, steps, model)
+    bias = model.get_layer("whiten").bias
+    own = [group for group in optimizer.param_groups if group["paths"] == [bias.path]]
+    assert len(own) == 1 and isinstance(own[0]["learning_rate"], Linear)
+    assert own[0]["learning_rate"].get_config() == {"peak": config.lr, "total_steps": steps}
+    model.compile(optimizer=optimizer, loss=build_loss(config), metrics=["accuracy"])
+    freeze = freeze_callback(model)
+    seen = []
+    for step in range(epochs * steps):
+        if step % steps == 0:
+            freeze.on_epoch_begin(step // steps)
+        model.train_on_batch(torch.as_tensor(random_images(8, seed=step)), torch.zeros(8, dtype=torch.int64))
+        groups = optimizer.__dict__["_torch_step_now"].optimizer.param_groups
+        rates = {id(parameter): group["lr"] for group in groups for parameter in group["params"]}
+        seen.append(rates.get(id(bias.value)))
+        assert rates[id(model.get_layer("block1_norm1").beta.value)] == pytest.approx(
+            config.lr * (1 - step / (epochs * steps)))
+    assert seen[:2] == [pytest.approx(config.lr), pytest.approx(config.lr / 2)]
+    assert seen[2:] == [None] * 4  # frozen: not in the update
+
+
+def test_freeze_on_resume_starts_frozen_and_ends_trainable(tmp_path):
+    """A run resumed after the bias's last epoch starts with it frozen: the callback runs with the
+    real epoch index; training's end makes it trainable again. Every run's callbacks include it."""
+    from keras_cifar.train.trainer import make_callbacks, new_run_state
+
+    model = kc.create_model("airbench94", widths=(8, 8, 8), whiten_bias_epochs=2)
+    bias = model.get_layer("whiten").bias
+    freeze = freeze_callback(model)
+    freeze.on_epoch_begin(2)
+    assert not bias.trainable and not bias.value.requires_grad
+    assert all(variable is not bias for variable in model.trainable_weights)
+    freeze.on_epoch_begin(3)
+    assert not bias.trainable
+    freeze.on_train_end()
+    assert bias.trainable and bias.value.requires_grad
+    freeze.on_epoch_begin(1)
+    assert bias.trainable
+    loader = TensorLoader(Split(random_images(8), np.zeros(8, "int64")), 4)
+    callbacks, _ = make_callbacks(airbench94_config(), str(tmp_path), new_run_state(), loader, eval_is_test=True)
+    assert any(isinstance(callback, WhiteningBiasFreeze) for callback in callbacks)
+
+
+def test_an_earlier_releases_lookahead_sgd_config_loads_as_a_lookahead():
+    """The TorchSGD config of earlier releases (lookahead, learning-rate scales and frozen variables
+    as options) still deserialises, as a `Lookahead` around TorchSGD, so their checkpoints load."""
+    from keras_cifar.optim import Lookahead, TorchSGD
+
+    config = {"learning_rate": 0.1, "momentum": 0.85, "nesterov": True, "weight_decay": 1e-3,
+              "lr_scales": {"block1_norm1/beta": 64.0}, "frozen_after": {"whiten/bias": 75},
+              "lookahead_every": 5, "lookahead_total": 100}
+    optimizer = keras.optimizers.deserialize({"module": None, "class_name": "keras_cifar>TorchSGD",
+                                              "config": config, "registered_name": "keras_cifar>TorchSGD"})
+    assert isinstance(optimizer, Lookahead) and (optimizer.every, optimizer.total) == (5, 100)
+    assert isinstance(optimizer.base_optimizer, TorchSGD) and optimizer.base_optimizer.momentum == 0.85
+    plain = TorchSGD.from_config({"learning_rate": 0.1, "lr_scales": {}, "lookahead_every": 0})
+    assert type(plain) is TorchSGD

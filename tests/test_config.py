@@ -281,7 +281,7 @@ def test_an_old_model_name_is_refused_with_the_new_one(old, new):
 
 def test_optimizer_rules_are_checked_apart_from_the_schema():
     from keras_cifar.train.config import build_config
-    from keras_cifar.train.optimizer_settings import check_optimizer_settings
+    from keras_cifar.optim.settings import check_optimizer_settings
 
     check_optimizer_settings(RunConfig(optimizer="muon", muon_lr=0.1, head_lr_scale=2.0))
     for values, message in [

@@ -141,7 +141,7 @@ def test_loss_scaling_without_host_syncs_equals_keras_loss_scaling(device, pinne
     """fp16's dynamic loss scaling, done on the device, follows Keras's LossScaleOptimizer step for
     step: unscaled updates, a skipped update and a halved scale on an infinite gradient, a
     doubled scale after `dynamic_growth_steps` finite ones."""
-    from keras_cifar.train.optim import TorchAdam, TorchLossScaleOptimizer
+    from keras_cifar.optim import TorchAdam, TorchLossScaleOptimizer
 
     rng = np.random.default_rng(0)
     start = rng.normal(size=(3, 5)).astype("float32")

@@ -11,7 +11,7 @@ from keras_cifar import list_models
 from keras_cifar.models.convert import copy_torch_weights
 from pytorch_reference.torch_loop import ReferenceRun
 from keras_cifar.losses import SparseCrossentropy
-from keras_cifar.train.optim import OneCycle, TorchAdam, TorchAdamW, TorchSGD, WarmupCosine, build_optimizer
+from keras_cifar.optim import OneCycle, TorchAdam, TorchAdamW, TorchSGD, WarmupCosine, build_optimizer
 from keras_cifar.train.trainer import build_model, compile_model, fit
 
 

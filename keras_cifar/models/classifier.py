@@ -13,7 +13,7 @@ makes each step cost what a plain PyTorch loop costs:
 - the loss is the compiled loss's per-example `call` averaged in torch, the loss and accuracy are
   accumulated in place on the device, and the logs are device tensors (read only by whoever
   needs a number);
-- the optimizer is one of `keras_cifar.train.optim`'s, whose update is torch.optim's fused one.
+- the optimizer is one of `keras_cifar.optim`'s, whose update is torch.optim's fused one.
 
 Anything outside that plan (sample weights, other compiled metrics or losses, regularisers)
 takes Keras's generic path, which computes the same numbers more slowly.

@@ -10,7 +10,7 @@ from keras_cifar.errors import CheckpointError
 def load_checkpoint(path, compile=False):
     import keras
 
-    import keras_cifar.train.optim  # noqa: F401  (registers the loss and schedules)
+    import keras_cifar.optim  # noqa: F401  (registers the optimizers and schedules)
 
     if not os.path.exists(path):
         raise CheckpointError(f"The checkpoint {path!r} does not exist.")
@@ -50,6 +50,23 @@ def check_compatible(model, path, num_classes, model_name=None):
         )
 
 
+def load_optimizer_state(model, path):
+    """Loads the optimizer state of the checkpoint `path` into `model`'s optimizer, built: the
+    compiled optimizer of the run (a lookahead's model state cannot come from a saved config)."""
+    model.optimizer.build(model.trainable_variables)
+    try:
+        with warnings.catch_warnings():  # a state that does not fit is skipped, then refused
+            warnings.simplefilter("ignore")
+            model.load_weights(path)
+    except ValueError:
+        raise CheckpointError(_NOT_RESTORED.format(path=path)) from None
+
+
+_NOT_RESTORED = ("The optimizer state in {path!r} does not fit this version's optimizer (it holds other variables: "
+                 "an earlier version saved it), so resuming would restart the learning-rate schedule and momentum "
+                 "at step 0. Start the run again without resuming.")
+
+
 def check_optimizer_restored(model, path, completed_epochs):
     """Raises CheckpointError if the optimizer state of a checkpoint being resumed did not load.
     Keras skips all of it (with a warning) when the saved variables do not match the
@@ -61,8 +78,4 @@ def check_optimizer_restored(model, path, completed_epochs):
     if optimizer is None or completed_epochs < 1:
         return
     if int(keras.ops.convert_to_numpy(optimizer.iterations)) == 0:
-        raise CheckpointError(
-            f"The optimizer state in {path!r} does not fit this version's optimizer (it holds other "
-            "variables: an earlier version saved it), so resuming would restart the learning-rate schedule "
-            "and momentum at step 0. Start the run again without resuming."
-        )
+        raise CheckpointError(_NOT_RESTORED.format(path=path))

@@ -26,7 +26,7 @@ import yaml
 
 from keras_cifar.errors import ConfigError
 from keras_cifar.train.config_files import configs_dir, default_config_path
-from keras_cifar.train.optimizer_settings import check_optimizer_settings
+from keras_cifar.optim.settings import check_optimizer_settings
 
 
 def setting(default, help, *, choices=None, pattern=None, min=None, max=None, min_open=False, max_open=False,

@@ -16,15 +16,17 @@ from keras_cifar.losses import build_loss
 from keras_cifar.models import create_model
 from keras_cifar.train import distributed, storage
 from keras_cifar.train import run_dir as rd
+from keras_cifar.optim import build_optimizer
 from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks, TrainingClock
-from keras_cifar.train.checkpoints import check_compatible, check_optimizer_restored, load_checkpoint
+from keras_cifar.train.checkpoints import (check_compatible, check_optimizer_restored, load_checkpoint,
+                                          load_optimizer_state)
 from keras_cifar.train.commit import Checkpointer
 from keras_cifar.train.config import model_options
 from keras_cifar.train.device import describe_device, seed_everything, select_device, set_precision
 from keras_cifar.train.evaluation import classification_report, predict_logits, predict_logits_tta
-from keras_cifar.train.optim import build_optimizer, restore_gradients
+from keras_cifar.train.freeze import WhiteningBiasFreeze
 from keras_cifar.train.reports import format_duration, summary_of, target_line, timing_of, write_final_summaries
-from keras_cifar.train.run_folder import (RESUMABLE_CHANGES, kept, new_run_folder, new_run_state,  # noqa: F401 (re-exported)
+from keras_cifar.train.run_folder import (RESUMABLE_CHANGES, kept, new_run_folder, new_run_state,  # noqa: F401
                                           prepare_resumed_folder, resumed_config, storage_error)
 from keras_cifar.train.tensorboard_callbacks import EpochTensorBoard, OriginalTags
 
@@ -80,6 +82,7 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=No
     else:
         nan_guard = NaNGuard()
     callbacks = [
+        WhiteningBiasFreeze(),
         EpochSeeder(config.seed, train_loader, rank=group.rank),
         EpochStats(),
         nan_guard,
@@ -174,10 +177,11 @@ def _fit(config, resume_path, verbose, echo):
             state = group.broadcast(rd.read_json(os.path.join(run_path, rd.STATE)) if group.is_main else None)
             checkpoint = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
             if checkpoint and group.is_main:
-                model = load_checkpoint(checkpoint, compile=True)
+                model = load_checkpoint(checkpoint)
                 check_compatible(model, checkpoint, data.num_classes, model_name=config.model)
+                compile_model(model, config, steps_per_epoch)  # the factory's optimizer, with the model state
+                load_optimizer_state(model, checkpoint)
                 check_optimizer_restored(model, checkpoint, state["completed_epochs"])
-                model.jit_compile = config.jit == "compile"  # a run may change how it executes
             else:  # killed before the first epoch ended (start over in the same folder), or not rank 0
                 model = new_model(config, data)
                 compile_model(model, config, steps_per_epoch)
@@ -232,8 +236,6 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
                 f"Interrupted. The last completed epoch ({state['completed_epochs']} of {config.epochs}) is "
                 f"saved in {run_path}. Resume with: `fit(resume_path={run_path!r})`"
             ) from None
-        finally:
-            restore_gradients(model)
     if group.distributed:  # rank 0's Checkpointer kept the record
         state = group.broadcast(state)
     if nan_guard.bad_step is not None:
