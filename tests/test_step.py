@@ -84,7 +84,7 @@ def test_lean_step_equals_keras_generic_step(overrides, monkeypatch):
         generic_logs = generic.train_on_batch(split.images[batch], split.labels[batch], return_dict=True)
         assert lean_logs["loss"] == pytest.approx(generic_logs["loss"], rel=1e-6)
         assert lean_logs["accuracy"] == pytest.approx(generic_logs["accuracy"], abs=1e-7)
-    assert lean._step_plan().lean and not generic._step_plan().lean
+    assert lean.step_runtime.step_plan().lean and not generic.step_runtime.step_plan().lean
     for a, b in zip(lean.get_weights(), generic.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     lean_eval = lean.evaluate(split.images, split.labels, batch_size=50, return_dict=True, verbose=0)
