@@ -19,7 +19,7 @@ import torch
 import keras_cifar  # noqa: F401
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.errors import TrainingError
-from keras_cifar.train import distributed, process_group
+from keras_cifar.train import process_group
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import NaNGuard
 from tests import reaper
@@ -88,7 +88,7 @@ def equivalence(real_folder_small, tmp_path_factory):
 
 
 def test_data_parallel_step_makes_no_host_sync_beyond_the_collectives(equivalence):
-    """20 steady-state steps of `fit` under 2 processes, with the run's callbacks: the bucketed
+    """20 steady-state steps of `fit` under 2 processes, with the run's callbacks: DDP's bucketed
     all-reduces are the only waits; nothing is read back to the host (as in one process,
     tests/test_step.py)."""
     assert equivalence["host_syncs"] == [{}, {}]

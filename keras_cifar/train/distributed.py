@@ -10,6 +10,8 @@ of this runs and `fit` is unchanged. What the rest of the code calls, from two m
   in torch's `DistributedDataParallel`, epoch-end metric sums and batch-norm averaging, `--sync-bn`.
 """
 
-from keras_cifar.train.data_parallel import DataParallel, broadcast_variables, describe_run, prepare  # noqa: F401
-from keras_cifar.train.process_group import (  # noqa: F401
-    NAN_CHECK_STEPS, Group, ProcessGroup, current, launched_by_torchrun, session)
+from keras_cifar.train.data_parallel import DataParallel, broadcast_variables, describe_run, prepare
+from keras_cifar.train.process_group import NAN_CHECK_STEPS, Group, ProcessGroup, current, launched_by_torchrun, session
+
+__all__ = ["DataParallel", "broadcast_variables", "describe_run", "prepare", "NAN_CHECK_STEPS", "Group", "ProcessGroup",
+           "current", "launched_by_torchrun", "session"]
