@@ -10,7 +10,7 @@ parity and training tests (`tests/test_models.py`, `tests/test_training.py`), wh
 results of the code that uses these internals with PyTorch's.
 
 Where a public API does the same job, the code uses it and the entry says which; the wrappers
-below (`all_layers`, `has_fixed_seed`, `compute_loss`, `loss_tracker`, `slot_variables`,
+below (`all_layers`, `has_fixed_seed`, `slot_variables`,
 `optimizer_variables`, `optimizer_learning_rate`, `callbacks_run_async`, `current_device`,
 `set_batch_norm_moments`, `batch_norm_moments_replaced`, `batch_norm_reduction_axes`) are what
 modules should call instead of reaching into Keras themselves.
@@ -33,21 +33,6 @@ class Internal:
 
 
 INTERNALS = (
-    Internal(
-        "keras.Model._compute_loss",
-        ("keras_cifar/models/classifier.py",),
-        "The loss of a step in the generic train/test steps (sample weights, other compiled losses), as "
-        "Keras's own steps compute it (compiled loss plus layer losses, with the `training` flag).",
-        "keras.Model.compute_loss(x, y, y_pred, sample_weight, training=...): public; `_compute_loss` only "
-        "adds support for subclasses whose compute_loss lacks `training` (see `compute_loss` below).",
-    ),
-    Internal(
-        "keras.Model._loss_tracker",
-        ("keras_cifar/models/classifier.py",),
-        "The Mean metric behind the `loss` log: the steps update it (the lean step in place, through "
-        "`mean_metric_state`), so `loss` in the logs means what it means in Keras.",
-        "none for Keras's own tracker; a model may keep its own keras.metrics.Mean and list it in `metrics`.",
-    ),
     Internal(
         "keras.Layer._flatten_layers",
         ("keras_cifar/models/classifier.py", "keras_cifar/models/graph_capture.py", "keras_cifar/models/init.py",
@@ -135,14 +120,14 @@ INTERNALS = (
     ),
     Internal(
         "keras.metrics.Mean.total",
-        ("keras_cifar/models/classifier.py",),
+        ("keras_cifar/models/step_runtime.py",),
         "The running sum of a Mean metric (the loss and accuracy trackers), added to in place on the device "
         "by the lean steps, through `mean_metric_state`.",
         "Mean.update_state: public, but converts and reduces through Keras ops (Python per step).",
     ),
     Internal(
         "keras.layers.BatchNormalization._moments",
-        ("keras_cifar/train/distributed.py", "keras_cifar/models/layers.py"),
+        ("keras_cifar/train/data_parallel.py", "keras_cifar/models/layers.py"),
         "The batch moments of a training step. `--sync-bn` replaces it on each BatchNormalization layer of "
         "the model being trained (an instance attribute, through `set_batch_norm_moments`) with moments over "
         "the global batch, summed across ranks by an autograd-aware all-reduce.",
@@ -151,14 +136,14 @@ INTERNALS = (
     ),
     Internal(
         "keras.layers.BatchNormalization._reduction_axes",
-        ("keras_cifar/train/distributed.py",),
+        ("keras_cifar/train/data_parallel.py",),
         "The axes a BatchNormalization layer reduces over (all but its `axis`), set in `build`; read by the "
         "synchronized moments (through `batch_norm_reduction_axes`).",
         "layer.axis (public): the complement over the input rank gives the same axes.",
     ),
     Internal(
         "keras.metrics.Mean.count",
-        ("keras_cifar/models/classifier.py",),
+        ("keras_cifar/models/step_runtime.py",),
         "The running count of a Mean metric, likewise.",
         "Mean.update_state (see `total`).",
     ),
@@ -192,6 +177,10 @@ TORCH_INTERNALS = (
 #   keras.src.backend.torch.core.get_device  ->  `current_device()` below (keras.ops places new
 #       tensors on the device of the enclosing `keras.device` scope).
 #   keras.src.callbacks.callback_list.CallbackList  ->  keras.callbacks.CallbackList.
+#   keras.Model._compute_loss  ->  keras.Model.compute_loss(..., training=...) (ImageClassifier does not
+#       override compute_loss, so the public method takes `training`).
+#   keras.Model._loss_tracker  ->  ImageClassifier's own keras.metrics.Mean(name="loss"), listed in its
+#       `metrics` in place of Keras's (as Keras's guide to customizing `fit()` with PyTorch does).
 
 
 # --- wrappers: call these instead of the internals ---------------------------------------------
@@ -206,16 +195,6 @@ def has_fixed_seed(layer):
     """True when `layer` draws random numbers from a SeedGenerator given a fixed seed."""
     seed_generator = getattr(layer, "seed_generator", None)
     return seed_generator is not None and seed_generator._initial_seed is not None
-
-
-def compute_loss(model, x, y, y_pred, sample_weight=None, training=True):
-    """The loss of a step, as Keras's own train/test steps compute it."""
-    return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-
-
-def loss_tracker(model):
-    """The Mean metric behind the `loss` log of `fit` and `evaluate` (set by `compile`)."""
-    return model._loss_tracker
 
 
 # Slot roles and the attributes Keras keeps them in: Adam and AdamW (`_momentums`, `_velocities`,

@@ -14,11 +14,12 @@ import keras_cifar  # noqa: F401  (first: selects Keras's torch backend)
 import keras
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from pytorch_reference.host_syncs import counting_callback
 from keras_cifar import keras_internals
 from keras_cifar.data import Split, TensorLoader
-from keras_cifar.train import distributed
+from keras_cifar.train import data_parallel, distributed
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.device import seed_everything
 from keras_cifar.train.callbacks import RunCallbacks
@@ -49,6 +50,8 @@ def fresh_model(config, steps_per_epoch):
     seed_everything(config.seed)
     model = build_model(config, 10)
     compile_model(model, config, steps_per_epoch)
+    if hasattr(model.optimizer, "average_model_state"):  # what the optimizers' factory will do (the lookahead's)
+        model.optimizer.average_model_state([v for v in model.non_trainable_weights if "float" in str(v.dtype)])
     return model
 
 
@@ -111,7 +114,7 @@ def global_moments_against_one_process(group):
         return (weights * (inputs - mean[:, None, None]) / torch.sqrt(variance[:, None, None] + 1e-3)).square().sum()
 
     mine = x[group.rank::group.world_size].clone().requires_grad_()
-    mean, variance = distributed._global_moments(layer, mine, None)
+    mean, variance = data_parallel._global_moments(layer, mine, None)
     objective(mine, mean, variance).backward()
     gradients = group.all_gather(mine.grad)
     whole = x.clone().requires_grad_()
@@ -157,6 +160,55 @@ def steady_state_host_syncs(split, group, folder):
     return dict(window.counter.calls)
 
 
+def averaged_state(model):
+    """What trainer.py passes to `prepare`: the lookahead's averages of the batch-norm statistics."""
+    return getattr(model.optimizer, "model_state_averages", list)
+
+
+class FreezeAt(keras.callbacks.Callback):
+    """At the start of `epoch`, on every rank: a kernel leaves the trainable set, as the airbench
+    whitening bias freeze does, and the model is told (`refresh_step_plan`)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+        self.wrappers = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.frozen = self.model.trainable_weights[0]
+            self.frozen.trainable = False
+            self.model.refresh_step_plan()
+            self.value = np.asarray(self.frozen.numpy()).copy()
+        self.wrappers.append(self.model.data_parallel.module)
+
+
+def frozen_mid_run(split, group):
+    """`fit` for 3 epochs on the ranks' own shards (different images), a kernel frozen at the start
+    of epoch 1: DDP rebuilt over the new trainable set, training goes on, the ranks stay equal."""
+    config = resolve_config(None, {**COMMON, "model": "cnn", "batch_size": 8, "epochs": 3})
+    loader = TensorLoader(split, config.batch_size, shuffle=True, seed=2, device="cpu", rank=group.rank,
+                          world_size=group.world_size)
+    model = fresh_model(config, len(loader))
+    model.set_graph_capture(True)
+    distributed.prepare(model, config, group, echo=lambda message: None)
+    start = [np.asarray(w).copy() for w in model.get_weights()]
+    freeze = FreezeAt(1)
+    model.fit(loader.as_keras_input(), epochs=3, verbose=0, shuffle=False, callbacks=[freeze])
+    mine = [np.asarray(w) for w in model.get_weights()]
+    everyone = group.all_gather(mine)
+    first, second, third = freeze.wrappers
+    return {
+        "ddp": all(isinstance(wrapper, DistributedDataParallel) for wrapper in freeze.wrappers),
+        "rebuilt": second is not first and third is second,
+        "wrapped": len(list(model.data_parallel.module.parameters())),
+        "trainable": len(model.trainable_weights),
+        "frozen_moved": float(np.abs(freeze.frozen.numpy() - freeze.value).max()),
+        "rank_difference": max(float(np.max(np.abs(a - b))) for a, b in zip(*everyone)),
+        "moved": max(float(np.abs(a - b).max()) for a, b in zip(mine, start)),
+    }
+
+
 def main(data_path, out_path):
     arrays = np.load(data_path)
     split = Split(arrays["images"], arrays["labels"])
@@ -166,11 +218,12 @@ def main(data_path, out_path):
         with tempfile.TemporaryDirectory() as folder:
             results["host_syncs"] = group.all_gather(steady_state_host_syncs(split, group, folder))
         results["sync_bn_moments"] = global_moments_against_one_process(group)
+        results["frozen_mid_run"] = frozen_mid_run(split, group)
         for name, overrides, batch_size, steps in CASES:
             config = resolve_config(None, {**COMMON, **overrides, "batch_size": batch_size})
             model = fresh_model(config, steps)
             model.set_graph_capture(True)
-            distributed.prepare(model, config, group, echo=lambda message: None)
+            distributed.prepare(model, config, group, echo=lambda message: None, averaged_state=averaged_state(model))
             for images, labels in batches(split, batch_size, steps, group.rank, group.world_size):
                 model.train_on_batch(images, labels)
             model.data_parallel.reduce_metrics([])  # what the end of an epoch does: averages the BN statistics
@@ -192,6 +245,7 @@ def main(data_path, out_path):
                 "max_difference_plain_keras_moments": max(float(np.abs(a - b).max()) for a, b in zip(mine, plain)),
                 "max_moved": max(float(m.max()) for m in moved),
                 "graph_capture": model.graph_capture,
+                "ddp": isinstance(model.data_parallel.module, DistributedDataParallel),
                 "weights": len(mine),
             }
         if group.rank == 0:

@@ -19,7 +19,7 @@ import torch
 import keras_cifar  # noqa: F401
 from keras_cifar.data import Split, TensorLoader
 from keras_cifar.errors import TrainingError
-from keras_cifar.train import distributed
+from keras_cifar.train import process_group
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train.callbacks import NaNGuard
 from tests import reaper
@@ -88,7 +88,7 @@ def equivalence(real_folder_small, tmp_path_factory):
 
 
 def test_data_parallel_step_makes_no_host_sync_beyond_the_collectives(equivalence):
-    """20 steady-state steps of `fit` under 2 processes, with the run's callbacks: the bucketed
+    """20 steady-state steps of `fit` under 2 processes, with the run's callbacks: DDP's bucketed
     all-reduces are the only waits; nothing is read back to the host (as in one process,
     tests/test_step.py)."""
     assert equivalence["host_syncs"] == [{}, {}]
@@ -124,6 +124,21 @@ def test_two_processes_train_like_one_with_twice_the_batch(equivalence, case):
     tolerance = TOLERANCE[case] or equivalence[f"{case}-reference-spread"] / 10
     assert result["max_difference"] <= tolerance, result
     assert result["graph_capture"] == (case != "resnet18-sync-bn")
+    assert result["ddp"]  # the training forward ran through torch's DistributedDataParallel
+
+
+def test_ddp_is_rebuilt_when_the_trainable_set_changes_mid_run(equivalence):
+    """`fit` on the ranks' own (different) images, a kernel frozen at the start of epoch 1 on
+    every rank followed by `refresh_step_plan()`: the DDP wrapper is rebuilt over the new
+    trainable set (a stale one would wait for the frozen kernel's gradient and fail), the frozen
+    kernel stays put, the rest trains on, and the ranks stay bitwise equal (DDP averaged their
+    different gradients)."""
+    result = equivalence["frozen_mid_run"]
+    assert result["ddp"] and result["rebuilt"], result
+    assert result["wrapped"] == result["trainable"], result
+    assert result["frozen_moved"] == 0.0, result
+    assert result["moved"] >= 1e-3, result
+    assert result["rank_difference"] == 0.0, result
 
 
 def test_sync_bn_moments_and_their_gradients_equal_one_process(equivalence):
@@ -331,9 +346,9 @@ def _heartbeat_message(monkeypatch, store, rank=1):
 
     monkeypatch.setenv("MASTER_ADDR", "10.1.2.3")
     monkeypatch.setenv("MASTER_PORT", "29512")
-    monkeypatch.setattr(distributed.Heartbeat, "client", lambda self: store)
-    monkeypatch.setattr(distributed, "fatal", fatal)
-    heartbeat = distributed.Heartbeat(rank=rank, world_size=2, timeout=2)
+    monkeypatch.setattr(process_group.Heartbeat, "client", lambda self: store)
+    monkeypatch.setattr(process_group, "fatal", fatal)
+    heartbeat = process_group.Heartbeat(rank=rank, world_size=2, timeout=2)
     with pytest.raises(_Fatal) as ended:
         heartbeat._run()
     return str(ended.value)
@@ -364,10 +379,10 @@ def test_a_failed_collective_names_the_lost_store_as_its_cause(monkeypatch, stor
     """A rank whose collective fails because the store's agent is gone (it took the other rank
     with it) says so, over the heartbeat's connection: a new one would wait twice `dist_timeout`
     for the store before the rank could end."""
-    class Group(distributed.Group):  # a process group without processes; its heartbeat on a stand-in store
+    class Group(process_group.Group):  # a process group without processes; its heartbeat on a stand-in store
         def __init__(self, timeout):
             self.rank, self.world_size, self.timeout = 1, 2, timeout
-            self.heartbeat = distributed.Heartbeat(1, 2, timeout)
+            self.heartbeat = process_group.Heartbeat(1, 2, timeout)
 
         def start(self, device):
             pass
@@ -376,12 +391,12 @@ def test_a_failed_collective_names_the_lost_store_as_its_cause(monkeypatch, stor
             pass
 
     stores = iter([_Store(ConnectionResetError("Broken pipe") if store_lost else None), _Store()])
-    monkeypatch.setattr(distributed.Heartbeat, "client", lambda self: next(stores))  # the heartbeat's, then others
-    monkeypatch.setattr(distributed, "ProcessGroup", Group)
+    monkeypatch.setattr(process_group.Heartbeat, "client", lambda self: next(stores))  # the heartbeat's, then others
+    monkeypatch.setattr(process_group, "ProcessGroup", Group)
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "29512"}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(TrainingError) as ended:
-        with distributed.session(types.SimpleNamespace(dist_timeout=8, device="cpu")):
+        with process_group.session(types.SimpleNamespace(dist_timeout=8, device="cpu")):
             raise RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:22417")
     message = str(ended.value)
     if store_lost:

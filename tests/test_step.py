@@ -85,7 +85,7 @@ def test_lean_step_equals_keras_generic_step(overrides, monkeypatch):
         generic_logs = generic.train_on_batch(split.images[batch], split.labels[batch], return_dict=True)
         assert lean_logs["loss"] == pytest.approx(generic_logs["loss"], rel=1e-6)
         assert lean_logs["accuracy"] == pytest.approx(generic_logs["accuracy"], abs=1e-7)
-    assert lean._step_plan().lean and not generic._step_plan().lean
+    assert lean.step_runtime.step_plan().lean and not generic.step_runtime.step_plan().lean
     for a, b in zip(lean.get_weights(), generic.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     lean_eval = lean.evaluate(split.images, split.labels, batch_size=50, return_dict=True, verbose=0)
@@ -105,6 +105,28 @@ def test_sample_weights_take_the_generic_step():
     # Keras's sum_over_batch_size: the weighted sum over all 32 images, divided by 32
     assert logs["loss"] == pytest.approx(twin_logs["loss"] * 8 / 32, rel=1e-5)
 
+
+
+def test_the_classifier_tracks_its_own_loss_and_reloads_with_it(tmp_path):
+    """`metrics` lists the classifier's own `loss` tracker in place of Keras's, then its accuracy;
+    a saved and reloaded checkpoint compiles the same and goes on training, its step plan cached
+    in the runtime until `refresh_step_plan()`."""
+    config = resolve_config(None, {"model": "cnn"})
+    model, _ = _twins(config)
+    assert model.metrics == [model.loss_tracker, model.accuracy_tracker]
+    assert model.metrics_names == ["loss", "accuracy"]
+    split = random_split(32, seed=3)
+    logs = model.train_on_batch(split.images, split.labels, return_dict=True)
+    assert float(model.loss_tracker.result()) == pytest.approx(logs["loss"], rel=1e-6)
+    plan = model.step_runtime.step_plan()
+    assert model.step_runtime.step_plan() is plan
+    model.refresh_step_plan()
+    assert model.step_runtime.step_plan() is not plan
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert reloaded.metrics_names == ["loss", "accuracy"] and reloaded.metrics[0] is reloaded.loss_tracker
+    assert reloaded.step_runtime.step_plan().lean
+    reloaded.train_on_batch(split.images, split.labels)
 
 def test_run_callbacks_hand_batch_hooks_device_tensors_in_the_training_thread(tmp_path):
     seen = []

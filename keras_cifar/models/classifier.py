@@ -18,17 +18,16 @@ makes each step cost what a plain PyTorch loop costs:
 Anything outside that plan (sample weights, other compiled metrics or losses, regularisers)
 takes Keras's generic path, which computes the same numbers more slowly.
 
-Data-parallel training (`keras_cifar.train.distributed`, under torchrun) hooks in at three
-points, all explicit here and absent in a single process: around `backward()` (the gradients
-are averaged across ranks while the backward pass runs), and in `get_metrics_result` at the end
-of a training epoch or an evaluation (metric totals summed over the ranks, batch-norm moving
-statistics averaged) before any callback reads the logs.
+Data-parallel training (`keras_cifar.train.data_parallel`, under torchrun) enters at two
+points, absent in a single process: the training forward runs through torch's
+`DistributedDataParallel` (whose reducer averages the gradients during `backward()`), and
+`get_metrics_result` at the end of a training epoch or an evaluation sums the metric totals over
+the ranks and averages the batch-norm statistics before any callback reads the logs.
 
 On another Keras backend (a checkpoint loaded under TensorFlow or JAX) `predict` and `evaluate`
 take Keras's standard steps and training raises an error naming the torch backend.
 """
 
-import contextlib
 import warnings
 
 import keras
@@ -38,21 +37,9 @@ from keras_cifar import keras_internals
 from keras_cifar._backend import on_torch, require_torch
 from keras_cifar.models.graph_capture import ForwardGraphs, capturable
 from keras_cifar.models.layers import PACKAGE
+from keras_cifar.models.step_runtime import StepRuntime
 
 ACCURACY = "accuracy"
-_EAGER = contextlib.nullcontext()
-
-
-class _StepPlan:
-    """What a lean step needs, gathered once per `fit` (walking the layers costs Python)."""
-
-    def __init__(self, model):
-        self.parameters = [variable.value for variable in model.trainable_weights]
-        self.trainable_weights = model.trainable_weights
-        self.loss_total, self.loss_count = keras_internals.mean_metric_state(keras_internals.loss_tracker(model))
-        accuracy = model.accuracy_tracker
-        self.correct, self.seen = keras_internals.mean_metric_state(accuracy) if accuracy else (None, None)
-        self.lean = model.lean_step_applies()
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -61,22 +48,29 @@ class ImageClassifier(keras.Model):
 
     `set_graph_capture(True)` makes `fit`, `evaluate` and `predict` replay a captured graph of the
     forward pass instead of calling the layers one by one; `fused=True` lets TorchScript fuse its
-    kernels on CUDA (`graph_capture`). It is a runtime setting, not saved with the model.
-    `compile(metrics=["accuracy"])` tracks accuracy with the classifier's own metric (integer
-    labels against logits), updated on the device without Keras's metric machinery.
+    kernels on CUDA (`graph_capture`). It is a runtime setting, not saved with the model, as are
+    `set_data_parallel` and the step plan (`step_runtime`). `compile` gives the classifier its own
+    `loss` tracker, and with `metrics=["accuracy"]` its own accuracy (integer labels against
+    logits): both updated on the device without Keras's metric machinery.
     """
+
+    @property
+    def step_runtime(self):
+        runtime = self.__dict__.get("_step_runtime")
+        if runtime is None:
+            runtime = StepRuntime(self)
+            object.__setattr__(self, "_step_runtime", runtime)  # runtime state: not tracked, never saved
+        return runtime
 
     # --- compile and metrics
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         own_accuracy = on_torch() and metrics is not None and list(metrics) == [ACCURACY]
         super().compile(optimizer=optimizer, loss=loss, metrics=None if own_accuracy else metrics, **kwargs)
-        tracker = keras.metrics.Mean(name=ACCURACY) if own_accuracy else None
-        object.__setattr__(self, "_accuracy_tracker", tracker)  # untracked: not a layer weight
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # a loss-scale wrapper's
-        if hasattr(inner, "average_model_state"):  # lookahead: the batch-norm statistics too, as airbench's
-            inner.average_model_state([variable for variable in self.non_trainable_weights
-                                       if "float" in str(variable.dtype)])
+        runtime = self.step_runtime
+        runtime.loss_tracker = keras.metrics.Mean(name="loss")
+        runtime.accuracy_tracker = keras.metrics.Mean(name=ACCURACY) if own_accuracy else None
+        runtime.plan = None
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -92,105 +86,113 @@ class ImageClassifier(keras.Model):
             self.optimizer.build(self.trainable_variables)  # so that the saved optimizer state loads
 
     @property
+    def loss_tracker(self):
+        return self.step_runtime.loss_tracker
+
+    @property
     def accuracy_tracker(self):
-        return self.__dict__.get("_accuracy_tracker")
+        return self.step_runtime.accuracy_tracker
 
     @property
     def metrics(self):
-        metrics = super().metrics
-        return metrics + [self.accuracy_tracker] if self.accuracy_tracker is not None else metrics
+        """The classifier's loss tracker in place of Keras's (both are named `loss`), the compiled
+        metrics, then its accuracy."""
+        own = [tracker for tracker in (self.loss_tracker, self.accuracy_tracker) if tracker is not None]
+        keras_metrics = [metric for metric in super().metrics if metric.name != "loss"] if own else super().metrics
+        return own[:1] + keras_metrics + own[1:]
 
     def lean_step_applies(self):
         """True when the lean step computes exactly what Keras's generic step would."""
         from keras_cifar.losses import SparseCrossentropy
 
         return (isinstance(self.loss, SparseCrossentropy)
-                and self.metrics == [keras_internals.loss_tracker(self), self.accuracy_tracker]
+                and self.metrics == [self.loss_tracker, self.accuracy_tracker]
                 and not self.losses
                 and not any(getattr(layer, "activity_regularizer", None)
                             for layer in keras_internals.all_layers(self)))
 
-    # --- graph capture
+    # --- runtime settings
 
     def set_graph_capture(self, enabled, fused=False):
         if enabled and not capturable(self):
             warnings.warn(f"{self.name}: a layer has a fixed random seed; running without graph capture.",
                           stacklevel=2)
             enabled = False
-        object.__setattr__(self, "_graphs", ForwardGraphs(self, fused) if enabled else None)
+        self.step_runtime.graphs = ForwardGraphs(self, fused) if enabled else None
 
     @property
     def graph_capture(self):
-        return self.__dict__.get("_graphs") is not None
+        return self.step_runtime.graphs is not None
 
-    def forward_step(self, x, training):
-        graphs = self.__dict__.get("_graphs")
-        if graphs is None or not isinstance(x, torch.Tensor):
-            return self(x, training=training)
-        return graphs(x, training)
-
-    # --- data parallelism
+    @property
+    def _graphs(self):  # tests/test_models.py reads it; use `step_runtime.graphs`
+        return self.step_runtime.graphs
 
     def set_data_parallel(self, parallel):
-        """`parallel`: a `distributed.DataParallel` (or None: a single process). A runtime setting."""
-        object.__setattr__(self, "_parallel", parallel)
+        """`parallel`: a `data_parallel.DataParallel` (or None: a single process)."""
+        self.step_runtime.set_data_parallel(parallel)
 
     @property
     def data_parallel(self):
-        return self.__dict__.get("_parallel")
+        return self.step_runtime.parallel
+
+    def refresh_step_plan(self):
+        """After a change of the trainable variables (`variable.trainable = False` at an epoch
+        start): the next step gathers them again, and a data-parallel run rebuilds its DDP wrapper
+        over them (every rank must call this at the same point)."""
+        self.step_runtime.refresh()
+
+    def forward_step(self, x, training):
+        return self.step_runtime.forward(x, training)
+
+    # --- metrics of a data-parallel run
 
     def reset_metrics(self):
         super().reset_metrics()
-        object.__setattr__(self, "_metrics_reduced", False)
+        self.step_runtime.metrics_reduced = False
 
     def get_metrics_result(self):
         """The metrics; in a data-parallel run reduced over the ranks first, once per epoch or
         evaluation (every rank calls this at the same points, so the collective matches)."""
-        parallel = self.__dict__.get("_parallel")
-        if parallel is not None and not self.__dict__.get("_metrics_reduced", False):
-            object.__setattr__(self, "_metrics_reduced", True)
-            parallel.reduce_metrics(self.metrics)
+        runtime = self.step_runtime
+        if runtime.parallel is not None and not runtime.metrics_reduced:
+            runtime.metrics_reduced = True
+            runtime.parallel.reduce_metrics(self.metrics)
         return super().get_metrics_result()
 
     # --- steps
 
     def make_train_function(self, force=False):
         require_torch("Training a keras_cifar model")
-        object.__setattr__(self, "_plan", None)  # trainable weights or compile settings may have changed
+        self.refresh_step_plan()  # trainable weights or compile settings may have changed
         return super().make_train_function(force)
 
     def make_test_function(self, force=False):
-        object.__setattr__(self, "_plan", None)
+        self.step_runtime.plan = None
         return super().make_test_function(force)
-
-    def _step_plan(self):
-        plan = self.__dict__.get("_plan")
-        if plan is None:
-            plan = _StepPlan(self)
-            object.__setattr__(self, "_plan", plan)
-        return plan
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        plan = self._step_plan()
+        runtime = self.step_runtime
+        plan = runtime.step_plan()
         if not plan.lean or sample_weight is not None:
             return self._generic_train_step(x, y, sample_weight)
-        y_pred = self.forward_step(x, training=True)
+        y_pred = runtime.training_forward(x)
         y = torch.as_tensor(y, device=y_pred.device)  # the same tensor when it already is one
         loss = self.loss.call(y, y_pred).mean()
         for parameter in plan.parameters:
             parameter.grad = None
-        self._backward(loss)
+        runtime.backward(self.optimizer.scale_loss(loss))
         self.optimizer.apply([parameter.grad for parameter in plan.parameters], plan.trainable_weights)
         return self._track(plan, loss, y, y_pred)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        plan = self._step_plan()
+        plan = self.step_runtime.step_plan()
         y_pred = self.forward_step(x, training=False)
         if not plan.lean or sample_weight is not None:
-            loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight, training=False)
-            keras_internals.loss_tracker(self).update_state(loss, sample_weight=x.shape[0])
+            loss = self.compute_loss(x, y, y_pred, sample_weight, training=False)
+            self.loss_tracker.update_state(loss, sample_weight=x.shape[0])
             self._update_accuracy(plan, y, y_pred)
             return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         y = torch.as_tensor(y, device=y_pred.device)
@@ -199,18 +201,6 @@ class ImageClassifier(keras.Model):
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.forward_step(x, training=False)
-
-    def _backward(self, loss):
-        """The scaled loss's backward pass; under data parallelism the gradients are averaged
-        across ranks as they are produced (`keras_cifar.train.distributed`)."""
-        parallel = self.__dict__.get("_parallel")
-        if parallel is not None:
-            parallel.before_backward()
-        graphs = self.__dict__.get("_graphs")
-        with graphs.fuser if graphs is not None else _EAGER:
-            self.optimizer.scale_loss(loss).backward()
-        if parallel is not None:
-            parallel.after_backward()
 
     def _track(self, plan, loss, y, y_pred):
         """Accumulates the loss and accuracy in place, on the device; -> the running means."""
@@ -228,13 +218,14 @@ class ImageClassifier(keras.Model):
 
     def _generic_train_step(self, x, y, sample_weight):
         """Keras's own train step (what `keras.Model.train_step` does on torch), with the
-        captured forward and the classifier's accuracy."""
-        plan = self._step_plan()
-        y_pred = self.forward_step(x, training=True)
+        captured forward, the classifier's trackers and, data-parallel, DDP's forward."""
+        runtime = self.step_runtime
+        plan = runtime.step_plan()
+        y_pred = runtime.training_forward(x)
         self.zero_grad()
-        loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight, training=True)
-        keras_internals.loss_tracker(self).update_state(loss, sample_weight=x.shape[0])
-        self._backward(loss)
+        loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
+        self.loss_tracker.update_state(loss, sample_weight=x.shape[0])
+        runtime.backward(self.optimizer.scale_loss(loss))
         trainable_weights = self.trainable_weights[:]
         with torch.no_grad():
             self.optimizer.apply([v.value.grad for v in trainable_weights], trainable_weights)
