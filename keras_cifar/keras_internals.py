@@ -49,13 +49,13 @@ INTERNALS = (
     ),
     Internal(
         "keras.optimizers.Adam._momentums",
-        ("keras_cifar/train/optim.py",),
+        ("keras_cifar/optim/adam.py",),
         "Adam's first-moment slot variables, which torch.optim's update of TorchAdam/TorchAdamW updates in place.",
         "none by role: Optimizer.variables lists every slot flat (see `slot_variables` below).",
     ),
     Internal(
         "keras.optimizers.Adam._velocities",
-        ("keras_cifar/train/optim.py",),
+        ("keras_cifar/optim/adam.py",),
         "Adam's second-moment slot variables, updated in place by TorchAdam/TorchAdamW.",
         "none by role (see `slot_variables` below).",
     ),
@@ -73,7 +73,7 @@ INTERNALS = (
     ),
     Internal(
         "keras.optimizers.Optimizer._get_variable_index",
-        ("keras_cifar/train/optim.py",),
+        ("keras_cifar/optim/adam.py", "keras_cifar/optim/sgd.py"),
         "The slot index of a trainable variable.",
         "none (see `slot_variables` below).",
     ),
@@ -127,7 +127,7 @@ INTERNALS = (
     ),
     Internal(
         "keras.layers.BatchNormalization._moments",
-        ("keras_cifar/train/data_parallel.py", "keras_cifar/models/layers.py"),
+        ("keras_cifar/train/data_parallel.py", "keras_cifar/models/batch_norm.py"),
         "The batch moments of a training step. `--sync-bn` replaces it on each BatchNormalization layer of "
         "the model being trained (an instance attribute, through `set_batch_norm_moments`) with moments over "
         "the global batch, summed across ranks by an autograd-aware all-reduce.",
@@ -153,20 +153,20 @@ INTERNALS = (
 TORCH_INTERNALS = (
     Internal(
         "torch._amp_foreach_non_finite_check_and_unscale_",
-        ("keras_cifar/train/optim.py",),
+        ("keras_cifar/optim/loss_scale.py",),
         "Unscales the gradients and flags infinities on the device in one kernel (TorchLossScaleOptimizer, "
         "float16): what torch.amp.GradScaler.unscale_ calls.",
         "torch.amp.GradScaler: public, but keeps its own scale state, not Keras's checkpointed variables.",
     ),
     Internal(
         "torch._amp_update_scale_",
-        ("keras_cifar/train/optim.py",),
+        ("keras_cifar/optim/loss_scale.py",),
         "Grows or backs off the loss scale on the device (what GradScaler.update calls).",
         "torch.amp.GradScaler (see above).",
     ),
     Internal(
         "torch.optim.Optimizer.found_inf",
-        ("keras_cifar/train/optim.py",),
+        ("keras_cifar/optim/torch_update.py",),
         "Attribute that torch's fused Adam/AdamW/SGD read in `step()` to skip a step on the device "
         "(set by GradScaler.step).",
         "torch.amp.GradScaler.step (see above).",

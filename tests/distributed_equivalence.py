@@ -50,8 +50,6 @@ def fresh_model(config, steps_per_epoch):
     seed_everything(config.seed)
     model = build_model(config, 10)
     compile_model(model, config, steps_per_epoch)
-    if hasattr(model.optimizer, "average_model_state"):  # what the optimizers' factory will do (the lookahead's)
-        model.optimizer.average_model_state([v for v in model.non_trainable_weights if "float" in str(v.dtype)])
     return model
 
 
@@ -162,7 +160,7 @@ def steady_state_host_syncs(split, group, folder):
 
 def averaged_state(model):
     """What trainer.py passes to `prepare`: the lookahead's averages of the batch-norm statistics."""
-    return getattr(model.optimizer, "model_state_averages", list)
+    return model.optimizer.model_state_averages
 
 
 class FreezeAt(keras.callbacks.Callback):

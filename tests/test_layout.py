@@ -8,12 +8,6 @@ from tests.conftest import REPO
 
 MAX_LINES = 450
 
-# shrinking in progress (issue 30): known offenders, to delete as each is fixed.
-LONG_MODULES = {
-    "keras_cifar/train/distributed.py": "being split",
-}
-TESTS_IMPORTING_BENCH = {}
-MODELS_IMPORTING_TRAIN = {}
 
 
 def _sources(folder):
@@ -66,23 +60,16 @@ def bench_importers_in_tests():
             if any(_in_package(module, "bench") for module in imported_modules(path))}
 
 
-def _check(found, allowed, what):
-    new = sorted(found - set(allowed))
-    assert not new, f"{what}: {', '.join(new)}"
-    fixed = sorted(set(allowed) - found)
-    assert not fixed, f"no longer {what}, delete from the allow-list: {', '.join(fixed)}"
-
-
 def test_no_module_is_over_450_lines():
-    _check(long_modules(), LONG_MODULES, f"over {MAX_LINES} lines")
+    assert long_modules() == set(), f"over {MAX_LINES} lines"
 
 
 def test_models_do_not_import_training():
-    _check(models_importing_train(), MODELS_IMPORTING_TRAIN, "models importing keras_cifar.train")
+    assert models_importing_train() == set()
 
 
 def test_tests_do_not_import_bench():
-    _check(bench_importers_in_tests(), TESTS_IMPORTING_BENCH, "tests importing the bench package")
+    assert bench_importers_in_tests() == set()
 
 
 def test_the_checks_see_every_kind_of_import(tmp_path):

@@ -149,7 +149,7 @@ def test_graph_capture_equals_eager(name):
         other = torch.as_tensor(random_images(count, seed=count))
         torch.testing.assert_close(model.forward_step(other, training=False), model(other, training=False),
                                    rtol=0, atol=1e-6)
-    assert len(model._graphs.graphs) == 1  # one trace served every batch size
+    assert len(model.step_runtime.graphs.graphs) == 1  # one trace served every batch size
 
     if name == "googlenet":
         return  # dropout draws different masks in every call; its statistics are checked below

@@ -124,10 +124,6 @@ class ImageClassifier(keras.Model):
     def graph_capture(self):
         return self.step_runtime.graphs is not None
 
-    @property
-    def _graphs(self):  # tests/test_models.py reads it; use `step_runtime.graphs`
-        return self.step_runtime.graphs
-
     def set_data_parallel(self, parallel):
         """`parallel`: a `data_parallel.DataParallel` (or None: a single process)."""
         self.step_runtime.set_data_parallel(parallel)

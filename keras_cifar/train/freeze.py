@@ -29,8 +29,4 @@ class WhiteningBiasFreeze(keras.callbacks.Callback):
         variable.trainable = trainable
         if not trainable and keras.backend.backend() == "torch":
             variable.value.grad = None
-        refresh = getattr(self.model, "refresh_step_plan", None)  # TEMP until classifier.refresh_step_plan lands
-        if refresh is not None:  # TEMP until classifier.refresh_step_plan lands
-            refresh()
-        else:  # TEMP until classifier.refresh_step_plan lands
-            self.model.__dict__.pop("_plan", None)
+        self.model.refresh_step_plan()

@@ -195,8 +195,7 @@ def _fit(config, resume_path, verbose, echo):
             run_path = new_run_folder(config, state, model, stack) if group.is_main else None
             run_path = group.broadcast(run_path)  # one run folder, rank 0's
         model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
-        averaged_state = getattr(model.optimizer, "model_state_averages", list)  # integration
-        distributed.prepare(model, config, group, echo, averaged_state=averaged_state)
+        distributed.prepare(model, config, group, echo, averaged_state=model.optimizer.model_state_averages)
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
         return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
                       started)
