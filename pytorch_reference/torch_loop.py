@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from keras_cifar.train.callbacks import write_metrics_csv
+from keras_cifar.train.commit import write_metrics_csv
 from pytorch_reference import originals as reference
 
 

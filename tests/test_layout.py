@@ -80,3 +80,21 @@ def test_the_checks_see_every_kind_of_import(tmp_path):
     modules = imported_modules(source)
     assert {"bench.gpu_check", "keras_cifar.train.optim", "bench", "bench.host_syncs", "bench."} <= modules
     assert not _in_package("benchmark", "bench") and _in_package("bench.", "bench")
+
+
+# The modules a reader opens to follow one training step of `cli.py fit` (docs/ARCHITECTURE.md):
+# the command, the schema, the trainer that assembles the run, Adam's path through the optimizer
+# package, the loss, the model's step, the per-step callbacks, the loader, and the data-parallel
+# wrapper that a torchrun step adds.
+STEP_PATH = (
+    "keras_cifar/cli.py", "keras_cifar/train/run_config.py", "keras_cifar/train/trainer.py",
+    "keras_cifar/optim/factory.py", "keras_cifar/optim/schedules.py", "keras_cifar/optim/torch_update.py",
+    "keras_cifar/optim/adam.py", "keras_cifar/losses.py", "keras_cifar/models/classifier.py",
+    "keras_cifar/models/step_runtime.py", "keras_cifar/models/graph_capture.py", "keras_cifar/train/callbacks.py",
+    "keras_cifar/data/loader.py", "keras_cifar/train/data_parallel.py",
+)
+
+
+def test_one_training_step_reads_in_at_most_2000_lines():
+    lines = {path: len((REPO / path).read_text().splitlines()) for path in STEP_PATH}
+    assert sum(lines.values()) <= 2000, lines

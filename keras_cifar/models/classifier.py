@@ -36,7 +36,7 @@ import torch
 from keras_cifar import keras_internals
 from keras_cifar._backend import on_torch, require_torch
 from keras_cifar.models.graph_capture import ForwardGraphs, capturable
-from keras_cifar.models.layers import PACKAGE
+from keras_cifar._backend import PACKAGE
 from keras_cifar.models.step_runtime import StepRuntime
 
 ACCURACY = "accuracy"

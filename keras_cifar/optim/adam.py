@@ -4,7 +4,7 @@ import keras
 import torch
 
 from keras_cifar import keras_internals
-from keras_cifar.models.layers import PACKAGE
+from keras_cifar._backend import PACKAGE
 from keras_cifar.optim.torch_update import TorchUpdate
 
 

@@ -4,7 +4,7 @@ import keras
 import torch
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
-from keras_cifar.models.layers import PACKAGE
+from keras_cifar._backend import PACKAGE
 
 
 def model_state(model):

@@ -3,7 +3,7 @@
 import keras
 import torch
 
-from keras_cifar.models.layers import PACKAGE
+from keras_cifar._backend import PACKAGE
 from keras_cifar.optim.sgd import TorchSGD
 
 

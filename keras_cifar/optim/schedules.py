@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_cifar.models.layers import PACKAGE
+from keras_cifar._backend import PACKAGE
 
 
 class PythonSchedule(keras.optimizers.schedules.LearningRateSchedule):

@@ -7,7 +7,6 @@ never waits for the device.
 """
 
 import keras
-import torch
 
 from keras_cifar import keras_internals
 from keras_cifar.optim.schedules import PythonSchedule

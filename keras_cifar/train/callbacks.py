@@ -10,7 +10,6 @@ import torch
 
 from keras_cifar import keras_internals
 from keras_cifar.data.loader import stream_seed
-from keras_cifar.train.commit import write_metrics_csv  # noqa: F401  (bench/torch_loop.py imports it from here)
 
 
 class EpochSeeder(keras.callbacks.Callback):

@@ -52,7 +52,7 @@ def settings_markdown():
         "models listed and are rejected for the others. Resumable settings may change when a run is",
         "resumed (`fit --resume`); the others define the run.",
         "",
-        "Generated from `RunConfig` in `keras_cifar/train/config.py`, the one place a setting is declared",
+        "Generated from `RunConfig` in `keras_cifar/train/run_config.py`, the one place a setting is declared",
         "(`python -m keras_cifar.train.settings_doc docs/SETTINGS.md` rewrites this file; a test checks it).",
         "",
         "| key | flag | values | default | description |",
