@@ -68,7 +68,8 @@ class ImageClassifier(keras.Model):
         own_accuracy = on_torch() and metrics is not None and list(metrics) == [ACCURACY]
         super().compile(optimizer=optimizer, loss=loss, metrics=None if own_accuracy else metrics, **kwargs)
         runtime = self.step_runtime
-        runtime.loss_tracker = keras.metrics.Mean(name="loss")
+        # Another backend runs Keras's own steps, which update Keras's loss tracker: keep it there.
+        runtime.loss_tracker = keras.metrics.Mean(name="loss") if on_torch() else None
         runtime.accuracy_tracker = keras.metrics.Mean(name=ACCURACY) if own_accuracy else None
         runtime.plan = None
 
