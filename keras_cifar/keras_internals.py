@@ -142,6 +142,21 @@ INTERNALS = (
         "layer.axis (public): the complement over the input rank gives the same axes.",
     ),
     Internal(
+        "keras.optimizers.Optimizer._iterations",
+        ("keras_cifar/optim/torch_update.py",),
+        "The step-count variable behind `Optimizer.iterations`, which keras_cifar's optimizers override to "
+        "write the host's count first (`optimizer_iterations`). Keras's own `learning_rate` reads it directly.",
+        "Optimizer.iterations (public), which is the overridden property here.",
+    ),
+    Internal(
+        "keras.Variable._value",
+        ("keras_cifar/models/conv.py", "keras_cifar/models/airbench94.py", "keras_cifar/optim/torch_update.py"),
+        "The torch Parameter behind a Keras variable, replaced by one with the same values and another "
+        "memory layout (`lay_out`): a convolution kernel stored as torch's (out, in, kh, kw) under Keras's "
+        "(kh, kw, in, out) shape, so that autograd need not copy each kernel gradient into Keras's layout.",
+        "none: Variable.assign copies values into the existing tensor, keeping its layout.",
+    ),
+    Internal(
         "keras.metrics.Mean.count",
         ("keras_cifar/models/step_runtime.py",),
         "The running count of a Mean metric, likewise.",
@@ -222,6 +237,12 @@ def optimizer_variables(optimizer):
     return list(optimizer._trainable_variables)
 
 
+def optimizer_iterations(optimizer):
+    """The optimizer's step-count variable itself, without going through a subclass's
+    `iterations` property (keras_cifar's optimizers write their host count there when read)."""
+    return optimizer._iterations
+
+
 def optimizer_learning_rate(optimizer):
     """The learning rate as set: a LearningRateSchedule, a callable, or the Keras variable of a
     constant rate (without evaluating a schedule)."""
@@ -235,6 +256,18 @@ def current_device():
 
 
 unpack_x_y_sample_weight = keras.utils.unpack_x_y_sample_weight  # public; for the custom steps
+
+
+def lay_out(variable, order):
+    """Re-lays the torch tensor behind the Keras `variable` so that `tensor.permute(order)` is
+    contiguous; shape and values unchanged. Call it before the layer's torch module tracks the
+    variable (in `build`), or before an optimizer hands the tensor to torch (its slots)."""
+    import torch
+
+    value = variable._value
+    inverse = [order.index(axis) for axis in range(len(order))]
+    laid_out = value.detach().permute(order).contiguous().permute(inverse)
+    variable._value = torch.nn.Parameter(laid_out, requires_grad=value.requires_grad)
 
 
 def mean_metric_state(metric):

@@ -23,6 +23,19 @@ class SparseCrossentropy(keras.losses.Loss):
         return torch.nn.functional.cross_entropy(y_pred.float(), y_true.reshape(-1).long(), reduction="none",
                                                  label_smoothing=self.label_smoothing)
 
+    def batch_mean(self, y_true, y_pred):
+        """`call(...).mean()` in fewer kernels (torch backend): the reduction inside torch's kernel.
+        With label smoothing torch's mean reduction adds three kernels (a count of the labels it
+        does not ignore, and a division), where the sum scaled by 1 / batch adds one."""
+        if self.label_smoothing:
+            return self.batch_sum(y_true, y_pred) * (1.0 / y_pred.shape[0])
+        return torch.nn.functional.cross_entropy(y_pred.float(), y_true.reshape(-1).long())
+
+    def batch_sum(self, y_true, y_pred):
+        """`call(...).sum()` in fewer kernels (torch backend)."""
+        return torch.nn.functional.cross_entropy(y_pred.float(), y_true.reshape(-1).long(), reduction="sum",
+                                                 label_smoothing=self.label_smoothing)
+
     def _portable_call(self, y_true, y_pred):
         """The same loss in `keras.ops`, for evaluating a checkpoint on another backend."""
         log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)

@@ -30,6 +30,7 @@ def sample_objects():
         "keras.Layer": model,
         "keras.optimizers.SGD": _built(keras.optimizers.SGD(momentum=0.9), model),
         "keras.metrics.Mean": keras.metrics.Mean(),
+        "keras.Variable": keras.Variable(np.zeros(2)),
         "keras.layers.BatchNormalization": _built_layer(keras.layers.BatchNormalization(), (None, 4)),
     }
 

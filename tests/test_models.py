@@ -3,6 +3,7 @@ originals, saving, in-model preprocessing. Parametrized over the registry, so a
 new model is tested for free (add its reference to pytorch_reference/originals.py)."""
 
 import json
+import pathlib
 
 import cv2
 import keras
@@ -254,3 +255,19 @@ def test_seeded_models_are_identical():
     second = kc.create_model("resnet_lite").get_weights()
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "inception_lite"])
+def test_checkpoints_of_an_earlier_release_load_predict_and_train(model_name):
+    """Checkpoints saved by e8a655f (before the layers that launch fewer kernels: TorchDense, the
+    kernel's torch layout, padding inside torch's pooling and convolution kernels) load with the
+    layers they were saved with, give the logits they gave then, and train on (tests/data/e8a655f:
+    one training step from the registry's model, then the logits of 8 random images)."""
+    folder = pathlib.Path(__file__).parent / "data" / "e8a655f"
+    model = keras.saving.load_model(folder / f"{model_name}.keras")
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model.predict(images, verbose=0), np.load(folder / "logits.npz")[model_name],
+                               rtol=0, atol=1e-5)
+    model.set_graph_capture(True)
+    first = model.train_on_batch(images, np.arange(8) % 10, return_dict=True)["loss"]
+    assert np.isfinite(first)

@@ -29,13 +29,15 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_cifar import keras_internals
 from keras_cifar._backend import PACKAGE
 from keras_cifar.models.batch_norm import TorchBatchNorm
 from keras_cifar.models.classifier import ImageClassifier
-from keras_cifar.models.conv import TorchConv2D, channels_last_conv2d, torch_conv2d
+from keras_cifar.models.conv import KERNEL_MEMORY_ORDER, TorchConv2D, channels_last_conv2d, torch_conv2d
 from keras_cifar.models.data_format import channel_axis
 from keras_cifar.models.init import initialize
-from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
+from keras_cifar.models.preprocessing import (LeanRescaling, RAW_IMAGE_SHAPE, preprocess, raw_image_input,
+                                             validate_common)
 from keras_cifar.models.registry import register_model
 
 WHITENINGS = ("data", "learned")
@@ -80,6 +82,8 @@ class PatchWhitening(layers.Layer):
         self.kernel = self.add_weight(shape=(size, size, channels, self.filters), initializer="glorot_uniform",
                                       trainable=False, name="kernel")
         self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+        if keras.backend.backend() == "torch":
+            keras_internals.lay_out(self.kernel, KERNEL_MEMORY_ORDER)  # as TorchConv2D's: read as a view
 
     def call(self, x):
         if self.data_format == "channels_first":
@@ -203,7 +207,7 @@ def build_airbench94(num_classes=10, data_format="channels_first", input_shape=R
     x = layers.Flatten(data_format="channels_last", name="flatten")(x)
     # The head computes in float32 under mixed precision: logits and loss keep full precision.
     x = layers.Dense(num_classes, use_bias=False, dtype="float32", name="fc")(x)
-    outputs = layers.Rescaling(logit_scale, dtype="float32", name="logit_scale")(x)
+    outputs = LeanRescaling(logit_scale, dtype="float32", name="logit_scale")(x)
     model = initialize(ImageClassifier(inputs, outputs, name=name), init)
     if init == "torch":
         for layer in model.layers:

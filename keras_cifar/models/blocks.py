@@ -37,10 +37,12 @@ def follow_dtype_policy(layer):
         sublayer.dtype_policy = layer.dtype_policy
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class SymmetricMaxPooling2D(layers.Layer):
-    """`nn.MaxPool2d(pool_size, strides, padding)`: max pooling with `padding`
-    pixels of -inf on every side, as PyTorch pads."""
+class _SymmetricPooling2D(layers.Layer):
+    """PyTorch's pooling with `padding` pixels on every side: inside torch's kernel on the torch
+    backend (channels-first), explicit padding then Keras's pooling elsewhere."""
+
+    keras_pooling = None  # the Keras layer of the same pooling without padding
+    pad_value = 0.0
 
     def __init__(self, pool_size=3, strides=2, padding=1, data_format=None, **kwargs):
         super().__init__(**kwargs)
@@ -48,7 +50,7 @@ class SymmetricMaxPooling2D(layers.Layer):
         self.strides = strides
         self.padding = padding
         self.data_format = standardize_data_format(data_format)
-        self._pool = layers.MaxPooling2D(pool_size, strides, padding="valid", data_format=self.data_format)
+        self._pool = self.keras_pooling(pool_size, strides, padding="valid", data_format=self.data_format)
 
     def build(self, input_shape):
         follow_dtype_policy(self)
@@ -64,12 +66,17 @@ class SymmetricMaxPooling2D(layers.Layer):
     def _spatial_axes(self):
         return (2, 3) if self.data_format == "channels_first" else (1, 2)
 
+    def torch_pooling(self, x):
+        raise NotImplementedError
+
     def call(self, x):
+        if keras.backend.backend() == "torch" and self.data_format == "channels_first":
+            return self.torch_pooling(x)
         if self.padding:
             pad = [[0, 0]] * 4
             for axis in self._spatial_axes():
                 pad[axis] = [self.padding, self.padding]
-            x = ops.pad(x, pad, constant_values=float("-inf"))
+            x = ops.pad(x, pad, constant_values=self.pad_value)
         return self._pool(x)
 
     def compute_output_shape(self, input_shape):
@@ -81,6 +88,33 @@ class SymmetricMaxPooling2D(layers.Layer):
             pool_size=self.pool_size, strides=self.strides, padding=self.padding, data_format=self.data_format
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SymmetricMaxPooling2D(_SymmetricPooling2D):
+    """`nn.MaxPool2d(pool_size, strides, padding)`: max pooling with `padding`
+    pixels of -inf on every side, as PyTorch pads."""
+
+    keras_pooling = layers.MaxPooling2D
+    pad_value = float("-inf")
+
+    def torch_pooling(self, x):
+        import torch.nn.functional as F
+
+        return F.max_pool2d(x, self.pool_size, self.strides, self.padding)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SymmetricAveragePooling2D(_SymmetricPooling2D):
+    """`nn.AvgPool2d(pool_size, strides, padding)`: average pooling over `padding` pixels of
+    zeros on every side, the zeros counted (`count_include_pad`), as PyTorch does."""
+
+    keras_pooling = layers.AveragePooling2D
+
+    def torch_pooling(self, x):
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(x, self.pool_size, self.strides, self.padding, count_include_pad=True)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -165,13 +199,8 @@ class InceptionBlock(layers.Layer):
         units_3x3 = [("b3x3_reduce", filters_3x3_reduce, 1), ("b3x3", filters_3x3, 3)]
         if double_3x3:
             units_3x3.append(("b3x3_2", filters_3x3, 3))
-        if pool == "max":
-            pool_layers = [layers.MaxPooling2D(3, 1, padding="same", data_format=self.data_format)]
-        else:
-            pool_layers = [
-                layers.ZeroPadding2D(1, data_format=self.data_format),
-                layers.AveragePooling2D(3, 1, padding="valid", data_format=self.data_format),
-            ]
+        pooling = SymmetricMaxPooling2D if pool == "max" else SymmetricAveragePooling2D
+        pool_layers = [pooling(3, 1, 1, data_format=self.data_format)]
         self._branches = {
             "1x1": self._conv_unit("b1x1", filters_1x1, 1),
             "3x3": [layer for unit in units_3x3 for layer in self._conv_unit(*unit)],

@@ -10,10 +10,15 @@ makes each step cost what a plain PyTorch loop costs:
 
 - the forward pass replays a graph captured once (`graph_capture.ForwardGraphs`) through the
   model's own Keras layers: the same torch ops on the same variables;
-- the loss is the compiled loss's per-example `call` averaged in torch, the loss and accuracy are
-  accumulated in place on the device, and the logs are device tensors (read only by whoever
-  needs a number);
+- the loss is the compiled loss reduced inside torch's kernel (`batch_mean`, `batch_sum`), the
+  loss and accuracy are added in place on the device (`step_runtime.DeviceMean`: one kernel each,
+  the example counts kept on the host), and the logs are the running means as device tensors,
+  or, in `fit` with the run's callbacks, computed only when a batch hook reads them;
 - the optimizer is one of `keras_cifar.optim`'s, whose update is torch.optim's fused one.
+
+Each step launches no more kernels than a tidy PyTorch loop of the same network and optimizer
+(tests/test_ops_per_step.py; `python -m bench.ops_per_step`): on a GPU, where small networks
+are bound by kernel launches, that is what their speed follows.
 
 Anything outside that plan (sample weights, other compiled metrics or losses, regularisers)
 takes Keras's generic path, which computes the same numbers more slowly.
@@ -37,7 +42,7 @@ from keras_cifar import keras_internals
 from keras_cifar._backend import on_torch, require_torch
 from keras_cifar.models.graph_capture import ForwardGraphs, capturable
 from keras_cifar._backend import PACKAGE
-from keras_cifar.models.step_runtime import StepRuntime
+from keras_cifar.models.step_runtime import DeviceMean, StepRuntime
 
 ACCURACY = "accuracy"
 
@@ -69,8 +74,8 @@ class ImageClassifier(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=None if own_accuracy else metrics, **kwargs)
         runtime = self.step_runtime
         # Another backend runs Keras's own steps, which update Keras's loss tracker: keep it there.
-        runtime.loss_tracker = keras.metrics.Mean(name="loss") if on_torch() else None
-        runtime.accuracy_tracker = keras.metrics.Mean(name=ACCURACY) if own_accuracy else None
+        runtime.loss_tracker = DeviceMean(name="loss") if on_torch() else None
+        runtime.accuracy_tracker = DeviceMean(name=ACCURACY) if own_accuracy else None
         runtime.plan = None
 
     def get_compile_config(self):
@@ -176,48 +181,53 @@ class ImageClassifier(keras.Model):
             return self._generic_train_step(x, y, sample_weight)
         y_pred = runtime.training_forward(x)
         y = torch.as_tensor(y, device=y_pred.device)  # the same tensor when it already is one
-        loss = self.loss.call(y, y_pred).mean()
+        loss = self.loss.batch_mean(y, y_pred)
         for parameter in plan.parameters:
             parameter.grad = None
         runtime.backward(self.optimizer.scale_loss(loss))
         self.optimizer.apply([parameter.grad for parameter in plan.parameters], plan.trainable_weights)
-        return self._track(plan, loss, y, y_pred)
+        return self._track(loss, y, y_pred)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        plan = self.step_runtime.step_plan()
+        runtime = self.step_runtime
+        plan = runtime.step_plan()
         y_pred = self.forward_step(x, training=False)
         if not plan.lean or sample_weight is not None:
             loss = self.compute_loss(x, y, y_pred, sample_weight, training=False)
             self.loss_tracker.update_state(loss, sample_weight=x.shape[0])
-            self._update_accuracy(plan, y, y_pred)
+            self._update_accuracy(y, y_pred)
             return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         y = torch.as_tensor(y, device=y_pred.device)
-        return self._track(plan, self.loss.call(y, y_pred).mean(), y, y_pred)
+        return self._track(self.loss.batch_sum(y, y_pred), y, y_pred, loss_is_sum=True)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.forward_step(x, training=False)
 
-    def _track(self, plan, loss, y, y_pred):
-        """Accumulates the loss and accuracy in place, on the device; -> the running means."""
+    def _track(self, loss, y, y_pred, loss_is_sum=False):
+        """Adds the batch's loss and accuracy to the trackers, on the device; -> the step's logs: the
+        running means, or the trackers themselves when the caller asked to read them only if needed
+        (`logs_as_trackers`, for this one step: the run's callback list, `RunningMeans`)."""
         count = y_pred.shape[0]
-        plan.loss_total.add_(loss.detach() * count)
-        plan.loss_count.add_(count)
-        self._update_accuracy(plan, y, y_pred)
-        return {"loss": plan.loss_total / plan.loss_count, ACCURACY: plan.correct / plan.seen}
+        self.loss_tracker.add_batch(loss.detach(), count, scale=1 if loss_is_sum else count)
+        self._update_accuracy(y, y_pred)
+        runtime = self.step_runtime
+        trackers = [tracker for tracker in (self.loss_tracker, self.accuracy_tracker) if tracker is not None]
+        if runtime.logs_as_trackers:
+            runtime.logs_as_trackers = False
+            return {tracker.name: tracker for tracker in trackers}
+        return {tracker.name: tracker.running_mean() for tracker in trackers}
 
-    def _update_accuracy(self, plan, y, y_pred):
-        if plan.correct is not None:
+    def _update_accuracy(self, y, y_pred):
+        if self.accuracy_tracker is not None:
             y = torch.as_tensor(y, device=y_pred.device)
-            plan.correct.add_((y_pred.detach().argmax(-1) == y.reshape(-1)).sum())
-            plan.seen.add_(y_pred.shape[0])
+            self.accuracy_tracker.add_batch((y_pred.detach().argmax(-1) == y.reshape(-1)).sum(), y_pred.shape[0])
 
     def _generic_train_step(self, x, y, sample_weight):
         """Keras's own train step (what `keras.Model.train_step` does on torch), with the
         captured forward, the classifier's trackers and, data-parallel, DDP's forward."""
         runtime = self.step_runtime
-        plan = runtime.step_plan()
         y_pred = runtime.training_forward(x)
         self.zero_grad()
         loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
@@ -226,7 +236,7 @@ class ImageClassifier(keras.Model):
         trainable_weights = self.trainable_weights[:]
         with torch.no_grad():
             self.optimizer.apply([v.value.grad for v in trainable_weights], trainable_weights)
-        self._update_accuracy(plan, y, y_pred)
+        self._update_accuracy(y, y_pred)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 

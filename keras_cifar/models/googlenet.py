@@ -4,7 +4,7 @@ from keras import layers
 
 from keras_cifar.models.blocks import InceptionBlock, SymmetricMaxPooling2D
 from keras_cifar.models.classifier import ImageClassifier
-from keras_cifar.models.conv import TorchConv2D, torch_conv
+from keras_cifar.models.conv import TorchConv2D, TorchDense, torch_conv
 from keras_cifar.models.init import initialize
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
@@ -55,5 +55,5 @@ def build_googlenet(num_classes=10, data_format="channels_first", input_shape=RA
     x = layers.GlobalAveragePooling2D(data_format=data_format, name="avgpool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     # The head computes in float32 under mixed precision: logits and loss keep full precision.
-    outputs = layers.Dense(num_classes, dtype="float32", name="fc")(x)
+    outputs = TorchDense(num_classes, dtype="float32", name="fc")(x)
     return initialize(ImageClassifier(inputs, outputs, name=name), init)

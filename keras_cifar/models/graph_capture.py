@@ -7,12 +7,17 @@ dropout are those of eager Keras, without Keras's per-layer Python. torch 2.14 d
 TorchScript (no removal date yet); another mechanism (torch.compile, CUDA graphs of the whole
 step) replaces this class without touching the rest of the code.
 
-TorchScript's executor optimises a replayed graph at its second run and again for each new input
-shape (the last partial batch, evaluation, predict); its fuser, on by default for CUDA and off for
-the CPU, would then compile fused kernels there, outside the first step, with their own rounding.
-The replays run with the fuser off unless the model asks for it (`fused=True`, the `jit` setting
-`trace-fused`): on a GPU they then compute what the CPU tests verified. The switch covers the
-backward pass too, whose graph the executor optimises when it first runs.
+TorchScript's executor would optimise a replayed graph at its second run and again for each new
+input shape (the last partial batch, evaluation, predict): it rewrites ops (a dense layer's
+`addmm` into `mm` and `add`: one kernel more), differentiates the graph itself, and on CUDA fuses
+kernels, with their own rounding. The replays run unoptimised, op for op what eager Keras runs,
+unless the model asks for fusion (`fused=True`, the `jit` setting `trace-fused`): on a GPU they
+then compute what the CPU tests verified. The setting covers the backward pass too, whose graph
+the executor would optimise when it first runs.
+
+Capturing runs the forward once, which would draw from the random generators (dropout's masks):
+they are restored, so that capturing draws nothing and a resumed run, which captures again at
+another step, draws the masks an uninterrupted run draws.
 """
 
 import warnings
@@ -39,20 +44,24 @@ def capturable(model):
 
 
 class Fuser:
-    """A context in which TorchScript may fuse on CUDA (`fused`) or not at all; the CPU never."""
+    """A context in which TorchScript optimises and fuses the replays on CUDA (`fused`), or runs
+    them op by op, unoptimised; on the CPU it never fuses."""
 
     def __init__(self, fused):
         self.fused = fused
         self._saved = []
 
     def __enter__(self):
-        self._saved.append((torch._C._jit_can_fuse_on_cpu(), torch._C._jit_can_fuse_on_gpu()))
+        self._saved.append((torch._C._jit_can_fuse_on_cpu(), torch._C._jit_can_fuse_on_gpu(),
+                            torch.jit.optimized_execution(self.fused)))
         torch._C._jit_override_can_fuse_on_cpu(False)
         torch._C._jit_override_can_fuse_on_gpu(self.fused)
+        self._saved[-1][2].__enter__()
         return self
 
     def __exit__(self, *exc_info):
-        cpu, gpu = self._saved.pop()
+        cpu, gpu, optimized = self._saved.pop()
+        optimized.__exit__(*exc_info)
         torch._C._jit_override_can_fuse_on_cpu(cpu)
         torch._C._jit_override_can_fuse_on_gpu(gpu)
 
@@ -83,8 +92,12 @@ class ForwardGraphs:
     def _capture(self, x, training):
         # Tracing runs the forward once: keep its batch-norm updates out of the state, so that
         # the first step updates the statistics once, as every later step does.
+        # It also draws from the random generators (dropout's masks): a run that captures at another
+        # step than another run (a resumed run captures again) would then draw different masks.
+        # Capturing draws nothing: the generators of the CPU and of the batch's device are restored.
         saved = [tensor.detach().clone() for tensor in self.state]
-        with warnings.catch_warnings():
+        devices = [x.device] if x.device.type != "cpu" else []
+        with warnings.catch_warnings(), torch.random.fork_rng(devices, device_type=x.device.type):
             # torch.jit.trace is deprecated in favour of torch.compile, which cannot yet compile
             # Keras's layer machinery without graph breaks.
             warnings.simplefilter("ignore")

@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from keras_cifar._backend import PACKAGE
 from keras_cifar.models.data_format import standardize_data_format
 
 RAW_IMAGE_SHAPE = (32, 32, 3)
@@ -16,6 +17,18 @@ SCALINGS = {
 # Per-channel mean and standard deviation of the CIFAR-10 training images, on [0, 1].
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LeanRescaling(layers.Rescaling):
+    """Keras's `Rescaling` without the addition of a zero offset (`x / 255` is one kernel, not two)."""
+
+    def call(self, inputs):
+        if isinstance(self.offset, (int, float)) and self.offset == 0:
+            scale = self.backend.cast(self.scale, self.compute_dtype)
+            if len(self.backend.core.shape(scale)) == 0:
+                return self.backend.cast(inputs, self.compute_dtype) * scale
+        return super().call(inputs)
 
 
 def validate_common(data_format, input_shape):
@@ -41,10 +54,10 @@ def preprocess(inputs, scaling, data_format, resize_to=None):
             name="preprocess_scale",
         )(inputs)
     else:
-        x = layers.Rescaling(name="preprocess_scale", **SCALINGS[scaling])(inputs)
+        x = LeanRescaling(name="preprocess_scale", **SCALINGS[scaling])(inputs)
     if data_format == "channels_first":
         x = layers.Permute((3, 1, 2), name="preprocess_to_channels_first")(x)
-    if resize_to:
+    if resize_to and tuple(inputs.shape[1:3]) != (resize_to, resize_to):  # resizing to the same size: identity
         x = layers.Resizing(
             resize_to, resize_to, interpolation="bilinear", data_format=data_format, name="preprocess_resize"
         )(x)

@@ -5,7 +5,7 @@ from keras import layers
 from keras_cifar.models.batch_norm import BatchNormalization
 from keras_cifar.models.blocks import ResidualBlock, SymmetricMaxPooling2D
 from keras_cifar.models.classifier import ImageClassifier
-from keras_cifar.models.conv import torch_conv
+from keras_cifar.models.conv import TorchDense, torch_conv
 from keras_cifar.models.data_format import channel_axis
 from keras_cifar.models.init import initialize
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
@@ -47,7 +47,7 @@ def build_resnet18(num_classes=10, data_format="channels_first", input_shape=RAW
             )(x)
     x = layers.GlobalAveragePooling2D(data_format=data_format, name="avgpool")(x)
     # The head computes in float32 under mixed precision: logits and loss keep full precision.
-    outputs = layers.Dense(num_classes, dtype="float32", name="fc")(x)
+    outputs = TorchDense(num_classes, dtype="float32", name="fc")(x)
     model = initialize(ImageClassifier(inputs, outputs, name=name), init)
     if weights is not None:
         from keras_cifar.models.pretrained import load_torchvision_resnet18

@@ -4,7 +4,7 @@ from keras import layers
 
 from keras_cifar.models.blocks import ResidualBlock
 from keras_cifar.models.classifier import ImageClassifier
-from keras_cifar.models.conv import TorchConv2D
+from keras_cifar.models.conv import TorchConv2D, TorchDense
 from keras_cifar.models.init import initialize
 from keras_cifar.models.preprocessing import RAW_IMAGE_SHAPE, preprocess, raw_image_input, validate_common
 from keras_cifar.models.registry import register_model
@@ -31,5 +31,5 @@ def build_resnet_lite(num_classes=10, data_format="channels_first", input_shape=
     # Flattening as stored (no transpose): CHW order when channels come first, as in PyTorch.
     x = layers.Flatten(data_format="channels_last", name="flatten")(x)
     # The head computes in float32 under mixed precision: logits and loss keep full precision.
-    outputs = layers.Dense(num_classes, dtype="float32", name="fc")(x)
+    outputs = TorchDense(num_classes, dtype="float32", name="fc")(x)
     return initialize(ImageClassifier(inputs, outputs, name=name), init)
