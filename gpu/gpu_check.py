@@ -12,7 +12,13 @@ graph with TorchScript's fuser off, the product's default; `trace-fused`: fused 
 `off`: eager Keras), the seconds of the first three steps (graph capture, cuDNN autotuning; with
 `trace-fused` the fused kernels of the first shape), training images/s and peak GPU memory of
 `fit`'s step, the same step in plain PyTorch beside it (channels_last, fused Adam or SGD,
-torch.autocast and GradScaler where the product uses mixed precision), and four checks:
+torch.autocast and GradScaler where the product uses mixed precision), and four checks.
+
+Images/s are timed within one `fit` call after a warm-up one, from the start of its first step to
+the end of its last, over as many epochs of `--steps` steps as make `fit`'s own set-up (before the
+first step and after the last) under 5% of the call (at most about 30 s of steps: the `fit set-up`
+column gives its seconds and share, "over 5%" where that cap cut it short); plain PyTorch runs as
+many steps. The checks:
 
 - host syncs/step: synchronisations in 20 steady-state steps of `fit` with the run's callbacks,
   counted by `torch.cuda.set_sync_debug_mode` in the driver and by `pytorch_reference.host_syncs` in Python;
@@ -34,6 +40,7 @@ It exits with status 1 when any check fails. bf16 rows are skipped on GPUs witho
 """
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -61,6 +68,8 @@ PRECISION_NAMES = {"float32": "none"}  # the flag's other spelling of the produc
 JITS = ("trace", "trace-fused", "off")  # the `jit` settings a row can run (compile: no captured graph to check)
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 TOLERANCE = {"capture": {"none": 1e-5, "bf16": 1e-2, "fp16": 1e-2}, "reload": {"none": 1e-3, "bf16": 3e-2, "fp16": 3e-2}}
+SETUP_SHARE = 0.05  # the most of a timed fit that its set-up may take
+MOST_TIMED_S = 30  # seconds of timed steps at most, per row
 ORIGINAL = {"cnn": ("adam", 1e-3), "inception_lite": ("adam", 1e-3), "resnet_lite": ("adam", 1e-3),
             "googlenet": ("adam", 1e-4), "resnet18": ("sgd", 1e-3)}
 
@@ -110,33 +119,58 @@ class Window(keras.callbacks.Callback):
             self._stack = None
 
 
-def fit_steps(model, loader, steps, callbacks=()):
-    """Runs `fit` for one epoch of `steps` steps with the run's step callbacks."""
+def fit_steps(model, loader, callbacks=(), epochs=1):
+    """Runs `fit` for `epochs` epochs of the loader's steps with the run's step callbacks."""
     base = [EpochSeeder(0, loader), EpochStats(), NaNGuard(check_seconds=float("inf")), *callbacks]
-    model.fit(loader.as_keras_input(), epochs=1, verbose=0, shuffle=False,
-              callbacks=RunCallbacks(base, model=model, epochs=1, steps=len(loader), verbose=0))
+    model.fit(loader.as_keras_input(), epochs=epochs, verbose=0, shuffle=False,
+              callbacks=RunCallbacks(base, model=model, epochs=epochs, steps=len(loader), verbose=0))
 
 
 def set_jit(model, jit):
     model.set_graph_capture(jit != "off", fused=jit == "trace-fused")
 
 
-class FirstSteps(keras.callbacks.Callback):
-    """Seconds from the start of the first step to the end of step `steps` (device work included)."""
+class StepClock(keras.callbacks.Callback):
+    """The seconds of a `fit` call's `total` steps: from the start of the first to the end of the
+    last (device work included; what runs between epochs counts), and to the end of step `first`
+    (the first steps: graph capture, cuDNN autotuning). What `fit` does before its first step and
+    after its last is its set-up. The device is waited for only at those three points."""
 
-    def __init__(self, device, steps=3):
+    def __init__(self, device, total, first=3):
         super().__init__()
-        self.device, self.steps, self.seconds = device, steps, None
+        self.device, self.total, self.first = device, total, first
+        self.start = self.steps_s = self.first_s = None
+        self.steps = 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0:
+        if self.start is None:
             synchronize(self.device)
-            self._start = time.perf_counter()
+            self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == self.steps - 1:
+        self.steps += 1
+        if self.steps in (self.first, self.total):
             synchronize(self.device)
-            self.seconds = time.perf_counter() - self._start
+            seconds = time.perf_counter() - self.start
+            self.first_s = seconds if self.steps == self.first else self.first_s
+            self.steps_s = seconds if self.steps == self.total else self.steps_s
+
+
+def timed_fit(model, loader, device, callbacks=(), epochs=1):
+    """(the fit's StepClock, its whole time: set-up and steps)."""
+    clock = StepClock(device, epochs * len(loader))
+    synchronize(device)
+    start = time.perf_counter()
+    fit_steps(model, loader, [clock, *callbacks], epochs)
+    synchronize(device)
+    return clock, time.perf_counter() - start
+
+
+def epochs_for(setup_s, step_s, steps, share=SETUP_SHARE, most_s=MOST_TIMED_S):
+    """Epochs of `steps` steps of `step_s` seconds after which a fit's set-up of `setup_s` seconds
+    is under `share` of its time, if that takes at most about `most_s` seconds of steps."""
+    needed = setup_s * (1 - share) / share / step_s  # steps
+    return max(1, min(math.ceil(needed / steps), math.floor(most_s / (step_s * steps)) or 1))
 
 
 def product_row(model_name, precision, device, batch_size, steps, resize_to, jit="trace"):
@@ -148,21 +182,25 @@ def product_row(model_name, precision, device, batch_size, steps, resize_to, jit
         loader = TensorLoader(synthetic(batch_size * steps), batch_size, shuffle=True, seed=0, device=device)
         compile_model(model, config, len(loader))
         set_jit(model, jit)
-        first = FirstSteps(device)
         window = Window(device, first=3, last=min(23, steps - 1))
-        fit_steps(model, loader, steps, [first, window])  # warm-up: capture, autotuning; and the sync count
-        row["first_steps_s"] = first.seconds
+        # The warm-up (capture, autotuning) and the sync count, then a fit long enough that its set-up
+        # is under SETUP_SHARE of it: its steps alone give images/s.
+        warm, warm_s = timed_fit(model, loader, device, [window])
+        row["first_steps_s"] = warm.first_s
         row["syncs"] = (window.driver + window.python.total) / (window.last - window.first)
+        step_s = (warm.steps_s - warm.first_s) / max(steps - warm.first, 1)
+        epochs = epochs_for(warm_s - warm.steps_s, step_s, steps)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        synchronize(device)
-        start = time.perf_counter()
-        fit_steps(model, loader, steps)
-        synchronize(device)
-        row["images_per_s"] = steps * batch_size / (time.perf_counter() - start)
+        clock, fit_s = timed_fit(model, loader, device, epochs=epochs)
+        row["timed_steps"] = clock.steps
+        row["images_per_s"] = clock.steps * batch_size / clock.steps_s
+        row["fit_s"], row["setup_s"], row["setup_share"] = fit_s, fit_s - clock.steps_s, (fit_s - clock.steps_s) / fit_s
         row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
         row["reload"] = checkpoint_roundtrip(model, device)
     row["capture"] = None if jit == "off" else capture_vs_eager(config, device, batch_size, jit=jit)
+    row["torch_images_per_s"] = torch_row(model_name, precision, device, batch_size, steps, resize_to,
+                                          row["timed_steps"])
     return row
 
 
@@ -229,8 +267,9 @@ def capture_vs_eager(config, device, batch_size, steps=20, jit="trace"):
     return worst
 
 
-def torch_row(model_name, precision, device, batch_size, steps, resize_to):
-    """The same training step in plain PyTorch, as a careful user would write it on this device."""
+def torch_row(model_name, precision, device, batch_size, steps, resize_to, timed):
+    """The same training step in plain PyTorch, as a careful user would write it on this device:
+    images/s over `timed` steps through `steps` batches."""
     optimizer_name, lr = ORIGINAL[model_name]
     module = reference.create_reference(model_name).to(device, memory_format=torch.channels_last)
     fused = {"fused": True} if device.startswith("cuda") else {}
@@ -260,10 +299,10 @@ def torch_row(model_name, precision, device, batch_size, steps, resize_to):
         step(index)
     synchronize(device)
     start = time.perf_counter()
-    for index in range(steps):
-        step(index)
+    for index in range(timed):
+        step(index % steps)
     synchronize(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    return timed * batch_size / (time.perf_counter() - start)
 
 
 def check_row(model_name, precision, device, batch_size, steps, resize_to=None, jit="trace"):
@@ -274,7 +313,6 @@ def check_row(model_name, precision, device, batch_size, steps, resize_to=None, 
         return dict(row, skipped="fp16 needs a GPU")
     try:
         row.update(product_row(model_name, precision, device, batch_size, steps, resize_to, jit))
-        row["torch_images_per_s"] = torch_row(model_name, precision, device, batch_size, steps, resize_to)
     except OUT_OF_MEMORY:
         return dict(row, error="out of GPU memory", failed=["memory"])
     except Exception as error:  # a broken path is a failed check, reported in the table
@@ -291,8 +329,8 @@ def check_row(model_name, precision, device, batch_size, steps, resize_to=None, 
     return dict(row, failed=failed)
 
 
-HEADER = ("| model | precision | jit | first 3 steps s | keras-cifar img/s | plain PyTorch img/s | ratio "
-          "| peak GPU MiB | host syncs/step | capture vs eager | GPU->CPU reload | result |")
+HEADER = ("| model | precision | jit | first 3 steps s | timed steps | keras-cifar img/s | plain PyTorch img/s | ratio "
+          "| fit set-up | peak GPU MiB | host syncs/step | capture vs eager | GPU->CPU reload | result |")
 
 
 def print_header(device_name):
@@ -304,15 +342,16 @@ def print_header(device_name):
 def format_row(r):
     start = f"| {r['model']} | {r['precision']} | {r['jit']} |"
     if "skipped" in r:
-        return start + " - |" * 8 + f" skipped: {r['skipped']} |"
+        return start + " - |" * 10 + f" skipped: {r['skipped']} |"
     if "error" in r:
-        return start + " - |" * 8 + f" FAILED: {r['error']} |"
+        return start + " - |" * 10 + f" FAILED: {r['error']} |"
     verdict = "ok" if not r["failed"] else "FAILED: " + ", ".join(r["failed"])
     capture = "-" if r["capture"] is None else f"{r['capture']:.1e}"
     syncs = f"{r['syncs']:g}" + (" (eager: not checked)" if r["jit"] == "off" else "")
-    return (start + f" {r['first_steps_s']:.2f} | {r['images_per_s']:.0f} | {r['torch_images_per_s']:.0f} | "
-            f"{r['images_per_s'] / r['torch_images_per_s']:.2f} | {r['peak_mib']:.0f} | {syncs} | "
-            f"{capture} | {r['reload']:.1e} | {verdict} |")
+    setup = f"{r['setup_s']:.3f} s, {r['setup_share']:.1%}" + (" (over 5%)" if r["setup_share"] >= SETUP_SHARE else "")
+    return (start + f" {r['first_steps_s']:.2f} | {r['timed_steps']} | {r['images_per_s']:.0f} | "
+            f"{r['torch_images_per_s']:.0f} | {r['images_per_s'] / r['torch_images_per_s']:.2f} | {setup} | "
+            f"{r['peak_mib']:.0f} | {syncs} | {capture} | {r['reload']:.1e} | {verdict} |")
 
 
 def comma_list(allowed, aliases=None):
@@ -340,7 +379,8 @@ def comma_list(allowed, aliases=None):
                    "kernels on CUDA), off (eager); several compare them.")
 @click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N, or cpu for a smoke run.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="The originals' batch size.")
-@click.option("--steps", type=int, default=60, show_default=True, help="Training steps per measurement.")
+@click.option("--steps", type=int, default=60, show_default=True,
+              help="Steps of the warm-up fit, and the batches of data that the timed fit repeats as epochs.")
 @click.option("--resize-to", type=int, default=None,
               help="googlenet/resnet18 input size (default: their 224; a CPU smoke run takes 32).")
 def main(models, precisions, jits, device, batch_size, steps, resize_to):

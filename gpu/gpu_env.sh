@@ -18,12 +18,11 @@ gpu_env() {
       "never installs torch here), or name the Python that has it: PYTHON=/path/to/python."
     return 1
   fi
-  local needs="import keras, click, yaml, numpy, cv2, matplotlib"
+  local needs="import keras, click, yaml, numpy, cv2"
   "$PY" -c "$needs" 2> /dev/null && return 0
-  local venv pip
+  local venv wheel pip
   venv=$BUNDLE/venv-$("$PY" -c "import platform; print(platform.python_version())")
-  pip=$(find "$BUNDLE/wheels" -maxdepth 1 -name 'pip-*.whl' 2>/dev/null | head -n 1)
-  if [ -z "$pip" ] || [ ! -f "$BUNDLE/requirements.txt" ]; then
+  if [ ! -f "$BUNDLE/requirements.txt" ]; then
     echo "$PY lacks Keras or another dependency of keras-cifar, and $BUNDLE holds no wheels: run" \
       "\`bash gpu/gpu_prepare.sh\` on a machine with internet, then copy the checkout here again."
     return 1
@@ -35,18 +34,25 @@ gpu_env() {
     "$PY" -c "import sys; print('\n'.join(p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))))" \
       > "$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/machine-packages.pth"
   fi
-  "$venv/bin/python" "$pip/pip" install --quiet --disable-pip-version-check --no-index --no-cache-dir \
-    --find-links "$BUNDLE/wheels" -r "$BUNDLE/requirements.txt" || {
-    echo "Installing from $BUNDLE/wheels failed: were they prepared for this machine's Python" \
-      "$("$PY" -c "import platform; print(platform.python_version(), platform.machine())")?" \
-      "Rerun gpu/gpu_prepare.sh with TARGET_PYTHON and TARGET_ARCH set to these."
-    return 1
-  }
+  # The bundle's pip, else the machine's (seen through the .pth file), installing into the environment.
+  wheel=$(find "$BUNDLE/wheels" -maxdepth 1 -name 'pip-*.whl' 2>/dev/null | head -n 1)
+  pip=("$venv/bin/python" -m pip)
+  [ -z "$wheel" ] || pip=("$venv/bin/python" "$wheel/pip")
+  if [ -s "$BUNDLE/requirements.txt" ]; then
+    "${pip[@]}" install --quiet --disable-pip-version-check --no-index --no-cache-dir \
+      --find-links "$BUNDLE/wheels" -r "$BUNDLE/requirements.txt" || {
+      echo "Installing from $BUNDLE/wheels failed: were they prepared for this machine's Python" \
+        "$("$PY" -c "import platform; print(platform.python_version(), platform.machine())")," \
+        "from what it has (\`python3 gpu/gpu_bundle.py probe > machine.json\` here, then" \
+        "\`bash gpu/gpu_prepare.sh machine.json\`)?"
+      return 1
+    }
+  fi
   if ! "$venv/bin/python" -c "import torchvision" 2> /dev/null; then
     local torchvision
     torchvision=$(find "$BUNDLE/wheels" -maxdepth 1 -name 'torchvision-*.whl' | head -n 1)
     if [ -n "$torchvision" ]; then
-      "$venv/bin/python" "$pip/pip" install --quiet --disable-pip-version-check --no-index --no-deps \
+      "${pip[@]}" install --quiet --disable-pip-version-check --no-index --no-deps \
         --no-cache-dir "$torchvision" || return 1
     fi
   fi

@@ -12,6 +12,10 @@ dynamic batch falls back to the TorchScript exporter, which fails on googlenet. 
 below is the call Keras's torch export makes (non-strict, a dynamic batch dimension traced at
 batch 2 so that it is not specialised to 1), and the ONNX file is converted from it by torch's
 own exporter.
+
+A file is made on the CPU wherever the model is: a model on a GPU (loaded on a GPU machine) is
+reloaded on the CPU first, and the capture runs under Keras's CPU device scope with a CPU sample,
+so that the file holds CPU tensors only and serves on any machine.
 """
 
 import json
@@ -105,22 +109,24 @@ def _inference_module(model):
 
 def capture(model):
     """`torch.export` of the model at any batch size (as Keras's `export_torch` with `dynamic_shapes`)."""
+    import keras
     import torch
 
-    model = float32_model(model)
-    sample = torch.zeros((2, *model.inputs[0].shape[1:]), dtype=torch.uint8)
-    try:
-        with torch.no_grad():
+    # Keras makes the forward pass's tensors (and the copies below) on the CPU in this scope.
+    with keras.device("cpu"), torch.no_grad():
+        model = float32_model(on_cpu(model))
+        sample = torch.zeros((2, *model.inputs[0].shape[1:]), dtype=torch.uint8, device=variables_device(model))
+        try:
             return torch.export.export(_inference_module(model), (sample,),
                                        dynamic_shapes=({0: torch.export.Dim(BATCH)},), strict=False)
-    except Exception as error:
-        layer = failing_layer(error, model)
-        where = f"its layer {layer.name!r} ({type(layer).__name__})" if layer is not None else "its forward pass"
-        raise ExportError(
-            f"The model {model.name!r} cannot be exported: torch.export cannot capture {where} "
-            f"({type(error).__name__}: {_first_line(error)}). Only layers made of tensor operations export; "
-            "Python control flow on tensor values or NumPy calls inside a layer do not."
-        ) from None
+        except Exception as error:
+            layer = failing_layer(error, model)
+            where = f"its layer {layer.name!r} ({type(layer).__name__})" if layer is not None else "its forward pass"
+            raise ExportError(
+                f"The model {model.name!r} cannot be exported: torch.export cannot capture {where} "
+                f"({type(error).__name__}: {_first_line(error)}). Only layers made of tensor operations export; "
+                "Python control flow on tensor values or NumPy calls inside a layer do not."
+            ) from None
 
 
 def failing_layer(error, model):
@@ -139,6 +145,29 @@ def failing_layer(error, model):
             trace = trace.tb_next
         error = error.__cause__ or error.__context__
     return found
+
+
+def variables_device(model):
+    """The device of the model's variables: "cpu", or another one where any of them lies there.
+    (Read outside a CPU scope where Keras's default device is "meta", they are meta stubs.)"""
+    devices = {str(variable.value.device) for variable in model.weights}
+    return next(iter(devices - {"cpu"}), "cpu")
+
+
+def on_cpu(model):
+    """The model with its variables on the CPU: itself, or a copy saved and reloaded there (the
+    checkpoint path, which every model takes)."""
+    import tempfile
+
+    import keras
+
+    if variables_device(model) == "cpu":
+        return model
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        with keras.device("cpu"):
+            return keras.saving.load_model(path, compile=False)
 
 
 def float32_model(model):
@@ -247,7 +276,10 @@ def export_checkpoint(checkpoint=None, format="onnx", output=None, log_dir="logs
         raise UsageError(f"`output` must end in {suffix} for `format={format!r}`. Received: `output={str(output)!r}`")
     if format == "onnx":
         require_packages(ONNX_EXPORT_PACKAGES, "Exporting to ONNX")
-    model = load_checkpoint(path)
+    import keras
+
+    with keras.device("cpu"):  # on a GPU machine too: the file is made on the CPU
+        model = load_checkpoint(path)
     run_path = os.path.dirname(os.path.abspath(path))
     config = _run_config(run_path) if rd.is_run_dir(run_path) else {}
     meta = metadata(model, class_names_of_run(run_path, model.outputs[0].shape[-1]), config, path)

@@ -27,6 +27,27 @@ REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 
 
+class optional_import:
+    """`module` (or its `attribute`), imported at its first use: collection never needs TensorFlow,
+    TFDS or TensorBoard (a GPU image has none), and a test that uses one where it is missing is
+    skipped there, naming it."""
+
+    def __init__(self, module, attribute=None):
+        self._module, self._attribute = module, attribute
+
+    def _load(self):
+        loaded = pytest.importorskip(self._module)
+        return getattr(loaded, self._attribute) if self._attribute else loaded
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # pytest's and copy's probes for special attributes
+            raise AttributeError(name)
+        return getattr(self._load(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self._load()(*args, **kwargs)
+
+
 def pytest_collection_modifyitems(config, items):
     if not CUDA:
         skip = pytest.mark.skip(reason="needs a CUDA GPU: torch sees none")

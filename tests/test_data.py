@@ -8,12 +8,14 @@ import socket
 import cv2
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from keras_cifar.data import CIFAR10_CLASSES, load_cifar, resolve_source
-from keras_cifar.data.builder import Cifar10Local
 from keras_cifar.errors import DataError, UsageError
 from tests import data_formats as fmt
+from tests.conftest import optional_import
+
+tfds = optional_import("tensorflow_datasets")
+builder = optional_import("keras_cifar.data.builder")  # imports TFDS
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def test_prepared_once_then_read_from_cache(arrays, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a cached source was decoded again")
 
-    monkeypatch.setattr(Cifar10Local, "_generate_examples", forbidden)
+    monkeypatch.setattr(builder.Cifar10Local, "_generate_examples", forbidden)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", forbidden)
     messages.clear()
     second = load_cifar(source, data_dir=str(tmp_path / "tfds"), log=messages.append)

@@ -129,6 +129,35 @@ def test_a_mixed_precision_checkpoint_exports_in_float32(tmp_path, real_images):
     assert_close(load_exported(str(path)).predict(real_images[:3]), expected)
 
 
+def test_a_model_on_a_gpu_exports_a_file_of_cpu_tensors(monkeypatch, tmp_path, real_images):
+    """As on a GPU machine, where a loaded model's variables and Keras's default device are the
+    GPU's. This machine has none: the device check is patched to place the model on "cuda:0", and
+    Keras's default device is "meta" (a tensor made there, outside the CPU scope, holds no data).
+    The file is made from a copy reloaded on the CPU, under the CPU scope: its tensors are all on
+    the CPU and it gives the model's logits."""
+    import torch
+    from keras.src.backend.torch import core
+
+    from keras_cifar import export
+
+    model = build("cnn")
+    expected = keras.ops.convert_to_numpy(model(real_images[:3], training=False))
+    where, exported_models = export.variables_device, []
+    monkeypatch.setattr(export, "variables_device", lambda m: "cuda:0" if m is model else where(m))
+    inference_module = export._inference_module
+    monkeypatch.setattr(export, "_inference_module", lambda m: exported_models.append(m) or inference_module(m))
+    monkeypatch.setattr(core, "DEFAULT_DEVICE", "meta")
+    path = str(tmp_path / "model.pt2")
+    export_model(model, path, "torch", metadata(model, CIFAR10_CLASSES))
+    monkeypatch.undo()
+    (copy,) = exported_models
+    assert copy is not model and where(copy) == "cpu"
+    program = torch.export.load(path)
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    assert tensors and {tensor.device.type for tensor in tensors} == {"cpu"}
+    assert_close(load_exported(path).predict(real_images[:3]), expected)
+
+
 @keras.saving.register_keras_serializable(package="tests")
 class DataDependent(keras.layers.Layer):
     """Python control flow on a tensor's value: torch.export cannot capture it."""

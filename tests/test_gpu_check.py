@@ -5,6 +5,7 @@ what they check breaks."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,6 +61,26 @@ def test_gpu_check_flags_choose_the_rows_and_reject_unknown_values(monkeypatch):
     for flag, value in [("--jit", "trace,compile"), ("--precisions", "fp32"), ("--models", "cnn,resnet")]:
         result = CliRunner().invoke(gpu_check.main, ["--device", "cpu", flag, value])
         assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output, result.output
+
+
+def test_gpu_check_times_the_steps_alone_over_a_fit_long_enough_for_its_set_up(monkeypatch):
+    """A `fit` whose set-up takes 0.3 s more (before its first step): images/s come from the steps
+    alone, and the timed fit runs enough epochs that its set-up is under 5% of it."""
+    from gpu import gpu_check
+
+    fit_steps = gpu_check.fit_steps
+
+    def slow_set_up(*args, **kwargs):
+        time.sleep(0.3)
+        fit_steps(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "fit_steps", slow_set_up)
+    row = gpu_check.check_row("cnn", "none", "cpu", 8, 6)
+    assert row["failed"] == [], row
+    steps_s = row["timed_steps"] * 8 / row["images_per_s"]
+    assert steps_s <= row["fit_s"] - 0.3 and row["setup_s"] >= 0.3
+    assert row["setup_share"] < gpu_check.SETUP_SHARE and row["timed_steps"] > 6
+    assert f"{row['setup_share']:.1%} |" in gpu_check.format_row(row)
 
 
 def test_gpu_check_rows_fail_when_a_step_syncs(monkeypatch):

@@ -5,13 +5,14 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
 
 from keras_cifar.data import CIFAR10_CLASSES
 from keras_cifar.train.config import resolve_config
 from keras_cifar.train.trainer import fit
+
+tf = pytest.importorskip("tensorflow")
+EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
+plugin_data_pb2 = pytest.importorskip("tensorboard.plugins.hparams.plugin_data_pb2")
 
 
 def read_scalars(folder):
