@@ -149,6 +149,13 @@ INTERNALS = (
         "Optimizer.iterations (public), which is the overridden property here.",
     ),
     Internal(
+        "keras.src.backend.torch.core.DEFAULT_DEVICE",
+        ("tests/test_export.py",),
+        "Keras's default torch device, set to 'meta' by a test to stand for a GPU machine's (where a new tensor "
+        "made outside the CPU scope would land), on a machine without one.",
+        "none: KERAS_TORCH_DEVICE is read once, at import.",
+    ),
+    Internal(
         "keras.Variable._value",
         ("keras_cifar/models/conv.py", "keras_cifar/models/airbench94.py", "keras_cifar/optim/torch_update.py"),
         "The torch Parameter behind a Keras variable, replaced by one with the same values and another "

@@ -13,12 +13,13 @@ import time
 import keras
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_cifar  # noqa: F401
 from keras_cifar.train import run_dir as rd
 from tests.cli_runner import assert_clean_error, run_cli
-from tests.conftest import REPO
+from tests.conftest import REPO, optional_import
+
+EventAccumulator = optional_import("tensorboard.backend.event_processing.event_accumulator", "EventAccumulator")
 
 
 def fit_args(data, root, *extra):
