@@ -9,7 +9,10 @@ its own loop's training time plus its per-epoch evaluation of the test set. Roun
 which program goes first (`--rounds`, bench/timing.py; the table gives the median), so drift of the machine falls
 on both. Both train 48 full steps (49,152 images) per epoch: airbench's loader and configs/airbench94.yaml
 (`drop_last`) drop the last partial batch; the table gives seconds per epoch and images per second,
-each side's images per epoch read from its own run (summary.json's `train_images_per_epoch`).
+each side's images per epoch read from its own run (summary.json's `train_images_per_epoch`), and
+splits each side's epoch into training and evaluation (cli.py fit's from summary.json's
+`time_parts_s`, what its own callbacks timed; airbench's from its per-epoch clocks), with cli.py fit's
+checkpoint, logs and loop between them apart (airbench's loop writes its report outside its clock).
 
     python -m bench.airbench_epochs --rounds 3           # bf16 on the CPU, as configs/airbench94.yaml
     python -m bench.airbench_epochs --precision none     # float32 on both sides
@@ -26,7 +29,7 @@ import tempfile
 
 import click
 
-from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, steady_epoch
+from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, mean_parts, steady_epoch
 from bench.timing import interleaved
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
@@ -50,7 +53,7 @@ def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):
 
 
 def keras_epochs(data, precision, epochs=3, recipe="airbench94"):
-    """`cli.py fit --config configs/<recipe's>.yaml`'s `wall_s` column and training images per epoch."""
+    """`cli.py fit --config configs/<recipe's>.yaml` in a fresh process (bench.epochs.cli_fit_epochs)."""
     return cli_fit_epochs(["--config", os.path.join(REPO, "configs", RECIPES[recipe][0]), "--no-tta",
                            "--mixed-precision", precision], data, "cpu", epochs)
 
@@ -60,11 +63,16 @@ def measure(data, precision, threads, rounds, recipe="airbench94"):
     runs = interleaved({"keras": lambda: keras_epochs(data, precision, recipe=recipe),
                         "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe)}, rounds)
     rows = []
-    for (elapsed, keras_images), airbench in zip(runs["keras"], runs["airbench"]):
+    for keras_run, airbench in zip(runs["keras"], runs["airbench"]):
         steady = airbench[1:3]
-        rows.append({"keras": steady_epoch(elapsed), "keras_images": keras_images,
+        parts = mean_parts(keras_run["epochs"])
+        rows.append({"keras": steady_epoch(keras_run["wall_s"]), "keras_images": keras_run["images"],
                      "airbench": statistics.mean(r["train_time_s"] + r["eval_time_s"] for r in steady),
-                     "airbench_images": RECIPES[recipe][2] * steady[0]["steps"]})
+                     "airbench_images": RECIPES[recipe][2] * steady[0]["steps"],
+                     "keras_train": parts["train"], "keras_eval": parts["evaluation"],
+                     "keras_outside": parts["outside"],
+                     "airbench_train": statistics.mean(r["train_time_s"] for r in steady),
+                     "airbench_eval": statistics.mean(r["eval_time_s"] for r in steady)})
     return rows
 
 
@@ -73,8 +81,10 @@ def summarize(rows):
     airbench = statistics.median(r["airbench"] for r in rows)
     keras_rate = rows[0]["keras_images"] / keras
     airbench_rate = rows[0]["airbench_images"] / airbench
+    parts = {key: statistics.median(r[key] for r in rows) for key in
+             ("keras_train", "keras_eval", "keras_outside", "airbench_train", "airbench_eval")}
     return {"keras": keras, "airbench": airbench, "ratio_epoch": airbench / keras,
-            "keras_rate": keras_rate, "airbench_rate": airbench_rate, "ratio_rate": keras_rate / airbench_rate}
+            "keras_rate": keras_rate, "airbench_rate": airbench_rate, "ratio_rate": keras_rate / airbench_rate, **parts}
 
 
 def print_table(rows, precision, machine, recipe="airbench94"):
@@ -89,7 +99,14 @@ def print_table(rows, precision, machine, recipe="airbench94"):
     print(f"| s per epoch | {s['keras']:.1f} | {s['airbench']:.1f} | {s['ratio_epoch']:.2f} |")
     print(f"| training images per epoch | {rows[0]['keras_images']:,} | {rows[0]['airbench_images']:,} | |")
     print(f"| images/s (epoch incl. evaluation) | {s['keras_rate']:.0f} | {s['airbench_rate']:.0f} | "
-          f"{s['ratio_rate']:.2f} |", flush=True)
+          f"{s['ratio_rate']:.2f} |")
+    # cli.py fit's parts from its summary.json (time_parts_s), airbench's from its own per-epoch clocks
+    print(f"| of which training | {s['keras_train']:.2f} | {s['airbench_train']:.2f} | "
+          f"{s['airbench_train'] / s['keras_train']:.2f} |")
+    print(f"| of which evaluation | {s['keras_eval']:.2f} | {s['airbench_eval']:.2f} | "
+          f"{s['airbench_eval'] / s['keras_eval']:.2f} |")
+    print(f"| of which checkpoint, logs, the loop between | {s['keras_outside']:.2f} | (not counted) | |")
+    print("Each round's ratio (epoch): " + ", ".join(f"{r['airbench'] / r['keras']:.2f}" for r in rows), flush=True)
     return s
 
 

@@ -1,17 +1,38 @@
-"""End-to-end seconds per epoch: `cli.py fit` against a tidy plain PyTorch loop.
+"""End-to-end seconds per epoch: `cli.py fit` against a tidy plain PyTorch loop, as a user waits for it.
 
-What a user meets: a steady epoch of the real command, with its evaluation of the test set,
-checkpoints, metrics.csv and TensorBoard logs. `cli.py fit --epochs 3` runs in a fresh process and
-its steady epoch is the mean of epochs 2 and 3 from the `wall_s` column of the run's metrics.csv
-(wall time from the first step to each epoch's end: start-up, data loading and graph capture fall
-before the first step, and the first epoch's warm-up is left out). The yardstick is
-`pytorch_reference.torch_loop.TidyRun` on the same data, batch size and threads, also 3 epochs in a fresh
-process: the mean of its epochs 2 and 3, each a training epoch plus the test set's evaluation.
-Rounds (`--rounds`) alternate which of the two runs first (bench/timing.py), so drift of the
-machine falls on both; the table gives the medians.
+The figure (the "end-to-end" columns): per model, the wall time of a whole `cli.py fit --epochs 3`
+process minus that of a `cli.py fit --epochs 1` process, halved. That is the cost of a steady epoch
+with everything a user waits for and everything that grows with the epochs: training, the test
+set's evaluation, the checkpoint, metrics.csv, state.json, TensorBoard events, Keras's loop between
+them, and whatever at the end of a run grows with its length. Start-up (imports, data, graph
+capture), the first epoch's warm-up and the end of the run (final evaluation, reports, exit) are
+in both processes and cancel.
 
-    python -m bench.epochs --models cnn,resnet_lite,inception_lite
-    python -m bench.epochs --models cnn --batch-size 128 --rounds 3
+The yardstick, `pytorch_reference.torch_loop.TidyRun` (data, batch size and threads the same, in
+whichever memory format and optimizer implementation it probes fastest), is measured the same
+way: a 3-epoch process minus a 1-epoch process, halved, each epoch its training and its test
+evaluation. The same method on both sides is the fair one: anything that grows with the number of
+epochs counts on both, whatever clock either keeps, and the two figures carry the same kind of
+noise (two processes each). The tidy loop writes no checkpoint or log: it is what the product's
+epoch, writes included, is held against.
+
+Each round runs the four processes (`interleaved`, bench/timing.py: the order reverses every
+other round, so the drift of a shared machine falls on all); the table lists every round, and the
+headline figures are medians over rounds (`--rounds`, at least 3 for a figure worth quoting).
+Alongside: the epoch clock, the figure this benchmark gave before (`cli.py fit`'s steady epoch from
+the `wall_s` column of metrics.csv, the mean of epochs 2 and 3 of the 3-epoch run, against the tidy
+loop's epochs 2 and 3 timed inside its process).
+
+The second table (`--breakdown`, on by default) is where each steady epoch of `cli.py fit` goes,
+from the run's own timing (summary.json's `time_parts_s`, written by the run's callbacks; see
+keras_cifar/train/callbacks.py `RunTimes`): training, evaluation, the checkpoint's .keras file,
+state.json, the links and removals, metrics.csv, TensorBoard, the other callbacks and Keras's loop
+between them, each the mean of epochs 2 and 3 of the 3-epoch run (median over rounds). The third
+is each process's phases (start-up, preparation, each epoch, the final evaluation and reports, the
+exit) for the 1- and 3-epoch runs: what the end-to-end figure holds beyond the epochs themselves.
+
+    python -m bench.epochs --rounds 3                       # cnn, resnet_lite, inception_lite
+    python -m bench.epochs --models resnet_lite --rounds 3 --train-images 10000 --eval-images 10000
 """
 
 import csv
@@ -22,33 +43,52 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import click
 
-from bench.timing import interleaved
+from bench.timing import in_order, interleaved
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10-jpeg.tar.gz")
 ORIGINAL_BATCH = {"cnn": 32, "resnet_lite": 32, "inception_lite": 16, "googlenet": 32, "resnet18": 32}
 TORCH_OPTIMIZER = {"cnn": ("adam", 1e-3), "resnet_lite": ("adam", 1e-3), "inception_lite": ("adam", 1e-3),
                    "googlenet": ("adam", 1e-4), "resnet18": ("sgd", 1e-3)}
+# The parts of an epoch in the breakdown: (summary.json's key in time_parts_s.epochs, column title).
+EPOCH_PARTS = (("train", "training"), ("evaluation", "evaluation"), ("checkpoint.save", "checkpoint .keras"),
+               ("checkpoint.state", "state.json"), ("checkpoint.links", "links, removals"),
+               ("checkpoint.metrics_csv", "metrics.csv"), ("tensorboard", "TensorBoard"),
+               ("callbacks", "other callbacks"), ("rest", "Keras's loop"))
+# A run's phases in the order they happen: (key, title); start-up and exit are measured from outside.
+RUN_PHASES = (("startup", "start-up (imports)"), ("prepare", "data, model, run folder"),
+              ("fit_start", "fit set-up"), ("first_epoch", "epoch 1"), ("later_epochs", "epochs 2.."),
+              ("fit_end", "fit's end (train-end hooks)"), ("final_evaluation", "final evaluation"),
+              ("final_summaries", "final TensorBoard summaries"), ("exit", "summary.json, exit"))
 
 
 def cli_fit_epochs(args, data, device, epochs=3, data_dir=None):
-    """`cli.py fit ARGS` for `epochs` epochs in a fresh process: its `wall_s` column (seconds
-    from the first step to each epoch's end) and its training images per epoch."""
+    """`cli.py fit ARGS` for `epochs` epochs in a fresh process. -> a dict: `process_s` (its wall
+    time, launch to exit), `wall_s` (the metrics.csv column: seconds from the first step to each
+    epoch's end), `images` (training images per epoch) and `parts` (summary.json's time_parts_s)
+    with the start-up and exit seen from here (`startup`, `exit`)."""
     with tempfile.TemporaryDirectory() as logs:
         command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", *args, "--epochs", str(epochs),
                    "--data", data, "--log-dir", logs, "--device", device]
         command += ["--data-dir", data_dir] if data_dir else []
+        launched = time.time()
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        ended = time.time()
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
         (run,) = glob.glob(os.path.join(logs, "*", ""))
         with open(os.path.join(run, "metrics.csv")) as file:
             elapsed = [float(row["wall_s"]) for row in csv.DictReader(file)]
         with open(os.path.join(run, "summary.json")) as file:
-            return elapsed, json.load(file)["train_images_per_epoch"]
+            summary = json.load(file)
+    parts = summary["time_parts_s"]
+    phases = dict(parts["run"], startup=parts["started_at"] - launched, exit=ended - parts["written_at"])
+    return {"process_s": ended - launched, "wall_s": elapsed, "images": summary["train_images_per_epoch"],
+            "epochs": parts["epochs"], "phases": phases}
 
 
 def steady_epoch(elapsed):
@@ -56,10 +96,12 @@ def steady_epoch(elapsed):
     return (elapsed[2] - elapsed[0]) / 2
 
 
-def tidy_epochs(model, batch_size, data, device, epochs=3, probe_steps=30, data_dir=None):
-    """Seconds of each of `epochs` epochs (train + test evaluation) of the tidy loop, in its fastest
-    memory format and optimizer implementation (probed first on `probe_steps` steps), in a fresh
-    process like the CLI's."""
+def tidy_epochs(model, batch_size, data, device, epochs=3, probe_steps=30, data_dir=None, limits=(None, None)):
+    """The tidy loop for `epochs` epochs (each a training epoch and the test set's evaluation), in
+    its fastest memory format and optimizer implementation (probed first on `probe_steps` steps),
+    in a fresh process like the CLI's. -> `process_s` (launch to exit), `times` (each epoch, timed
+    inside the process), `memory_format`, `implementation`. `limits`: the training and test images
+    to keep (cli.py's --train-images, --eval-images: the same random subsets)."""
     code = f"""
 import json, time, torch
 import keras_cifar
@@ -68,6 +110,7 @@ from keras_cifar.train.device import set_precision
 from pytorch_reference.torch_loop import fastest_tidy_run
 set_precision("none", {device!r})  # TF32 and cuDNN autotuning on a GPU, as the product
 data = load_cifar({data!r}, {data_dir!r}, log=lambda m: None)
+data.limit({limits[0]!r}, {limits[1]!r}, 0)  # cli.py fit's default seed: the same images
 optimizer, lr = {TORCH_OPTIMIZER[model]!r}
 run = fastest_tidy_run({model!r}, data.train, data.test, {batch_size}, optimizer, lr,
                        device={device!r}, probe_steps={probe_steps})
@@ -80,37 +123,113 @@ for epoch in range({epochs}):
 setup = run.memory_format == torch.channels_last and "channels_last" or "contiguous"
 print(json.dumps({{"times": times, "memory_format": setup, "implementation": run.implementation}}))
 """
+    launched = time.time()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    ended = time.time()
     if result.returncode:
         raise RuntimeError(f"tidy loop failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]), process_s=ended - launched)
 
 
-def measure(model, batch_size, data, device, rounds, data_dir=None):
-    """`rounds` interleaved rounds of both programs; -> the medians, their ratio and every round's."""
-    runs = interleaved({"cli": lambda: cli_fit_epochs(["--model", model, "--batch-size", str(batch_size)], data,
-                                                      device, data_dir=data_dir),
-                        "tidy": lambda: tidy_epochs(model, batch_size, data, device, data_dir=data_dir)},
-                       rounds, label=f"{model}: ")
-    cli = [steady_epoch(elapsed) for elapsed, _ in runs["cli"]]
-    tidy = [sum(run["times"][1:3]) / 2 for run in runs["tidy"]]
-    setup = runs["tidy"][0]
-    return {"model": model, "batch": batch_size, "cli": statistics.median(cli), "tidy": statistics.median(tidy),
-            "ratio": statistics.median(tidy) / statistics.median(cli),
-            "ratios": [t / c for c, t in zip(cli, tidy)],
+def mean_parts(epochs):
+    """{part: mean seconds} over the steady epochs (2 and later) of a run's time_parts_s epochs,
+    with `cycle` and `outside` (the cycle less training and evaluation)."""
+    steady = epochs[1:]
+    keys = {key for epoch in steady for key in epoch if key != "epoch"}
+    parts = {key: statistics.mean(epoch.get(key, 0.0) for epoch in steady) for key in keys}
+    parts["outside"] = parts["cycle"] - parts.get("train", 0.0) - parts.get("evaluation", 0.0)
+    return parts
+
+
+def run_phases(run):
+    """A cli run's phases in seconds (RUN_PHASES' keys, `unaccounted` for what none of them holds)."""
+    phases = dict(run["phases"])
+    cycles = [epoch["cycle"] for epoch in run["epochs"]]
+    phases["first_epoch"], phases["later_epochs"] = cycles[0], sum(cycles[1:])
+    phases["unaccounted"] = run["process_s"] - sum(phases.get(key, 0.0) for key, _ in RUN_PHASES)
+    return phases
+
+
+def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None, None)):
+    """`rounds` interleaved rounds of the four processes; -> every round's figures and their medians."""
+    args = ["--model", model, "--batch-size", str(batch_size)]
+    for flag, value in zip(("--train-images", "--eval-images"), limits):
+        args += [flag, str(value)] if value else []
+    programs = {
+        "cli 3 epochs": lambda: cli_fit_epochs(args, data, device, 3, data_dir),
+        "cli 1 epoch": lambda: cli_fit_epochs(args, data, device, 1, data_dir),
+        "tidy 3 epochs": lambda: tidy_epochs(model, batch_size, data, device, 3, data_dir=data_dir, limits=limits),
+        "tidy 1 epoch": lambda: tidy_epochs(model, batch_size, data, device, 1, data_dir=data_dir, limits=limits),
+    }
+    runs = interleaved(programs, rounds, label=f"{model}: ")
+    rows = []
+    for index in range(rounds):
+        cli3, cli1 = runs["cli 3 epochs"][index], runs["cli 1 epoch"][index]
+        tidy3, tidy1 = runs["tidy 3 epochs"][index], runs["tidy 1 epoch"][index]
+        rows.append({
+            "cli": (cli3["process_s"] - cli1["process_s"]) / 2, "tidy": (tidy3["process_s"] - tidy1["process_s"]) / 2,
+            "cli3": cli3["process_s"], "cli1": cli1["process_s"], "tidy3": tidy3["process_s"],
+            "tidy1": tidy1["process_s"], "cli_clock": steady_epoch(cli3["wall_s"]),
+            "tidy_clock": sum(tidy3["times"][1:3]) / 2, "parts": mean_parts(cli3["epochs"]),
+            "phases3": run_phases(cli3), "phases1": run_phases(cli1), "first": in_order(programs, index)[0]})
+        rows[-1]["ratio"] = rows[-1]["tidy"] / rows[-1]["cli"]
+        rows[-1]["clock_ratio"] = rows[-1]["tidy_clock"] / rows[-1]["cli_clock"]
+    median = lambda key: statistics.median(row[key] for row in rows)  # noqa: E731
+    setup = runs["tidy 3 epochs"][0]
+    return {"model": model, "batch": batch_size, "rounds": rows, "cli": median("cli"), "tidy": median("tidy"),
+            "ratio": median("ratio"), "cli_clock": median("cli_clock"), "tidy_clock": median("tidy_clock"),
+            "clock_ratio": median("clock_ratio"),
+            "parts": {key: statistics.median(row["parts"].get(key, 0.0) for row in rows)
+                      for key in {key for row in rows for key in row["parts"]}},
+            "phases3": {key: statistics.median(row["phases3"][key] for row in rows) for key in rows[0]["phases3"]},
+            "phases1": {key: statistics.median(row["phases1"][key] for row in rows) for key in rows[0]["phases1"]},
             "tidy_setup": f"{setup['memory_format']}, {setup['implementation']}"}
 
 
 def print_table(rows, machine):
-    print(f"\nEnd-to-end seconds per epoch (train + test evaluation + checkpoints + logs), {machine}")
-    print("ratio = tidy PyTorch s/epoch / cli.py fit s/epoch (> 1: cli.py fit is faster); medians over rounds")
+    print(f"\nEnd-to-end seconds per epoch, {machine}")
+    print("(wall of a 3-epoch process - wall of a 1-epoch process) / 2, for cli.py fit (training, evaluation, "
+          "checkpoint, logs) and the tidy PyTorch loop (training, evaluation); ratio = tidy / cli.py fit "
+          "(> 1: cli.py fit is faster); medians over rounds. Epoch clock: cli.py fit's metrics.csv wall_s and the "
+          "tidy loop's in-process epoch, epochs 2 and 3 of the 3-epoch runs.")
     print("| model | batch | cli.py fit s/epoch | tidy PyTorch s/epoch | ratio | each round's ratio "
-          "| tidy loop's fastest setup |")
-    print("|---|---|---|---|---|---|---|")
+          "| epoch clock: cli.py fit | tidy | ratio | tidy loop's fastest setup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        rounds = ", ".join(f"{ratio:.2f}" for ratio in r["ratios"])
-        print(f"| {r['model']} | {r['batch']} | {r['cli']:.1f} | {r['tidy']:.1f} | {r['ratio']:.2f} | {rounds} | "
-              f"{r['tidy_setup']} |", flush=True)
+        each = ", ".join(f"{row['ratio']:.2f}" for row in r["rounds"])
+        print(f"| {r['model']} | {r['batch']} | {r['cli']:.2f} | {r['tidy']:.2f} | **{r['ratio']:.2f}** | {each} | "
+              f"{r['cli_clock']:.2f} | {r['tidy_clock']:.2f} | {r['clock_ratio']:.2f} | {r['tidy_setup']} |")
+    print("\nEvery round (process wall times in s; first: the program that started the round)")
+    print("| model | round | first | cli.py fit 3 epochs | 1 epoch | s/epoch | tidy 3 epochs | 1 epoch | s/epoch "
+          "| ratio | epoch clock: cli.py fit | tidy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for index, row in enumerate(r["rounds"], 1):
+            print(f"| {r['model']} | {index} | {row['first'].split()[0]} | {row['cli3']:.2f} | {row['cli1']:.2f} | "
+                  f"{row['cli']:.2f} | {row['tidy3']:.2f} | {row['tidy1']:.2f} | {row['tidy']:.2f} | "
+                  f"{row['ratio']:.2f} | {row['cli_clock']:.2f} | {row['tidy_clock']:.2f} |")
+    sys.stdout.flush()
+
+
+def print_breakdown(rows):
+    print("\nWhere a steady epoch of cli.py fit goes (s per epoch, mean of epochs 2 and 3 of the 3-epoch run, "
+          "median over rounds; from summary.json's time_parts_s). outside = the epoch less training and evaluation")
+    titles = " | ".join(title for _, title in EPOCH_PARTS)
+    print(f"| model | {titles} | epoch | outside |")
+    print("|---|" + "---|" * (len(EPOCH_PARTS) + 2))
+    for r in rows:
+        parts = r["parts"]
+        cells = " | ".join(f"{parts.get(key, 0.0):.3f}" for key, _ in EPOCH_PARTS)
+        print(f"| {r['model']} | {cells} | {parts['cycle']:.3f} | {parts['outside']:.3f} |")
+    print("\nThe phases of each cli.py fit process (s, median over rounds); (3 - 1) / 2 is each phase's share of "
+          "the end-to-end figure")
+    print("| model | phase | 1 epoch | 3 epochs | (3 - 1) / 2 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        for key, title in (*RUN_PHASES, ("unaccounted", "unaccounted (between the phases)")):
+            one, three = r["phases1"].get(key, 0.0), r["phases3"].get(key, 0.0)
+            print(f"| {r['model']} | {title} | {one:.2f} | {three:.2f} | {(three - one) / 2:+.2f} |")
+    sys.stdout.flush()
 
 
 def machine_name(device):
@@ -129,16 +248,23 @@ def machine_name(device):
 @click.option("--batch-size", type=int, default=None, help="Default: each model's original batch size.")
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="Any --data source of cli.py.")
 @click.option("--data-dir", default=None, help="Where TFDS prepares and caches the data (cli.py's --data-dir).")
+@click.option("--train-images", type=int, default=None, help="Train on this many images (quick checks; default all).")
+@click.option("--eval-images", type=int, default=None, help="Evaluate on this many images (default all).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--rounds", type=int, default=1, show_default=True,
+@click.option("--rounds", type=int, default=3, show_default=True,
               help="Repetitions, alternating which program goes first (the table: the median).")
-def main(models, batch_size, data, data_dir, device, rounds):
+@click.option("--breakdown/--no-breakdown", default=True, show_default=True,
+              help="Also print where each epoch of cli.py fit goes, and each process's phases.")
+def main(models, batch_size, data, data_dir, train_images, eval_images, device, rounds, breakdown):
     rows = []
     for model in models.split(","):
-        print(f"{model}: cli.py fit and the tidy loop, 3 epochs each, {rounds} round(s) ...", file=sys.stderr,
+        print(f"{model}: cli.py fit and the tidy loop, 3 and 1 epochs each, {rounds} round(s) ...", file=sys.stderr,
               flush=True)
-        rows.append(measure(model, batch_size or ORIGINAL_BATCH[model], data, device, rounds, data_dir))
+        rows.append(measure(model, batch_size or ORIGINAL_BATCH[model], data, device, rounds, data_dir,
+                            (train_images, eval_images)))
     print_table(rows, machine_name(device))
+    if breakdown:
+        print_breakdown(rows)
 
 
 if __name__ == "__main__":

@@ -126,15 +126,33 @@ def test_airbench_recipe_script_names_runs_by_recipe_and_schedule(tmp_path, reci
     assert (tmp_path / "out" / f"{name}.log").exists()
 
 
-def test_epochs_times_the_cli_and_the_tidy_loop_in_alternating_rounds(real_folder_small, data_dir):
-    """bench.epochs, PERFORMANCE.md's end-to-end row, on a slice of the real data: both programs 3
-    epochs in fresh processes, one round (the order alternates over rounds: the step_levers test)."""
-    result = bench("bench.epochs", "--models", "cnn", "--data", str(real_folder_small), "--data-dir", str(data_dir))
-    assert "cnn: round 1/1 done (cli, tidy)" in result.stderr
-    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| cnn | 32 |")]
-    cells = [cell.strip() for cell in row.split("|")[1:-1]]
-    assert float(cells[2]) > 0 and float(cells[3]) > 0 and float(cells[4]) > 0  # s/epoch of each, their ratio
-    assert cells[6] in ("channels_last, fused", "channels_last, foreach", "contiguous, fused", "contiguous, foreach")
+def test_epochs_times_whole_processes_of_the_cli_and_the_tidy_loop(real_folder_small, data_dir):
+    """bench.epochs, PERFORMANCE.md's end-to-end row, on a slice of the real data: 3- and 1-epoch processes of
+    each program, the steady epoch their wall-time difference halved; every round listed; the breakdown of an
+    epoch and of each process from the run's own summary.json (the order alternates over rounds: the
+    step_levers test)."""
+    result = bench("bench.epochs", "--models", "cnn", "--rounds", "1", "--data", str(real_folder_small),
+                   "--data-dir", str(data_dir))
+    assert "cnn: round 1/1 done (cli 3 epochs, cli 1 epoch, tidy 3 epochs, tidy 1 epoch)" in result.stderr
+    rows = [[cell.strip().strip("*") for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| cnn |")]
+    headline, (each_round,) = rows[0], [row for row in rows if row[1] == "1" and row[2] == "cli"]
+    cli, tidy, ratio = (float(cell) for cell in headline[2:5])  # on 300 images a difference can come out < 0
+    bounds = [(tidy + a) / (cli + b) for a in (-0.005, 0.005) for b in (-0.005, 0.005)]  # the cells are rounded
+    assert min(bounds) - 0.005 <= ratio <= max(bounds) + 0.005
+    assert headline[9] in ("channels_last, fused", "channels_last, foreach", "contiguous, fused", "contiguous, foreach")
+    cli3, cli1, cli_epoch, tidy3, tidy1, tidy_epoch = (float(cell) for cell in each_round[3:9])
+    assert cli_epoch == pytest.approx((cli3 - cli1) / 2, abs=0.01) and cli_epoch == pytest.approx(cli, abs=0.01)
+    assert tidy_epoch == pytest.approx((tidy3 - tidy1) / 2, abs=0.01)
+    (parts,) = [row for row in rows if len(row) == 12 and row[1] != "1"]  # the breakdown of an epoch
+    seconds = [float(cell) for cell in parts[1:]]
+    assert all(value >= 0 for value in seconds[:-3]) and seconds[2] > 0  # the checkpoint's .keras took time
+    assert seconds[-2] == pytest.approx(sum(seconds[:-2]), abs=0.02)  # the parts add up to the epoch
+    phases = {row[1]: [float(cell) for cell in row[2:]] for row in rows if len(row) == 5}
+    assert phases["epochs 2.."][0] == 0 and phases["epochs 2.."][1] > 0
+    for one, three, share in phases.values():
+        assert share == pytest.approx((three - one) / 2, abs=0.01)
+    assert abs(phases["unaccounted (between the phases)"][1]) < 0.5
 
 
 def test_step_levers_times_every_variant_and_the_tidy_loop_in_turns():

@@ -190,3 +190,53 @@ def test_resume_may_change_epochs_and_execution_but_not_the_run(real_folder_smal
     for change in ({"mixed_precision": "bf16"}, {"lr": 0.1}, {"batch_size": 8}):
         with pytest.raises(ConfigError, match="Cannot change"):
             resumed_config(first.run_path, change)
+
+
+def test_summary_times_each_part_of_each_epoch(real_folder_small, tmp_path, monkeypatch):
+    """summary.json's `time_parts_s` puts each epoch's time where it went: a checkpoint write made
+    0.4 s slower shows in that epoch's `checkpoint.save` and `checkpoint`, a TensorBoard write made
+    0.3 s slower and the hook that opens the evaluation 0.2 s slower in `tensorboard`, none in
+    `train`, `evaluation` or `rest`; the parts add up to the epoch's `cycle`, and the run's phases
+    to what `fit` did (the epochs' cycles among them)."""
+    import time
+
+    from keras_cifar.models.classifier import ImageClassifier
+    from keras_cifar.train.tensorboard_callbacks import EpochTensorBoard, OriginalTags
+
+    save, tags, test_begin = ImageClassifier.save, OriginalTags.on_epoch_end, EpochTensorBoard.on_test_begin
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(0.4)
+        return save(self, *args, **kwargs)
+
+    def slow_tags(self, *args, **kwargs):
+        time.sleep(0.3)
+        return tags(self, *args, **kwargs)
+
+    def slow_test_begin(self, *args, **kwargs):  # a hook at the edge of the evaluation: not in `evaluation`
+        time.sleep(0.2)
+        return test_begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassifier, "save", slow_save)
+    monkeypatch.setattr(OriginalTags, "on_epoch_end", slow_tags)
+    monkeypatch.setattr(EpochTensorBoard, "on_test_begin", slow_test_begin)
+    result = fit(small_config(real_folder_small, tmp_path, train_images=60, eval_images=30), verbose=0,
+                 echo=print)
+    parts = result.summary["time_parts_s"]
+    assert [epoch["epoch"] for epoch in parts["epochs"]] == [1, 2]
+    for epoch in parts["epochs"]:
+        assert 0.4 <= epoch["checkpoint.save"] <= epoch["checkpoint"]
+        assert epoch["checkpoint"] >= epoch["checkpoint.save"] + epoch["checkpoint.state"] + \
+            epoch["checkpoint.links"] + epoch["checkpoint.metrics_csv"] - 1e-6
+        assert epoch["tensorboard"] >= 0.5
+        assert epoch["train"] > 0 and epoch["evaluation"] > 0
+        # `rest` is the cycle less the timed parts: a sleep counted twice (say, in `evaluation` too) makes it
+        # negative, one counted nowhere makes it large
+        assert -1e-3 <= epoch["rest"] < 0.2
+        whole = sum(value for key, value in epoch.items() if key not in ("epoch", "cycle") and "." not in key)
+        assert whole == pytest.approx(epoch["cycle"], abs=1e-9)
+    run = parts["run"]
+    assert list(run) == ["prepare", "fit_start", "epochs", "fit_end", "final_evaluation", "final_summaries"]
+    assert run["epochs"] == pytest.approx(sum(epoch["cycle"] for epoch in parts["epochs"]))
+    assert run["prepare"] == result.summary["prepare_s"]
+    assert parts["started_at"] + sum(run.values()) <= parts["written_at"] + 1e-3

@@ -1,7 +1,8 @@
-"""The callbacks that act during a training run's steps and epochs, and the callback list that
-dispatches them. The epoch commit is in `commit.py`, the TensorBoard summaries in
-`tensorboard_callbacks.py`."""
+"""The callbacks that act during a training run's steps and epochs, the callback list that
+dispatches them, and `RunTimes`, where the list records what each part of an epoch takes. The
+epoch commit is in `commit.py`, the TensorBoard summaries in `tensorboard_callbacks.py`."""
 
+import contextlib
 import math
 import time
 
@@ -192,8 +193,73 @@ class ProgressBar(keras.callbacks.ProgbarLogger):
         return {key: float(value) for key, value in logs.items()}
 
 
+class RunTimes:
+    """Where a run's wall time goes, as the run's own hooks time it (summary.json's `time_parts_s`).
+
+    Per epoch (`epochs`, a dict per epoch): `train` (from the end of the epoch-begin hooks to the
+    start of the evaluation: the steps with their batch hooks), `evaluation` (the test set's steps),
+    the epoch, test and train hooks of the callbacks grouped by their `time_part` (`checkpoint`,
+    `tensorboard`, `callbacks` for the others), and `rest`: what Keras's loop does between them
+    (reading the metrics, setting up the evaluation). These add up to `cycle`, the epoch's start to the
+    next epoch's start (the last: to the start of the train-end hooks). Keys with a dot are details of
+    a part, inside it and not added again (`checkpoint.save`: the .keras file).
+
+    Per run (`run`): the phases of `fit` outside the epochs, each timed by the trainer."""
+
+    def __init__(self):
+        self.run = {}
+        self.epochs = []
+        self.marks = {}  # name -> time.perf_counter() when it happened: the edges of the run's phases
+        self._epoch = None  # the current epoch's dict, while one runs
+
+    def mark(self, name, first=False):
+        """Records now as `name` (`first`: unless already recorded)."""
+        if not (first and name in self.marks):
+            self.marks[name] = time.perf_counter()
+
+    def between(self, start, end):
+        """Seconds from mark `start` to mark `end`; None where one is missing."""
+        if start in self.marks and end in self.marks:
+            return self.marks[end] - self.marks[start]
+        return None
+
+    @property
+    def in_epoch(self):
+        return self._epoch is not None
+
+    def begin_epoch(self, epoch):
+        """`epoch`: Keras's 0-based index; recorded 1-based, as in metrics.csv."""
+        self._epoch = {"epoch": epoch + 1}
+        self.epochs.append(self._epoch)
+
+    def end_epoch(self, cycle_s):
+        parts = sum(value for key, value in self._epoch.items() if key not in ("epoch", "rest") and "." not in key)
+        self._epoch["rest"] = self._epoch.get("rest", 0.0) + cycle_s - parts
+        self._epoch["cycle"] = cycle_s
+        self._epoch = None
+
+    def add(self, part, seconds):
+        """Adds `seconds` to `part` of the current epoch (of the run, outside the epochs)."""
+        target = self._epoch if self._epoch is not None else self.run
+        target[part] = target.get(part, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def timed(self, part):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(part, time.perf_counter() - start)
+
+    def as_dict(self):
+        return {"run": dict(self.run), "epochs": [dict(epoch) for epoch in self.epochs]}
+
+
 BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
                "on_predict_batch_begin", "on_predict_batch_end")
+
+
+EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_test_begin", "on_test_end")
 
 
 class RunCallbacks(keras.callbacks.CallbackList):
@@ -202,9 +268,13 @@ class RunCallbacks(keras.callbacks.CallbackList):
     (device tensors, not converted to Python numbers: no host synchronisation). Epoch, train and
     test hooks are Keras's own, with Python numbers.
 
+    It times each epoch into `times` (a `RunTimes`): the training and evaluation between the hooks,
+    and each callback's epoch and test hooks under the callback's `time_part` ("callbacks" unless
+    it names one). A dozen clock reads per epoch, none per step.
+
     `fit` takes it as it is; give it what `fit` would: `model`, `epochs`, `steps`, `verbose`."""
 
-    def __init__(self, callbacks, *, model, epochs, steps, verbose):
+    def __init__(self, callbacks, *, model, epochs, steps, verbose, times=None):
         callbacks = list(callbacks)
         if verbose:
             callbacks.append(ProgressBar())
@@ -214,6 +284,61 @@ class RunCallbacks(keras.callbacks.CallbackList):
         self._hooks = {name: [getattr(callback, name) for callback in self.callbacks
                               if getattr(type(callback), name) is not getattr(keras.callbacks.Callback, name)]
                        for name in BATCH_HOOKS}
+        self.times = times if times is not None else RunTimes()
+        for callback in self.callbacks:
+            for name in EPOCH_HOOKS:
+                if getattr(type(callback), name) is not getattr(keras.callbacks.Callback, name):
+                    # The list's loops call `callback.<hook>`: the instance attribute, which times the class's.
+                    setattr(callback, name, self._timed_hook(callback, name))
+        self._epoch_start = self._train_start = self._test_start = None
+
+    def _timed_hook(self, callback, name):
+        part = getattr(callback, "time_part", "callbacks")
+
+        def timed(*args, **kwargs):
+            hook = getattr(type(callback), name)  # looked up at each call, as the list's own call would
+            if not self.times.in_epoch:
+                return hook(callback, *args, **kwargs)
+            with self.times.timed(part):
+                return hook(callback, *args, **kwargs)
+
+        return timed
+
+    def _end_epoch(self, now):
+        if self.times.in_epoch:
+            self.times.end_epoch(now - self._epoch_start)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        now = time.perf_counter()
+        self.times.mark("first_epoch_begin", first=True)
+        self._end_epoch(now)
+        self.times.begin_epoch(epoch)
+        self._epoch_start = now
+        super().on_epoch_begin(epoch, logs)
+        self._train_start = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        if self._train_start is not None and self.times.in_epoch:  # the evaluation of fit, not a later one
+            self.times.add("train", time.perf_counter() - self._train_start)
+            self._train_start = None
+        super().on_test_begin(logs)
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        if self.times.in_epoch:
+            self.times.add("evaluation", time.perf_counter() - self._test_start)
+        super().on_test_end(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._train_start is not None:  # an epoch without evaluation
+            self.times.add("train", time.perf_counter() - self._train_start)
+            self._train_start = None
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self.times.mark("train_end")
+        self._end_epoch(self.times.marks["train_end"])
+        super().on_train_end(logs)
 
     def _dispatch(self, name, batch, logs):
         for hook in self._hooks[name]:

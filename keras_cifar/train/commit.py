@@ -10,6 +10,7 @@ import keras
 
 from keras_cifar.train import run_dir as rd
 from keras_cifar.train import storage
+from keras_cifar.train.callbacks import RunTimes
 from keras_cifar.train.signals import deferred_sigint
 
 METRIC_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time_s",
@@ -30,12 +31,15 @@ class Checkpointer(keras.callbacks.Callback):
     uncommitted files; a resumed run redoes `finish_commit`.
     """
 
-    def __init__(self, run_path, state, nan_guard, monitor="val_accuracy"):
+    time_part = "checkpoint"  # RunTimes' part for this callback's hooks
+
+    def __init__(self, run_path, state, nan_guard, monitor="val_accuracy", times=None):
         super().__init__()
         self.run_path = run_path
         self.state = state  # completed_epochs, checkpoint, best, history
         self.nan_guard = nan_guard
         self.monitor = monitor
+        self.times = times if times is not None else RunTimes()  # where the details of a commit are timed
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -57,35 +61,41 @@ class Checkpointer(keras.callbacks.Callback):
         new_state = dict(self.state, completed_epochs=completed_epochs, checkpoint=relative, history=history,
                          best=best)
         with storage.writing(f"the checkpoint of epoch {completed_epochs}", self.run_path, cleanup=(tmp, path)):
-            os.makedirs(resume_dir, exist_ok=True)
-            self.model.save(tmp)
-            os.replace(tmp, path)
-            rd.write_json(os.path.join(self.run_path, rd.STATE), new_state)
+            with self.times.timed("checkpoint.save"):
+                os.makedirs(resume_dir, exist_ok=True)
+                self.model.save(tmp)
+                os.replace(tmp, path)
+            with self.times.timed("checkpoint.state"):
+                rd.write_json(os.path.join(self.run_path, rd.STATE), new_state)
         self.state.clear()
         self.state.update(new_state)
-        finish_commit(self.run_path, self.state)
+        finish_commit(self.run_path, self.state, self.times)
 
 
-def finish_commit(run_path, state):
+def finish_commit(run_path, state, times=None):
     """What follows the commit point of `state`'s epoch, which a resumed run redoes: `last.keras`
     (and `best.keras` when this epoch is the best, or there is none) linked to the committed
-    checkpoint, metrics.csv from the committed history, older checkpoints and partial files removed."""
+    checkpoint, metrics.csv from the committed history, older checkpoints and partial files removed.
+    `times`: a RunTimes that times the links (with the removals) and metrics.csv."""
+    times = times if times is not None else RunTimes()
     links = [os.path.join(run_path, name) for name in (rd.LAST, rd.BEST)]
     path = os.path.join(run_path, state["checkpoint"]) if state.get("checkpoint") else None
     if path is not None:
-        with storage.writing("the links to the last checkpoint", run_path, cleanup=[f"{link}.tmp" for link in links]):
+        with times.timed("checkpoint.links"), storage.writing("the links to the last checkpoint", run_path,
+                                                              cleanup=[f"{link}.tmp" for link in links]):
             _replace_with_link(path, links[0])
             best = state.get("best")
             if (best is not None and best["epoch"] == state["completed_epochs"]) or not os.path.exists(links[1]):
                 _replace_with_link(path, links[1])
-    with storage.writing("metrics.csv", run_path):
+    with times.timed("checkpoint.metrics_csv"), storage.writing("metrics.csv", run_path):
         write_metrics_csv(os.path.join(run_path, rd.METRICS), state["history"])
     if path is None:
         return
-    resume_dir = os.path.dirname(path)
-    for name in os.listdir(resume_dir):
-        if name != os.path.basename(path):
-            os.remove(os.path.join(resume_dir, name))
+    with times.timed("checkpoint.links"):
+        resume_dir = os.path.dirname(path)
+        for name in os.listdir(resume_dir):
+            if name != os.path.basename(path):
+                os.remove(os.path.join(resume_dir, name))
 
 
 def write_metrics_csv(path, history):

@@ -13,6 +13,8 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
     write nothing; they only count steps, so the training step hands them no logs. The hooks that
     open, write or close event files raise `storage.WriteFailed` when the disk refuses the write."""
 
+    time_part = "tensorboard"  # RunTimes' part for this callback's hooks
+
     def __init__(self, log_dir):
         super().__init__(log_dir=log_dir, write_graph=False, update_freq="epoch")
 
@@ -51,6 +53,8 @@ class OriginalTags(keras.callbacks.Callback):
     `loss/epoch` (sum of the batch losses), `accuracy/epoch` (train, percent)
     and `Test_accuracy/epoch` (percent; only when the test split is the one
     evaluated every epoch, as in the originals)."""
+
+    time_part = "tensorboard"
 
     def __init__(self, run_path, steps_per_epoch, eval_is_test):
         super().__init__()

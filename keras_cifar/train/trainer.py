@@ -17,7 +17,7 @@ from keras_cifar.models import create_model
 from keras_cifar.train import distributed, storage
 from keras_cifar.train import run_dir as rd
 from keras_cifar.optim import build_optimizer
-from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks, TrainingClock
+from keras_cifar.train.callbacks import EpochSeeder, EpochStats, NaNGuard, RunCallbacks, RunTimes, TrainingClock
 from keras_cifar.train.checkpoints import (check_compatible, check_optimizer_restored, load_checkpoint,
                                           load_optimizer_state)
 from keras_cifar.train.commit import Checkpointer
@@ -68,11 +68,12 @@ def compile_model(model, config, steps_per_epoch):
     )
 
 
-def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=None):
+def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=None, times=None):
     """The callbacks of every `fit` run (the benchmarks use the same). Order matters: the
     seeder first; epoch stats before anything reads the logs; the clock before the writers (what
     runs after its `on_epoch_end` is off the time-to-accuracy clock); the checkpoint is committed
-    before the logs are written, so a crash can lose a log line but never a checkpoint.
+    before the logs are written, so a crash can lose a log line but never a checkpoint. `times`:
+    the RunTimes that the checkpoint's details are timed into (give the same to RunCallbacks).
 
     In a data-parallel run every rank keeps the callbacks that act on training (the seeder, with
     its rank; the NaN guard, reduced over the ranks at the same steps) and only rank 0 writes."""
@@ -90,11 +91,21 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=No
     if clock is not None:
         callbacks.append(clock)
     if group.is_main:
-        callbacks.append(Checkpointer(run_path, state, nan_guard))
+        callbacks.append(Checkpointer(run_path, state, nan_guard, times=times))
         if config.tensorboard:
             callbacks += [OriginalTags(run_path, len(train_loader), eval_is_test=eval_is_test),
                           EpochTensorBoard(run_path)]
     return callbacks, nan_guard
+
+
+def time_parts(times, started_at):
+    """summary.json's `time_parts_s`: the run's phases (`run`: prepare, fit_start, epochs, fit_end,
+    final_evaluation, final_summaries, in seconds, in the order they ran), each epoch's parts
+    (`epochs`, see RunTimes), and the wall-clock times (Unix seconds) at which `fit` began
+    (`started_at`, after the imports) and summary.json was written (`written_at`), from which a
+    benchmark that started the process and waited for its exit sees the start-up and the exit."""
+    return {"run": {name: seconds for name, seconds in times.run.items() if seconds is not None},
+            "epochs": times.as_dict()["epochs"], "started_at": started_at, "written_at": time.time()}
 
 
 def _check_sizes(config, data, world_size=1):
@@ -134,6 +145,7 @@ def _absolute_paths(config):
 
 def _fit(config, resume_path, verbose, echo):
     started = time.perf_counter()
+    started_at = time.time()
     if config.tensorboard and not tensorflow_cpu.installed():
         raise UsageError("TensorBoard summaries need TensorFlow, which is not installed here (`pip install "
                          "tensorflow-cpu`). Set `tensorboard=False` to train without them: metrics.csv, "
@@ -198,30 +210,35 @@ def _fit(config, resume_path, verbose, echo):
         distributed.prepare(model, config, group, echo, averaged_state=model.optimizer.model_state_averages)
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
         return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
-                      started)
+                      started, started_at)
 
 
-def _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo, started):
+def _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo, started,
+           started_at):
     import torch
 
     group = distributed.current()
     clock = TrainingClock(state, config.target_accuracy, config.stop_at_target)
+    times = RunTimes()
     callbacks, nan_guard = make_callbacks(config, run_path, state, train_loader, eval_is_test=data.val is None,
-                                          clock=clock)
+                                          clock=clock, times=times)
     prepare_s = time.perf_counter() - started
+    times.run["prepare"] = prepare_s
     initial_epoch = state["completed_epochs"]
     if initial_epoch < config.epochs:
         try:
+            times.mark("fit")
             model.fit(
                 train_loader.as_keras_input(),
                 validation_data=eval_loader.as_keras_input(),
                 epochs=config.epochs,
                 initial_epoch=initial_epoch,
                 callbacks=RunCallbacks(callbacks, model=model, epochs=config.epochs, steps=len(train_loader),
-                                       verbose=verbose),
+                                       verbose=verbose, times=times),
                 verbose=verbose,
                 shuffle=False,  # the loader shuffles
             )
+            times.mark("fit_returned")
         except torch.OutOfMemoryError:
             raise TrainingError(
                 f"Out of {device} memory at batch size {config.batch_size}. Lower `batch_size` (a new run), "
@@ -247,6 +264,10 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
             f"The training loss became NaN or infinite at {where}; training stopped and {what_is_kept}. "
             "Lower the learning rate (`lr`), or use `schedule='cosine'` with warm-up (`warmup_epochs`)."
         )
+    times.run["fit_start"] = times.between("fit", "first_epoch_begin")  # Keras's set-up, train-begin hooks
+    times.run["epochs"] = sum(epoch["cycle"] for epoch in times.epochs if "cycle" in epoch)
+    times.run["fit_end"] = times.between("train_end", "fit_returned")  # train-end hooks (TensorBoard's close)
+    times.mark("final_evaluation")
     try:
         tta = None
         if config.tta:
@@ -263,6 +284,7 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
             f"`fit(resume_path={run_path!r})`"
         ) from None
     report = classification_report(data.eval.labels, logits, data.class_names)
+    times.run["final_evaluation"] = time.perf_counter() - times.marks["final_evaluation"]
     timing = timing_of(config, state, report, clock, prepare_s, tta)
     summary = summary_of(config, state, report, data, device, run_path)
     summary.update(timing, steps_per_epoch=len(train_loader),
@@ -270,9 +292,12 @@ def _train(config, data, model, run_path, state, train_loader, eval_loader, devi
     if group.is_main:
         try:
             with storage.writing("the final summary", run_path):
-                rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
                 if config.tensorboard:
-                    write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
+                    with times.timed("final_summaries"):
+                        write_final_summaries(run_path, config, report, summary, step=state["completed_epochs"] - 1)
+                # summary.json last, so that it holds the time of everything before it
+                summary["time_parts_s"] = time_parts(times, started_at)
+                rd.write_json(os.path.join(run_path, rd.SUMMARY), summary)
         except storage.WriteFailed as failed:
             raise storage_error(failed, storage.checkpoint_bytes(model, run_path, state),
                                 f"All {state['completed_epochs']} epochs are saved there; only the summary "
