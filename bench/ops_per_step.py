@@ -26,7 +26,7 @@ def rows_for(model, precision, batch_size):
     theirs = op_count.yardstick_counts(model, precision, batch_size)
     rows = []
     for kind in ours:
-        a, b = ours[kind], theirs[kind]
+        a, b = ours[kind], theirs.get(kind, op_count.KernelOpCounter())
         differing = sorted(op for op in set(a.ops) | set(b.ops) if a.ops[op] != b.ops[op])
         rows.append({"model": model, "precision": precision, "step": kind, "ours": a.total, "theirs": b.total,
                      "differ": ", ".join(f"{op} {a.ops[op]}/{b.ops[op]}" for op in differing)})
@@ -38,10 +38,13 @@ def print_table(rows):
     print("| model | precision | step | keras-cifar | yardstick | ratio | ops that differ (keras-cifar/yardstick) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        ratio = f"{r['ours'] / r['theirs']:.2f}" if r["theirs"] else "(none)"
         print(f"| {r['model']} | {r['precision']} | {r['step']} | {r['ours']} | {r['theirs']} | "
-              f"{r['ours'] / r['theirs']:.2f} | {r['differ']} |", flush=True)
+              f"{ratio} | {r['differ']} |", flush=True)
     print("\nLeft out (they launch no kernel): every view op (OpOverload.is_view), and "
           + "; ".join(f"{name}: {why}" for name, why in op_count.EXCLUDED.items()) + ".")
+    print("fit's batch hooks: the run's callbacks around each training step (the NaN guard's record on the "
+          "device); the yardstick has none (it reads its loss back to the host instead, or not at all).")
     print("Equivalent ops with other names (convolution and _convolution: the captured graph calls the "
           "inner one) differ by name only.")
 

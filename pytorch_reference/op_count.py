@@ -313,9 +313,36 @@ def keras_cifar_counts(name, mixed_precision="none", batch_size=32, warmup=3, de
             counts["lookahead"] = count_ops(train)
         evaluate()
         counts["eval"] = count_ops(evaluate)
+        counts["fit's batch hooks"] = _batch_hook_counts(model, config, train)
         return counts
     finally:
         set_precision("none", device)
+
+
+def _batch_hook_counts(model, config, train):
+    """The ops of the batch hooks of `fit`'s callbacks (the run's own: the NaN guard's record, the
+    clock, the progress bar) around one training step: beside the step, not in it."""
+    import tempfile
+
+    from keras_cifar.data import Split, TensorLoader
+    from keras_cifar.train.callbacks import RunCallbacks
+    from keras_cifar.train.trainer import make_callbacks, new_run_state
+
+    split = Split(torch.zeros((config.batch_size, 32, 32, 3), dtype=torch.uint8).numpy(),
+                  torch.zeros(config.batch_size, dtype=torch.int64).numpy())
+    loader = TensorLoader(split, config.batch_size)
+    with tempfile.TemporaryDirectory() as run_path:
+        callbacks, _ = make_callbacks(config, run_path, new_run_state(), loader, eval_is_test=True)
+        callback_list = RunCallbacks(callbacks, model=model, epochs=1, steps=100, verbose=2)
+        callback_list.on_epoch_begin(0)
+        for step in range(2):  # the second, in steady state
+            counter = KernelOpCounter()
+            with counter:
+                callback_list.on_train_batch_begin(step)
+            logs = train()  # the step itself, not counted here
+            with counter:
+                callback_list.on_train_batch_end(step, logs)
+    return counter
 
 
 def yardstick_counts(name, mixed_precision="none", batch_size=32, warmup=3, device="cpu"):

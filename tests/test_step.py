@@ -148,11 +148,13 @@ def test_run_callbacks_hand_batch_hooks_device_tensors_in_the_training_thread(tm
 
 
 def test_nan_guard_finds_the_first_bad_step_on_the_device():
+    """The logs' loss is the epoch's running mean: non-finite from the first bad step on."""
     guard = NaNGuard(check_seconds=float("inf"))
     guard.set_model(type("M", (), {"stop_training": False})())
     guard.on_epoch_begin(2)
-    for batch, loss in enumerate([1.0, 2.0, float("nan"), 3.0, float("inf")]):
-        guard.on_train_batch_end(batch, {"loss": torch.tensor(loss)})
+    losses = torch.tensor([1.0, 2.0, float("nan"), 3.0, float("inf")])
+    for batch, loss in enumerate(losses.cumsum(0) / torch.arange(1, 6)):
+        guard.on_train_batch_end(batch, {"loss": loss})
     assert guard.bad_step is None  # not read yet: no synchronisation until a check
     guard.on_epoch_end(2, {"loss": float("nan")})
     assert guard.bad_step == (3, 3) and guard.model.stop_training

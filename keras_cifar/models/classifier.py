@@ -176,6 +176,7 @@ class ImageClassifier(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         runtime = self.step_runtime
+        logs_as_trackers = runtime.take_logs_as_trackers()
         plan = runtime.step_plan()
         if not plan.lean or sample_weight is not None:
             return self._generic_train_step(x, y, sample_weight)
@@ -186,11 +187,12 @@ class ImageClassifier(keras.Model):
             parameter.grad = None
         runtime.backward(self.optimizer.scale_loss(loss))
         self.optimizer.apply([parameter.grad for parameter in plan.parameters], plan.trainable_weights)
-        return self._track(loss, y, y_pred)
+        return self._track(loss, y, y_pred, logs_as_trackers=logs_as_trackers)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         runtime = self.step_runtime
+        logs_as_trackers = runtime.take_logs_as_trackers()
         plan = runtime.step_plan()
         y_pred = self.forward_step(x, training=False)
         if not plan.lean or sample_weight is not None:
@@ -199,23 +201,22 @@ class ImageClassifier(keras.Model):
             self._update_accuracy(y, y_pred)
             return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         y = torch.as_tensor(y, device=y_pred.device)
-        return self._track(self.loss.batch_sum(y, y_pred), y, y_pred, loss_is_sum=True)
+        return self._track(self.loss.batch_sum(y, y_pred), y, y_pred, loss_is_sum=True,
+                           logs_as_trackers=logs_as_trackers)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.forward_step(x, training=False)
 
-    def _track(self, loss, y, y_pred, loss_is_sum=False):
+    def _track(self, loss, y, y_pred, loss_is_sum=False, logs_as_trackers=False):
         """Adds the batch's loss and accuracy to the trackers, on the device; -> the step's logs: the
-        running means, or the trackers themselves when the caller asked to read them only if needed
-        (`logs_as_trackers`, for this one step: the run's callback list, `RunningMeans`)."""
+        running means, or the trackers themselves when the caller reads them only if needed
+        (`logs_as_trackers`: the run's callback list, through `step_runtime.RunningMeans`)."""
         count = y_pred.shape[0]
         self.loss_tracker.add_batch(loss.detach(), count, scale=1 if loss_is_sum else count)
         self._update_accuracy(y, y_pred)
-        runtime = self.step_runtime
         trackers = [tracker for tracker in (self.loss_tracker, self.accuracy_tracker) if tracker is not None]
-        if runtime.logs_as_trackers:
-            runtime.logs_as_trackers = False
+        if logs_as_trackers:
             return {tracker.name: tracker for tracker in trackers}
         return {tracker.name: tracker.running_mean() for tracker in trackers}
 

@@ -93,9 +93,14 @@ class StepRuntime:
         self.loss_tracker = None  # set by compile
         self.accuracy_tracker = None  # with compile(metrics=["accuracy"])
         self.metrics_reduced = False
-        # Set for one step by whoever reads that step's logs only when needed (`RunningMeans`): the
-        # step then returns its trackers, not their running means (a division each, per step).
+        # Set before a step by whoever reads its logs only when needed (`RunningMeans`): that step
+        # returns its trackers, not their running means (a division each, per step).
         self.logs_as_trackers = False
+
+    def take_logs_as_trackers(self):
+        """Whether this step returns its trackers as its logs; the request lasts one step."""
+        requested, self.logs_as_trackers = self.logs_as_trackers, False
+        return requested
 
     def forward(self, x, training):
         if self.graphs is None or not isinstance(x, torch.Tensor):

@@ -11,6 +11,7 @@ import torch
 
 from keras_cifar import keras_internals
 from keras_cifar.data.loader import stream_seed
+from keras_cifar.models.step_runtime import RunningMeans
 
 
 class EpochSeeder(keras.callbacks.Callback):
@@ -46,10 +47,11 @@ class EpochStats(keras.callbacks.Callback):
 class NaNGuard(keras.callbacks.Callback):
     """Stops training at the first step whose loss is NaN or infinite.
 
-    The loss never leaves the device for this: each step records there the first step whose
-    running loss is not finite (the running mean is finite until a step's loss is not), and the
-    host reads that record at most every `check_seconds` and at the end of each epoch. A
-    diverging run stops within seconds, and no step waits for the device.
+    The loss never leaves the device for this. The logs' loss is the epoch's running mean, which is
+    finite until a step's loss is not and never again after: each step adds 1 on the device when
+    it is finite (three kernels), so that the count is the index of the first bad step. The host
+    reads it at most every `check_seconds` and at the end of each epoch. A diverging run stops
+    within seconds, and no step waits for the device.
 
     In a data-parallel run (`all_ranks`: a function giving the earliest bad step over the ranks,
     a collective) the record is read every `check_steps` steps instead, the same steps on every
@@ -63,12 +65,14 @@ class NaNGuard(keras.callbacks.Callback):
         self.all_ranks = all_ranks
         self.epoch = 0
         self.bad_step = None  # (epoch, step), 1-based, of the first non-finite loss
-        self._first_bad = None
+        self._finite_steps = None  # this epoch's count of steps with a finite loss, on the device
+        self._steps = 0  # this epoch's steps
         self._last_check = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self._first_bad = None
+        self._finite_steps = None
+        self._steps = 0
         self._last_check = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -77,9 +81,10 @@ class NaNGuard(keras.callbacks.Callback):
             return
         if not torch.is_tensor(loss):
             loss = torch.tensor(float(loss))
-        if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
-        self._first_bad = torch.where((self._first_bad < 0) & ~torch.isfinite(loss), batch, self._first_bad)
+        if self._finite_steps is None:
+            self._finite_steps = torch.zeros((), dtype=torch.int64, device=loss.device)
+        self._finite_steps += (loss - loss) == 0  # 0 for a finite loss, NaN otherwise
+        self._steps += 1
         if self.check_steps:
             if (batch + 1) % self.check_steps == 0:
                 self._check()
@@ -88,8 +93,9 @@ class NaNGuard(keras.callbacks.Callback):
 
     def _check(self):
         self._last_check = time.monotonic()
-        if self._first_bad is not None and self.bad_step is None:
-            first_bad = self._first_bad if self.all_ranks is None else self.all_ranks(self._first_bad)
+        if self._finite_steps is not None and self.bad_step is None:
+            first_bad = torch.where(self._finite_steps < self._steps, self._finite_steps, -1)  # the batch index, or -1
+            first_bad = first_bad if self.all_ranks is None else self.all_ranks(first_bad)
             step = int(first_bad)  # the one host synchronisation, every check_seconds (or check_steps)
             if step >= 0:
                 self.bad_step = (self.epoch + 1, step + 1)
@@ -344,17 +350,26 @@ class RunCallbacks(keras.callbacks.CallbackList):
         for hook in self._hooks[name]:
             hook(batch, logs)
 
+    def _logs_when_read(self):
+        """Asks the coming step for its logs as trackers (an `ImageClassifier`'s), whose running
+        means the batch hooks compute only if they read them: no division per step otherwise."""
+        runtime = getattr(self.model, "step_runtime", None)
+        if runtime is not None:
+            runtime.logs_as_trackers = True
+
     def on_train_batch_begin(self, batch, logs=None):
         self._dispatch("on_train_batch_begin", batch, logs)
+        self._logs_when_read()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._dispatch("on_train_batch_end", batch, logs)
+        self._dispatch("on_train_batch_end", batch, RunningMeans(logs or {}))
 
     def on_test_batch_begin(self, batch, logs=None):
         self._dispatch("on_test_batch_begin", batch, logs)
+        self._logs_when_read()
 
     def on_test_batch_end(self, batch, logs=None):
-        self._dispatch("on_test_batch_end", batch, logs)
+        self._dispatch("on_test_batch_end", batch, RunningMeans(logs or {}))
 
     def on_predict_batch_begin(self, batch, logs=None):
         self._dispatch("on_predict_batch_begin", batch, logs)
