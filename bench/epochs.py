@@ -27,12 +27,14 @@ The second table (`--breakdown`, on by default) is where each steady epoch of `c
 from the run's own timing (summary.json's `time_parts_s`, written by the run's callbacks; see
 keras_cifar/train/callbacks.py `RunTimes`): training, evaluation, the checkpoint's .keras file,
 state.json, the links and removals, metrics.csv, TensorBoard, the other callbacks and Keras's loop
-between them, each the mean of epochs 2 and 3 of the 3-epoch run (median over rounds). The third
+between them, each the mean of epochs 2 and 3 of the 3-epoch run (median over rounds), with the
+tidy loop's training and evaluation (timed in its process) beside them. The third
 is each process's phases (start-up, preparation, each epoch, the final evaluation and reports, the
 exit) for the 1- and 3-epoch runs: what the end-to-end figure holds beyond the epochs themselves.
 
     python -m bench.epochs --rounds 3                       # cnn, resnet_lite, inception_lite
     python -m bench.epochs --models resnet_lite --rounds 3 --train-images 10000 --eval-images 10000
+    python -m bench.epochs --rounds 3 --json rounds.json     # every round's figures kept too
 """
 
 import csv
@@ -100,7 +102,8 @@ def tidy_epochs(model, batch_size, data, device, epochs=3, probe_steps=30, data_
     """The tidy loop for `epochs` epochs (each a training epoch and the test set's evaluation), in
     its fastest memory format and optimizer implementation (probed first on `probe_steps` steps),
     in a fresh process like the CLI's. -> `process_s` (launch to exit), `times` (each epoch, timed
-    inside the process), `memory_format`, `implementation`. `limits`: the training and test images
+    inside the process; `evaluations`: their evaluations), `memory_format`, `implementation`. `limits`: the
+    training and test images
     to keep (cli.py's --train-images, --eval-images: the same random subsets)."""
     code = f"""
 import json, time, torch
@@ -114,14 +117,17 @@ data.limit({limits[0]!r}, {limits[1]!r}, 0)  # cli.py fit's default seed: the sa
 optimizer, lr = {TORCH_OPTIMIZER[model]!r}
 run = fastest_tidy_run({model!r}, data.train, data.test, {batch_size}, optimizer, lr,
                        device={device!r}, probe_steps={probe_steps})
-times = []
-for epoch in range({epochs}):
-    start = time.perf_counter(); run.train_epoch(); run.evaluate()
+def synchronize():
     if {device!r}.startswith("cuda"):
         torch.cuda.synchronize()
-    times.append(time.perf_counter() - start)
+times, evaluations = [], []
+for epoch in range({epochs}):
+    start = time.perf_counter(); run.train_epoch(); synchronize()
+    evaluation = time.perf_counter(); run.evaluate(); synchronize()
+    times.append(time.perf_counter() - start); evaluations.append(time.perf_counter() - evaluation)
 setup = run.memory_format == torch.channels_last and "channels_last" or "contiguous"
-print(json.dumps({{"times": times, "memory_format": setup, "implementation": run.implementation}}))
+print(json.dumps({{"times": times, "evaluations": evaluations, "memory_format": setup,
+                  "implementation": run.implementation}}))
 """
     launched = time.time()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -171,14 +177,17 @@ def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None
             "cli3": cli3["process_s"], "cli1": cli1["process_s"], "tidy3": tidy3["process_s"],
             "tidy1": tidy1["process_s"], "cli_clock": steady_epoch(cli3["wall_s"]),
             "tidy_clock": sum(tidy3["times"][1:3]) / 2, "parts": mean_parts(cli3["epochs"]),
-            "phases3": run_phases(cli3), "phases1": run_phases(cli1), "first": in_order(programs, index)[0]})
+            "tidy_evaluation": sum(tidy3["evaluations"][1:3]) / 2,
+            "phases3": run_phases(cli3), "phases1": run_phases(cli1), "first": in_order(programs, index)[0],
+            "cli_wall_s": [cli3["wall_s"], cli1["wall_s"]], "tidy_times": [tidy3["times"], tidy1["times"]]})
         rows[-1]["ratio"] = rows[-1]["tidy"] / rows[-1]["cli"]
         rows[-1]["clock_ratio"] = rows[-1]["tidy_clock"] / rows[-1]["cli_clock"]
     median = lambda key: statistics.median(row[key] for row in rows)  # noqa: E731
     setup = runs["tidy 3 epochs"][0]
     return {"model": model, "batch": batch_size, "rounds": rows, "cli": median("cli"), "tidy": median("tidy"),
             "ratio": median("ratio"), "cli_clock": median("cli_clock"), "tidy_clock": median("tidy_clock"),
-            "clock_ratio": median("clock_ratio"),
+            "clock_ratio": median("clock_ratio"), "tidy_evaluation": median("tidy_evaluation"),
+            "tidy_train": statistics.median(row["tidy_clock"] - row["tidy_evaluation"] for row in rows),
             "parts": {key: statistics.median(row["parts"].get(key, 0.0) for row in rows)
                       for key in {key for row in rows for key in row["parts"]}},
             "phases3": {key: statistics.median(row["phases3"][key] for row in rows) for key in rows[0]["phases3"]},
@@ -221,6 +230,10 @@ def print_breakdown(rows):
         parts = r["parts"]
         cells = " | ".join(f"{parts.get(key, 0.0):.3f}" for key, _ in EPOCH_PARTS)
         print(f"| {r['model']} | {cells} | {parts['cycle']:.3f} | {parts['outside']:.3f} |")
+    for r in rows:  # the tidy loop's epoch, timed in its process, beside it
+        cells = " | ".join(["-"] * (len(EPOCH_PARTS) - 2))
+        print(f"| {r['model']}: tidy loop | {r['tidy_train']:.3f} | {r['tidy_evaluation']:.3f} | {cells} | "
+              f"{r['tidy_clock']:.3f} | - |")
     print("\nThe phases of each cli.py fit process (s, median over rounds); (3 - 1) / 2 is each phase's share of "
           "the end-to-end figure")
     print("| model | phase | 1 epoch | 3 epochs | (3 - 1) / 2 |")
@@ -255,13 +268,17 @@ def machine_name(device):
               help="Repetitions, alternating which program goes first (the table: the median).")
 @click.option("--breakdown/--no-breakdown", default=True, show_default=True,
               help="Also print where each epoch of cli.py fit goes, and each process's phases.")
-def main(models, batch_size, data, data_dir, train_images, eval_images, device, rounds, breakdown):
+@click.option("--json", "json_path", default=None, help="Also write every round's figures to this JSON file.")
+def main(models, batch_size, data, data_dir, train_images, eval_images, device, rounds, breakdown, json_path):
     rows = []
     for model in models.split(","):
         print(f"{model}: cli.py fit and the tidy loop, 3 and 1 epochs each, {rounds} round(s) ...", file=sys.stderr,
               flush=True)
         rows.append(measure(model, batch_size or ORIGINAL_BATCH[model], data, device, rounds, data_dir,
                             (train_images, eval_images)))
+        if json_path:  # after each model, so that a long run's finished models are kept
+            with open(json_path, "w") as file:
+                json.dump({"machine": machine_name(device), "models": rows}, file, indent=1)
     print_table(rows, machine_name(device))
     if breakdown:
         print_breakdown(rows)
