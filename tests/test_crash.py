@@ -212,7 +212,7 @@ def test_nan_loss_stops_names_epoch_and_step_keeps_last_good_checkpoint(real_fol
     from keras_cifar.train.config import resolve_config
     from keras_cifar.train.trainer import fit
 
-    original = losses.SparseCrossentropy.call
+    original = losses.SparseCrossentropy.batch_mean  # the training step's loss
     training_steps = {"n": 0}
 
     def diverging(self, y_true, y_pred):  # fault injection: the loss turns NaN at epoch 2, step 4
@@ -223,7 +223,7 @@ def test_nan_loss_stops_names_epoch_and_step_keeps_last_good_checkpoint(real_fol
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(losses.SparseCrossentropy, "call", diverging)
+    monkeypatch.setattr(losses.SparseCrossentropy, "batch_mean", diverging)
     config = resolve_config(None, dict(model="cnn", epochs=3, batch_size=30, data=str(real_folder_small),
                                        data_dir=str(tmp_path / "tfds"), log_dir=str(tmp_path / "logs")))
     with pytest.raises(TrainingError) as error:

@@ -95,6 +95,8 @@ STEP_PATH = (
 )
 
 
-def test_one_training_step_reads_in_at_most_2000_lines():
+def test_one_training_step_reads_in_at_most_2400_lines():
+    """Raised from 2,000 when the step's trackers, its logs read on demand and the run's time
+    accounting came in (the reading path itself unchanged)."""
     lines = {path: len((REPO / path).read_text().splitlines()) for path in STEP_PATH}
-    assert sum(lines.values()) <= 2000, lines
+    assert sum(lines.values()) <= 2400, lines
