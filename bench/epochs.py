@@ -90,7 +90,7 @@ def cli_fit_epochs(args, data, device, epochs=3, data_dir=None):
     parts = summary["time_parts_s"]
     phases = dict(parts["run"], startup=parts["started_at"] - launched, exit=ended - parts["written_at"])
     return {"process_s": ended - launched, "wall_s": elapsed, "images": summary["train_images_per_epoch"],
-            "epochs": parts["epochs"], "phases": phases}
+            "epochs": parts["epochs"], "phases": phases, "load": os.getloadavg()[0]}
 
 
 def steady_epoch(elapsed):
@@ -134,7 +134,8 @@ print(json.dumps({{"times": times, "evaluations": evaluations, "memory_format": 
     ended = time.time()
     if result.returncode:
         raise RuntimeError(f"tidy loop failed:\n{result.stderr[-3000:]}")
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]), process_s=ended - launched)
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]), process_s=ended - launched,
+                load=os.getloadavg()[0])
 
 
 def mean_parts(epochs):
@@ -179,7 +180,9 @@ def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None
             "tidy_clock": sum(tidy3["times"][1:3]) / 2, "parts": mean_parts(cli3["epochs"]),
             "tidy_evaluation": sum(tidy3["evaluations"][1:3]) / 2,
             "phases3": run_phases(cli3), "phases1": run_phases(cli1), "first": in_order(programs, index)[0],
-            "cli_wall_s": [cli3["wall_s"], cli1["wall_s"]], "tidy_times": [tidy3["times"], tidy1["times"]]})
+            "cli_wall_s": [cli3["wall_s"], cli1["wall_s"]], "tidy_times": [tidy3["times"], tidy1["times"]],
+            # the machine's 1-minute load average as each process ended: about 2 when only this benchmark runs
+            "load": max(run["load"] for run in (cli3, cli1, tidy3, tidy1))})
         rows[-1]["ratio"] = rows[-1]["tidy"] / rows[-1]["cli"]
         rows[-1]["clock_ratio"] = rows[-1]["tidy_clock"] / rows[-1]["cli_clock"]
     median = lambda key: statistics.median(row[key] for row in rows)  # noqa: E731
@@ -208,15 +211,16 @@ def print_table(rows, machine):
         each = ", ".join(f"{row['ratio']:.2f}" for row in r["rounds"])
         print(f"| {r['model']} | {r['batch']} | {r['cli']:.2f} | {r['tidy']:.2f} | **{r['ratio']:.2f}** | {each} | "
               f"{r['cli_clock']:.2f} | {r['tidy_clock']:.2f} | {r['clock_ratio']:.2f} | {r['tidy_setup']} |")
-    print("\nEvery round (process wall times in s; first: the program that started the round)")
+    print("\nEvery round (process wall times in s; first: the program that started the round; load: the highest "
+          "1-minute load average as its processes ended, about 2 when nothing else runs)")
     print("| model | round | first | cli.py fit 3 epochs | 1 epoch | s/epoch | tidy 3 epochs | 1 epoch | s/epoch "
-          "| ratio | epoch clock: cli.py fit | tidy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ratio | epoch clock: cli.py fit | tidy | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for index, row in enumerate(r["rounds"], 1):
             print(f"| {r['model']} | {index} | {row['first'].split()[0]} | {row['cli3']:.2f} | {row['cli1']:.2f} | "
                   f"{row['cli']:.2f} | {row['tidy3']:.2f} | {row['tidy1']:.2f} | {row['tidy']:.2f} | "
-                  f"{row['ratio']:.2f} | {row['cli_clock']:.2f} | {row['tidy_clock']:.2f} |")
+                  f"{row['ratio']:.2f} | {row['cli_clock']:.2f} | {row['tidy_clock']:.2f} | {row['load']:.1f} |")
     sys.stdout.flush()
 
 

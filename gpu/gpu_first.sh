@@ -114,9 +114,13 @@ finish() {
   local status=$?
   trap - EXIT
   pack
+  # Past the size limit, results.md keeps its beginning and, whole, every step's outcome line.
   if (($(stat -c %s "$REPORT") > MAX_BYTES - 200)); then
-    head -c $((MAX_BYTES - 200)) "$REPORT" > "$WORK/report" && mv "$WORK/report" "$REPORT"
-    printf '\n\n[results.md cut here: it must stay under %s]\n' "$MAX_FILE_SIZE" >> "$REPORT"
+    grep -E '^(### |No steps failed|Some steps failed)' "$REPORT" | cut -c 1-200 > "$WORK/outcomes"
+    head -c $((MAX_BYTES - 400 - $(stat -c %s "$WORK/outcomes"))) "$REPORT" > "$WORK/report"
+    printf '\n\n[results.md cut here: it must stay under %s. Every step'"'"'s outcome:]\n\n' "$MAX_FILE_SIZE" \
+      >> "$WORK/report"
+    cat "$WORK/outcomes" >> "$WORK/report" && mv "$WORK/report" "$REPORT"
   fi
   local files largest
   files=$(find "$RESULTS" -type f | wc -l)
@@ -159,12 +163,13 @@ step() {
   return $rc
 }
 
-# record COMMAND...: its output (the first 100 lines) into results.md, within 30 s and the deadline.
+# record COMMAND...: its output (the first 100 lines) into results.md, its errors into record.log,
+# within 30 s and the deadline.
 record() {
   local limit=$((END - RESERVE - SECONDS))
   ((limit < 30)) || limit=30
   ((limit >= 1)) || return 0
-  timeout --kill-after=5 "$limit" "$@" 2>&1 | head -n 100 | cut -c 1-1000 | tee -a "$REPORT"
+  timeout --kill-after=5 "$limit" "$@" 2>> "$LOGS/record.log" | head -n 100 | cut -c 1-1000 | tee -a "$REPORT"
 }
 
 printf '# First look, %s, %s\n\nDeadline %d s; results folder at most %d files of %s; work folder %s\n' \

@@ -144,6 +144,7 @@ def test_epochs_times_whole_processes_of_the_cli_and_the_tidy_loop(real_folder_s
     cli3, cli1, cli_epoch, tidy3, tidy1, tidy_epoch = (float(cell) for cell in each_round[3:9])
     assert cli_epoch == pytest.approx((cli3 - cli1) / 2, abs=0.01) and cli_epoch == pytest.approx(cli, abs=0.01)
     assert tidy_epoch == pytest.approx((tidy3 - tidy1) / 2, abs=0.01)
+    assert float(each_round[12]) >= 0  # the load average beside the round
     (parts,) = [row for row in rows if len(row) == 12 and row[1] != "1"]  # the breakdown of an epoch
     seconds = [float(cell) for cell in parts[1:]]
     assert all(value >= 0 for value in seconds[:-3]) and seconds[2] > 0  # the checkpoint's .keras took time

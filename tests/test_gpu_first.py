@@ -239,18 +239,23 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
 
 def test_cpu_mode_keeps_its_deadline_and_trims_its_results_to_the_limits(real_folder_small, tmp_path):
     """A deadline too short for every step: the steps that no longer fit are recorded as skipped
-    and the job ends within it. Each step's output is 300 KB of noise (random, so that gzip cannot
-    shrink it) before its own: logs.tar.gz keeps the end of each log, within 16 KiB."""
+    and the job ends within it. Each Python command prints 300 KB of noise (random, so that gzip
+    cannot shrink it, in lines of 1,000 characters) before its own output: logs.tar.gz keeps the end
+    of each log, and results.md, which records the first 100 lines of some commands, its beginning
+    and every step's outcome, each within 16 KiB."""
     data = fmt.tar_folder(str(real_folder_small), str(tmp_path / "slice.tar.gz"), ".")
     noisy = tmp_path / "noisy-python"
-    noisy.write_text(f"#!/bin/bash\nhead -c 300000 /dev/urandom | base64 >&2\nexec {sys.executable} \"$@\"\n")
+    noisy.write_text(f"#!/bin/bash\nhead -c 300000 /dev/urandom | base64 -w 1000\nexec {sys.executable} \"$@\"\n")
     noisy.chmod(0o755)
     result, out, seconds = run_first_look(tmp_path, data, DEADLINE="45", MAX_FILES="2", MAX_FILE_SIZE="16K",
                                           PYTHON=str(noisy))
     results = (out / "results.md").read_text()
     assert seconds < 45 + 10, (seconds, results[-3000:])
     assert "### env-python: ok, " in results, results[-3000:] + result.stderr[-2000:]
-    assert "### googlenet-off: skipped, " in results and "for the deadline." in results
+    assert "\n[results.md cut here: it must stay under 16K. Every step's outcome:]\n" in results
+    outcomes = results.split("Every step's outcome:]\n")[1]
+    assert "### install: ok, " in outcomes and "### env-python: ok, " in outcomes
+    assert "### googlenet-off: skipped, " in outcomes and "skipped for the deadline." in outcomes
     archive = assert_within_limits(out, 2, 16 * 1024)
     log = archive["logs/env-python.log"]
     assert log.startswith("[... the first ") and "bytes cut: logs.tar.gz must stay under 16K]" in log

@@ -99,11 +99,12 @@ def make_callbacks(config, run_path, state, train_loader, eval_is_test, clock=No
 
 
 def time_parts(times, started_at):
-    """summary.json's `time_parts_s`: the run's phases (`run`: prepare, fit_start, epochs, fit_end,
-    final_evaluation, final_summaries, in seconds, in the order they ran), each epoch's parts
-    (`epochs`, see RunTimes), and the wall-clock times (Unix seconds) at which `fit` began
-    (`started_at`, after the imports) and summary.json was written (`written_at`), from which a
-    benchmark that started the process and waited for its exit sees the start-up and the exit."""
+    """summary.json's `time_parts_s`, of this process (a resumed run: the epochs it ran): the run's
+    phases (`run`: prepare, fit_start, epochs, fit_end, final_evaluation, final_summaries, in seconds,
+    in the order they ran), each epoch's parts (`epochs`, see RunTimes), and the wall-clock times
+    (Unix seconds) at which `fit` began (`started_at`, after the imports) and summary.json was
+    written (`written_at`), from which a benchmark that started the process and waited for its exit
+    sees the start-up and the exit."""
     return {"run": {name: seconds for name, seconds in times.run.items() if seconds is not None},
             "epochs": times.as_dict()["epochs"], "started_at": started_at, "written_at": time.time()}
 
