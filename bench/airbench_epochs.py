@@ -18,6 +18,10 @@ checkpoint, logs and loop between them apart (airbench's loop writes its report 
     python -m bench.airbench_epochs --precision none     # float32 on both sides
     python -m bench.airbench_epochs --recipe muon        # configs/airbench94_muon.yaml against airbench94_muon
                                                      # (pytorch_reference/airbench_muon_torch.py): 25 steps of 2000
+    python -m bench.airbench_epochs --recipe airbench95 --train-images 10240 --test-images 2000
+                                                     # the wider net against airbench95, on 10 steps of 1024
+
+The data set's array cache is prepared before the first round, so that no program pays for it.
 """
 
 import json
@@ -29,22 +33,29 @@ import tempfile
 
 import click
 
-from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, mean_parts, steady_epoch
+from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, mean_parts, steady_epoch, warm_data_cache
 from bench.timing import interleaved
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
-# recipe -> (config of cli.py fit, airbench's program in plain PyTorch, its batch size)
-RECIPES = {"airbench94": ("airbench94.yaml", "pytorch_reference.airbench_torch", 1024),
-           "muon": ("airbench94_muon.yaml", "pytorch_reference.airbench_muon_torch", 2000)}
+# recipe -> (config of cli.py fit, airbench's program in plain PyTorch and its arguments, its batch size)
+RECIPES = {"airbench94": ("airbench94.yaml", ["pytorch_reference.airbench_torch"], 1024),
+           "muon": ("airbench94_muon.yaml", ["pytorch_reference.airbench_muon_torch"], 2000),
+           "airbench95": ("airbench95.yaml", ["pytorch_reference.airbench_torch", "--variant", "airbench95"], 1024)}
 
 
-def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):
+def image_arguments(limits, test_flag):
+    """cli.py's --train-images and the test set's flag (`test_flag`) for `limits` (train, test)."""
+    return [argument for flag, value in zip(("--train-images", test_flag), limits) if value
+            for argument in (flag, str(value))]
+
+
+def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94", limits=(None, None)):
     """airbench's per-epoch rows (train_time_s, eval_time_s, steps), in a fresh process."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "airbench.json")
-        command = [sys.executable, "-m", RECIPES[recipe][1], "--device", "cpu", "--threads", str(threads),
+        command = [sys.executable, "-m", *RECIPES[recipe][1], "--device", "cpu", "--threads", str(threads),
                    "--precision", AIRBENCH_PRECISION[precision], "--epochs", str(epochs), "--data", data,
-                   "--out", out]
+                   "--out", out, *image_arguments(limits, "--test-images")]
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -52,16 +63,19 @@ def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94"):
             return json.load(file)["epochs"]
 
 
-def keras_epochs(data, precision, epochs=3, recipe="airbench94"):
+def keras_epochs(data, precision, epochs=3, recipe="airbench94", limits=(None, None)):
     """`cli.py fit --config configs/<recipe's>.yaml` in a fresh process (bench.epochs.cli_fit_epochs)."""
     return cli_fit_epochs(["--config", os.path.join(REPO, "configs", RECIPES[recipe][0]), "--no-tta",
-                           "--mixed-precision", precision], data, "cpu", epochs)
+                           "--mixed-precision", precision, *image_arguments(limits, "--eval-images")],
+                          data, "cpu", epochs)
 
 
-def measure(data, precision, threads, rounds, recipe="airbench94"):
+def measure(data, precision, threads, rounds, recipe="airbench94", limits=(None, None)):
     """`rounds` interleaved rounds of both programs; -> one row per round."""
-    runs = interleaved({"keras": lambda: keras_epochs(data, precision, recipe=recipe),
-                        "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe)}, rounds)
+    warm_data_cache(data)
+    runs = interleaved({"keras": lambda: keras_epochs(data, precision, recipe=recipe, limits=limits),
+                        "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe, limits=limits)},
+                       rounds)
     rows = []
     for keras_run, airbench in zip(runs["keras"], runs["airbench"]):
         steady = airbench[1:3]
@@ -90,7 +104,7 @@ def summarize(rows):
 def print_table(rows, precision, machine, recipe="airbench94"):
     s = summarize(rows)
     config = RECIPES[recipe][0]
-    program = "airbench94_muon" if recipe == "muon" else "airbench94"
+    program = {"muon": "airbench94_muon"}.get(recipe, recipe)
     print(f"\n{config}, seconds per epoch (training + test evaluation), {precision}, {machine}; "
           f"median of {len(rows)} round(s)")
     print("ratio > 1: cli.py fit is faster (epoch: airbench s / cli s; images: cli images/s / airbench images/s)")
@@ -116,12 +130,16 @@ def print_table(rows, precision, machine, recipe="airbench94"):
 @click.option("--rounds", type=int, default=2, show_default=True,
               help="Repetitions, alternating which program goes first (the table: the median).")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default="airbench94", show_default=True,
-              help="airbench94: configs/airbench94.yaml; muon: configs/airbench94_muon.yaml, each against its airbench.")
-def main(data, precision, rounds, recipe):
+              help="airbench94: configs/airbench94.yaml; muon: configs/airbench94_muon.yaml; airbench95: "
+                   "configs/airbench95.yaml; each against its airbench.")
+@click.option("--train-images", type=int, default=None,
+              help="Train on this many images on both sides (default all; shorter epochs, the same steps).")
+@click.option("--test-images", type=int, default=None, help="Evaluate on this many images on both sides (default all).")
+def main(data, precision, rounds, recipe, train_images, test_images):
     import torch
 
     print(f"{rounds} round(s) of cli.py fit and {recipe}, 3 epochs each ...", file=sys.stderr, flush=True)
-    rows = measure(data, precision, torch.get_num_threads(), rounds, recipe)
+    rows = measure(data, precision, torch.get_num_threads(), rounds, recipe, (train_images, test_images))
     print_table(rows, precision, machine_name("cpu"), recipe)
 
 if __name__ == "__main__":
