@@ -136,7 +136,7 @@ def run_keras(spec, conn):
                                     seed=config.seed, device=device)
         eval_loader = TensorLoader(test, config.eval_batch_size, device=device)
         compile_model(model, config, len(train_loader))
-        model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
+        model.set_graph_capture(config.jit in ("graph", "graph-compiled"), compiled=config.jit == "graph-compiled")
         callbacks, _ = make_callbacks(config, run_path, new_run_state(), train_loader, eval_is_test=True)
         callbacks.append(Gate())
         if spec.get("sync_each_step"):
@@ -249,7 +249,7 @@ def measure(specs, rounds):
         return message[1], message[2]
 
     try:
-        # round 0 warms up (and traces, compiles, autotunes)
+        # round 0 warms up (and captures, compiles, autotunes)
         rounds_run = interleaved({spec["label"]: (lambda conn=conn: segment(conn)) for spec, conn, _ in workers},
                                  rounds, warmup=1)
         results = {label: {"train": [train for train, _ in segments], "eval": [test for _, test in segments]}
@@ -330,7 +330,7 @@ def print_main(rows, args):
 
 LEVERS = [
     # label, worker overrides, what it is
-    ("keras (defaults)", {}, "channels_first, graph capture (trace), TensorLoader"),
+    ("keras (defaults)", {}, "channels_first, graph capture (graph), TensorLoader"),
     ("jit off", {"config": {"jit": "off"}}, "eager Keras: every layer through Layer.__call__"),
     ("channels_last", {"config": {"data_format": "channels_last"}}, "Keras transposes around every conv"),
     ("sync every step", {"sync_each_step": True}, "a callback reading the loss every step"),

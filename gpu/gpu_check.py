@@ -2,15 +2,15 @@
 
     python -m gpu.gpu_check                 # all checks, about 5 minutes on one GPU
     python -m gpu.gpu_check --models cnn,resnet18 --precisions float32,bf16   # fewer rows
-    python -m gpu.gpu_check --models googlenet --precisions float32 --jit trace,trace-fused,off
+    python -m gpu.gpu_check --models googlenet --precisions float32 --jit graph,graph-compiled,off
     python -m gpu.gpu_check --device cpu --steps 8 --resize-to 32  # a smoke run without a GPU
 
 It needs only torch, torchvision, keras and pyyaml (synthetic data: no TensorFlow, no downloads;
 resnet18 starts from random weights), and prints one table, a row as soon as it is done: for each
-model, precision (`float32` is the product's `none`) and `jit` setting (`trace`: the captured
-graph with TorchScript's fuser off, the product's default; `trace-fused`: fused kernels on CUDA;
-`off`: eager Keras), the seconds of the first three steps (graph capture, cuDNN autotuning; with
-`trace-fused` the fused kernels of the first shape), training images/s and peak GPU memory of
+model, precision (`float32` is the product's `none`) and `jit` setting (`graph`: the forward
+graph captured by torch.export, replayed op by op, the product's default; `graph-compiled`: that
+graph compiled by torch.compile, Inductor's fused kernels; `off`: eager Keras), the seconds of the
+first three steps (graph capture, cuDNN autotuning; with `graph-compiled` the compilation), training images/s and peak GPU memory of
 `fit`'s step, the same step in plain PyTorch beside it (channels_last, fused Adam or SGD,
 torch.autocast and GradScaler where the product uses mixed precision), and four checks.
 
@@ -65,7 +65,7 @@ from pytorch_reference.host_syncs import HostSyncCounter  # noqa: E402
 
 PRECISIONS = ("none", "bf16", "fp16")
 PRECISION_NAMES = {"float32": "none"}  # the flag's other spelling of the product's `none`
-JITS = ("trace", "trace-fused", "off")  # the `jit` settings a row can run (compile: no captured graph to check)
+JITS = ("graph", "graph-compiled", "off")  # the `jit` settings a row can run (compile: no captured graph to check)
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 TOLERANCE = {"capture": {"none": 1e-5, "bf16": 1e-2, "fp16": 1e-2}, "reload": {"none": 1e-3, "bf16": 3e-2, "fp16": 3e-2}}
 SETUP_SHARE = 0.05  # the most of a timed fit that its set-up may take
@@ -79,7 +79,7 @@ def synthetic(count, seed=0):
     return Split(rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count))
 
 
-def product_config(model, precision, device, batch_size, resize_to=None, jit="trace"):
+def product_config(model, precision, device, batch_size, resize_to=None, jit="graph"):
     overrides = dict(model=model, mixed_precision=precision, device=device, batch_size=batch_size, jit=jit)
     if model == "resnet18":
         overrides["weights"] = "none"  # no download here
@@ -127,7 +127,7 @@ def fit_steps(model, loader, callbacks=(), epochs=1):
 
 
 def set_jit(model, jit):
-    model.set_graph_capture(jit != "off", fused=jit == "trace-fused")
+    model.set_graph_capture(jit != "off", compiled=jit == "graph-compiled")
 
 
 class StepClock(keras.callbacks.Callback):
@@ -173,7 +173,7 @@ def epochs_for(setup_s, step_s, steps, share=SETUP_SHARE, most_s=MOST_TIMED_S):
     return max(1, min(math.ceil(needed / steps), math.floor(most_s / (step_s * steps)) or 1))
 
 
-def product_row(model_name, precision, device, batch_size, steps, resize_to, jit="trace"):
+def product_row(model_name, precision, device, batch_size, steps, resize_to, jit="graph"):
     row = {}
     config = product_config(model_name, precision, device, batch_size, resize_to, jit)
     set_precision(config.mixed_precision, device)
@@ -234,7 +234,7 @@ def deterministic(device):
         set_tf32(saved[2])
 
 
-def capture_vs_eager(config, device, batch_size, steps=20, jit="trace"):
+def capture_vs_eager(config, device, batch_size, steps=20, jit="graph"):
     """The largest difference between a captured and an eager training step taken from the same
     weights, optimizer state and dropout seed, over `steps` steps (relative to the largest
     weight). Each step starts both models from the captured model's state, so the rounding of one
@@ -305,7 +305,7 @@ def torch_row(model_name, precision, device, batch_size, steps, resize_to, timed
     return timed * batch_size / (time.perf_counter() - start)
 
 
-def check_row(model_name, precision, device, batch_size, steps, resize_to=None, jit="trace"):
+def check_row(model_name, precision, device, batch_size, steps, resize_to=None, jit="graph"):
     row = {"model": model_name, "precision": precision, "jit": jit}
     if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         return dict(row, skipped="this GPU has no bf16")
@@ -374,9 +374,9 @@ def comma_list(allowed, aliases=None):
               callback=comma_list(tuple(ORIGINAL)))
 @click.option("--precisions", default=",".join(PRECISIONS), show_default=True,
               callback=comma_list(PRECISIONS, PRECISION_NAMES), help="float32 (the same as none), bf16, fp16.")
-@click.option("--jit", "jits", default="trace", show_default=True, callback=comma_list(JITS),
-              help="The `jit` settings to run each row with: trace (TorchScript's fuser off), trace-fused (fused "
-                   "kernels on CUDA), off (eager); several compare them.")
+@click.option("--jit", "jits", default="graph", show_default=True, callback=comma_list(JITS),
+              help="The `jit` settings to run each row with: graph (the captured graph op by op), graph-compiled "
+                   "(compiled by torch.compile), off (eager); several compare them.")
 @click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N, or cpu for a smoke run.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="The originals' batch size.")
 @click.option("--steps", type=int, default=60, show_default=True,

@@ -66,9 +66,9 @@ ARCHIVE=$RESULTS/logs.tar.gz
 mkdir -p "$LOGS" "$RUNS"
 # shellcheck source=gpu/gpu_env.sh
 source gpu/gpu_env.sh
-# googlenet's rows, one per --jit setting: the captured graph with TorchScript's fuser allowed on
-# CUDA, the captured graph with it off (the default), and eager Keras.
-JITS="trace-fused trace off"
+# googlenet's rows, one per --jit setting: the captured graph compiled by torch.compile, the
+# captured graph op by op (the default), and eager Keras.
+JITS="graph-compiled graph off"
 
 if [ "$DEVICE" = cpu ]; then # one of each kind of step, each a few steps long
   PRECISIONS=none

@@ -287,7 +287,7 @@ def keras_cifar_counts(name, mixed_precision="none", batch_size=32, warmup=3, de
     try:
         model = build_model(config, 10)
         compile_model(model, config, steps_per_epoch=100)
-        model.set_graph_capture(config.jit != "off", fused=config.jit == "trace-fused")
+        model.set_graph_capture(config.jit in ("graph", "graph-compiled"), compiled=config.jit == "graph-compiled")
         images, labels = random_batch(batch_size, device)
         model.make_train_function()
         model.make_test_function()

@@ -27,6 +27,31 @@ REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test that needs torchvision (the original resnet18, torchvision's state dicts) is skipped,
+    saying why, where no torchvision built for the installed torch is installed: keras-cifar does
+    not require it, so that installing never replaces a user's torch."""
+    try:
+        return (yield)
+    except ModuleNotFoundError as error:
+        if error.name != "torchvision":
+            raise
+        pytest.skip(str(error))
+
+
+def import_torchvision():
+    """torchvision for a test module that uses it throughout, or the module skipped, saying why."""
+    from keras_cifar.models.pretrained import torchvision_mismatch
+
+    mismatch = torchvision_mismatch()
+    if mismatch:
+        pytest.skip(f"needs torchvision: {mismatch}", allow_module_level=True)
+    import torchvision
+
+    return torchvision
+
+
 class optional_import:
     """`module` (or its `attribute`), imported at its first use: collection never needs TensorFlow,
     TFDS or TensorBoard (a GPU image has none), and a test that uses one where it is missing is

@@ -37,7 +37,7 @@ CASES = [
     ("airbench94-muon", {"model": "airbench94", "head": "muon", "optimizer": "muon", "muon_lr": 0.02, "mixed_precision": "none",
                    "nesterov": True, "head_lr_scale": 12.6, "lookahead": 0, "epochs": 1}, 4, 3),
 ]
-COMMON = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "seed": 5, "jit": "trace", "device": "cpu"}
+COMMON = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "seed": 5, "jit": "graph", "device": "cpu"}
 
 
 def batches(split, batch_size, steps, rank, world_size):

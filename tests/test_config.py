@@ -297,3 +297,22 @@ def test_optimizer_rules_are_checked_apart_from_the_schema():
             check_optimizer_settings(RunConfig(**values))
         with pytest.raises(ConfigError, match=re.escape(message)):
             build_config({"model": "cnn", **values})
+
+
+@pytest.mark.parametrize("retired", ["trace", "trace-fused"])
+def test_a_run_folder_saved_with_torchscript_capture_resumes_on_the_new_one(retired, tmp_path, capsys,
+                                                                             monkeypatch):
+    """`jit: trace` and `trace-fused` (TorchScript, retired) in a saved config.yaml read as
+    `jit: graph`, with a note printed once; a new command line takes the new values only."""
+    from keras_cifar.train import config as config_module
+    from keras_cifar.train.config import build_config, read_config_file, resolve_config, write_config
+
+    monkeypatch.setattr(config_module, "_retired_noted", set())
+    path = tmp_path / "config.yaml"
+    write_config(resolve_config(None, {"model": "cnn"}), str(path))
+    path.write_text(path.read_text().replace("jit: graph", f"jit: {retired}"))
+    assert f"jit: {retired}" in path.read_text()
+    for _ in range(2):
+        assert build_config(read_config_file(str(path))) == resolve_config(None, {"model": "cnn"})
+    notes = capsys.readouterr().err
+    assert notes.count(f"Note: `jit: {retired}` is retired") == 1 and "running with `jit: graph`" in notes

@@ -35,8 +35,8 @@ def test_gpu_check_runs_without_tensorflow_and_passes_on_cpu_printing_each_row_w
     )
     output = result.stdout
     assert result.returncode == 0, output[-6000:]
-    assert "| cnn | none | trace |" in output and "| resnet18 | none | trace |" in output
-    assert output.index("| cnn | none | trace |") < output.index("resnet18 none trace ...")
+    assert "| cnn | none | graph |" in output and "| resnet18 | none | graph |" in output
+    assert output.index("| cnn | none | graph |") < output.index("resnet18 none graph ...")
     assert "All 2 rows passed." in output
 
 
@@ -47,18 +47,18 @@ def test_gpu_check_flags_choose_the_rows_and_reject_unknown_values(monkeypatch):
 
     calls = []
 
-    def row(model_name, precision, device, batch_size, steps, resize_to=None, jit="trace"):
+    def row(model_name, precision, device, batch_size, steps, resize_to=None, jit="graph"):
         calls.append((model_name, precision, jit))
         return {"model": model_name, "precision": precision, "jit": jit, "skipped": "not run here"}
 
     monkeypatch.setattr(gpu_check, "check_row", row)
     result = CliRunner().invoke(gpu_check.main, ["--device", "cpu", "--models", "cnn,googlenet", "--precisions",
-                                                 "float32,bf16", "--jit", "trace,trace-fused,off"])
+                                                 "float32,bf16", "--jit", "graph,graph-compiled,off"])
     assert result.exit_code == 0, result.output
     assert calls == [(model, precision, jit) for model in ("cnn", "googlenet") for precision in ("none", "bf16")
-                     for jit in ("trace", "trace-fused", "off")]
-    assert "| googlenet | bf16 | trace-fused | - |" in result.output
-    for flag, value in [("--jit", "trace,compile"), ("--precisions", "fp32"), ("--models", "cnn,resnet")]:
+                     for jit in ("graph", "graph-compiled", "off")]
+    assert "| googlenet | bf16 | graph-compiled | - |" in result.output
+    for flag, value in [("--jit", "graph,compile"), ("--precisions", "fp32"), ("--models", "cnn,resnet")]:
         result = CliRunner().invoke(gpu_check.main, ["--device", "cpu", flag, value])
         assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output, result.output
 

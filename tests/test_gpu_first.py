@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from packaging.requirements import Requirement
 
 from gpu import gpu_bundle
@@ -21,15 +22,17 @@ def dependencies():
     return gpu_bundle.load_toml(REPO / "pyproject.toml")["project"]["dependencies"]
 
 
-def test_pip_keeps_the_torch_a_gpu_machine_came_with():
-    """A GPU image's torch, built for its CUDA, satisfies the dependencies, and nothing required
-    pins a torch of its own (torchvision's newest release pins the newest torch)."""
-    import torch
-
+def test_pip_keeps_the_torch_a_machine_came_with():
+    """A GPU image's torch, built for its CUDA, and releases newer than any the suite has seen
+    satisfy the dependencies, and nothing required, extras included, pins a torch of its own
+    (torchvision's release pins the torch it was built for)."""
+    project = gpu_bundle.load_toml(REPO / "pyproject.toml")["project"]
     required = {gpu_bundle.name(r): Requirement(r) for r in dependencies()}
-    for release in ("2.11.0+cu130", "2.9.1", torch.__version__):
+    for release in ("2.11.0+cu130", "2.9.1", "2.15.0", "3.0.0", torch.__version__):
         assert required["torch"].specifier.contains(release), release
-    assert "torchvision" not in required
+    assert not required["torch"].specifier.contains("2.9.0")  # the floor
+    extras = [gpu_bundle.name(r) for group in project["optional-dependencies"].values() for r in group]
+    assert "torchvision" not in required and not {"torch", "torchvision"} & set(extras), extras
 
 
 # What the typical GPU image has (torch for CUDA 13, Python 3.12, no Keras, no TensorFlow).
@@ -112,15 +115,33 @@ def test_gpu_prepare_rejects_bad_arguments(args, says, tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
-def test_resnet18_weights_without_torchvision_say_how_to_install_it(monkeypatch, tmp_path):
+@pytest.mark.parametrize("installed, says", [(None, "torchvision is not installed"),
+                                              ("0.1.0", "torchvision 0.1.0 is not the release built for torch")])
+def test_resnet18_weights_without_a_matching_torchvision_say_how_to_install_it(installed, says, monkeypatch,
+                                                                               tmp_path):
+    """No torchvision, or one built for another torch (whose import would fail on its operators)."""
+    from importlib import metadata
+
     import keras_cifar as kc
     from keras_cifar.errors import WeightsError
 
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` raises ImportError
+    version = metadata.version
+
+    def installed_version(name):
+        if name != "torchvision":
+            return version(name)
+        if installed is None:
+            raise metadata.PackageNotFoundError(name)
+        return installed
+
+    monkeypatch.setattr(metadata, "version", installed_version)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # never imported: `import torchvision` would raise
     with pytest.raises(WeightsError) as error:
         kc.create_model("resnet18", weights=str(tmp_path / "resnet18.pth"))
     message = str(error.value)
-    assert "needs torchvision" in message and "pip install 'torchvision==0." in message and "\n" not in message
+    minor = int(torch.__version__.split(".")[1])
+    assert "needs torchvision" in message and says in message and "\n" not in message
+    assert f"pip install --no-deps 'torchvision==0.{minor + 15}.*'" in message
 
 
 def blocking(tmp_path, *names):
@@ -222,7 +243,7 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
     results = (out / "results.md").read_text()
     assert result.returncode == 0, results[-3000:] + result.stderr[-2000:]
     steps = ("install", "env-python", "fit-fp32", "evaluate-fp32", "gpu_check", "fast-keras", "fast-airbench94",
-             "googlenet-trace-fused", "googlenet-trace", "googlenet-off")
+             "googlenet-graph-compiled", "googlenet-graph", "googlenet-off")
     for step in steps:
         assert f"### {step}: ok, " in results, step
     assert "tensorflow not importable" in results and "Traceback" not in results
@@ -234,7 +255,7 @@ def test_cpu_mode_runs_every_step_without_tensorflow(real_folder_small, tmp_path
     archive = assert_within_limits(out, 8, 16 * 2**20)  # the defaults
     assert {f"logs/{step}.log" for step in steps} <= set(archive), sorted(archive)
     assert any(name.endswith("/summary.json") for name in archive) and not any(".keras" in n for n in archive)
-    assert "| cnn | none | trace |" in archive["logs/gpu_check.log"]
+    assert "| cnn | none | graph |" in archive["logs/gpu_check.log"]
 
 
 def test_cpu_mode_keeps_its_deadline_and_trims_its_results_to_the_limits(real_folder_small, tmp_path):

@@ -251,19 +251,19 @@ def test_mixed_precision_keeps_the_head_in_float32_and_reloads_with_the_runs_pol
 # --- the jit setting
 
 
-def test_jit_trace_fused_captures_the_graph_with_the_fuser_allowed(monkeypatch, tmp_path, real_folder_small):
+def test_jit_graph_compiled_captures_the_graph_for_torch_compile(monkeypatch, tmp_path, real_folder_small):
     from keras_cifar.models.classifier import ImageClassifier
     from keras_cifar.train.trainer import fit
 
     calls = []
     original = ImageClassifier.set_graph_capture
 
-    def recording(self, enabled, fused=False):
-        calls.append((enabled, fused))
-        original(self, enabled, fused)
+    def recording(self, enabled, compiled=False):
+        calls.append((enabled, compiled))
+        original(self, enabled, compiled)
 
     monkeypatch.setattr(ImageClassifier, "set_graph_capture", recording)
-    config = resolve_config(None, dict(model="cnn", epochs=1, train_images=32, eval_images=16, jit="trace-fused",
+    config = resolve_config(None, dict(model="cnn", epochs=1, train_images=32, eval_images=16, jit="graph-compiled",
                                        data=str(real_folder_small), data_dir=str(tmp_path / "tfds"),
                                        log_dir=str(tmp_path / "logs"), tensorboard=False))
     fit(config, verbose=0, echo=lambda message: None)

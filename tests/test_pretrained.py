@@ -4,12 +4,13 @@ import keras
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 import keras_cifar as kc
 from pytorch_reference import originals as reference
 from keras_cifar.errors import UsageError, WeightsError
-from tests.conftest import random_images
+from tests.conftest import import_torchvision, random_images
+
+torchvision = import_torchvision()
 
 
 def random_torchvision_resnet18(seed=0):

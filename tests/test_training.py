@@ -128,13 +128,13 @@ def small_config(data, tmp_path, **overrides):
 
 
 def test_graph_capture_trains_exactly_like_eager_keras(real_folder_small, tmp_path):
-    """Two epochs with the traced forward and with plain eager Keras give the same weights."""
-    traced = fit(small_config(real_folder_small, tmp_path, jit="trace", augment=True), verbose=0, echo=print)
+    """Two epochs with the captured forward graph and with plain eager Keras give the same weights."""
+    captured = fit(small_config(real_folder_small, tmp_path, jit="graph", augment=True), verbose=0, echo=print)
     eager = fit(small_config(real_folder_small, tmp_path, jit="off", augment=True), verbose=0, echo=print)
-    for a, b in zip(keras.saving.load_model(f"{traced.run_path}/last.keras").get_weights(),
+    for a, b in zip(keras.saving.load_model(f"{captured.run_path}/last.keras").get_weights(),
                     keras.saving.load_model(f"{eager.run_path}/last.keras").get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-    assert traced.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-5)
+    assert captured.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("model_name", list_models())

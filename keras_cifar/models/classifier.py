@@ -52,8 +52,8 @@ class ImageClassifier(keras.Model):
     """A functional CIFAR classifier: raw RGB images in (0..255), logits out.
 
     `set_graph_capture(True)` makes `fit`, `evaluate` and `predict` replay a captured graph of the
-    forward pass instead of calling the layers one by one; `fused=True` lets TorchScript fuse its
-    kernels on CUDA (`graph_capture`). It is a runtime setting, not saved with the model, as are
+    forward pass instead of calling the layers one by one; `compiled=True` hands that graph to
+    torch.compile (`graph_capture`). It is a runtime setting, not saved with the model, as are
     `set_data_parallel` and the step plan (`step_runtime`). `compile` gives the classifier its own
     `loss` tracker, and with `metrics=["accuracy"]` its own accuracy (integer labels against
     logits): both updated on the device without Keras's metric machinery.
@@ -119,12 +119,12 @@ class ImageClassifier(keras.Model):
 
     # --- runtime settings
 
-    def set_graph_capture(self, enabled, fused=False):
+    def set_graph_capture(self, enabled, compiled=False):
         if enabled and not capturable(self):
             warnings.warn(f"{self.name}: a layer has a fixed random seed; running without graph capture.",
                           stacklevel=2)
             enabled = False
-        self.step_runtime.graphs = ForwardGraphs(self, fused) if enabled else None
+        self.step_runtime.graphs = ForwardGraphs(self, compiled) if enabled else None
 
     @property
     def graph_capture(self):

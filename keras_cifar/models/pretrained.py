@@ -8,20 +8,38 @@ from keras_cifar.models.convert import copy_torch_weights
 HEAD = "fc"
 
 
+def torchvision_mismatch():
+    """None when the installed torchvision is the release built for the installed torch (torch
+    2.N pairs with torchvision 0.N+15), else why not, with the pip command that fixes it. Read
+    from the installed packages' metadata: importing a mismatched torchvision fails on its
+    compiled operators."""
+    from importlib import metadata
+
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    wanted = f"pip install --no-deps 'torchvision==0.{minor + 15}.*'" if major == 2 else "the torchvision built for it"
+    try:
+        installed = metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        return f"torchvision is not installed (for torch {torch.__version__}: {wanted})"
+    if major != 2 or installed.split(".")[:2] != ["0", str(minor + 15)]:
+        return f"torchvision {installed} is not the release built for torch {torch.__version__} ({wanted})"
+    return None
+
+
 def _torchvision():
     """torchvision, which keras-cifar does not require: pip would replace the user's torch with the
     one the newest torchvision was built for."""
-    try:
-        import torchvision
-    except ImportError:
-        import torch
+    import torch
 
-        minor = int(torch.__version__.split(".")[1])
+    mismatch = torchvision_mismatch()
+    if mismatch:
         raise WeightsError(
-            "Loading ResNet18's ImageNet or .pth weights needs torchvision, which is not installed (keras-cifar "
-            f"does not require it, so that pip keeps the torch you have). Install the release made for your torch "
-            f"{torch.__version__}: pip install 'torchvision==0.{minor + 15}.*'; or start from random weights."
-        ) from None
+            f"Loading ResNet18's ImageNet or .pth weights needs torchvision: {mismatch}. keras-cifar does not "
+            f"require it, so that pip keeps the torch you have ({torch.__version__}). Or start from random weights.")
+    import torchvision
+
     return torchvision
 
 

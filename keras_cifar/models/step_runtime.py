@@ -6,14 +6,11 @@ the data-parallel wrapper, the step plan, and the classifier's own metric tracke
 """
 
 import collections.abc
-import contextlib
 
 import keras
 import torch
 
 from keras_cifar import keras_internals
-
-_EAGER = contextlib.nullcontext()
 
 
 class DeviceMean(keras.metrics.Mean):
@@ -115,8 +112,7 @@ class StepRuntime:
         return self.parallel(x)
 
     def backward(self, loss):
-        with self.graphs.fuser if self.graphs is not None else _EAGER:
-            loss.backward()
+        loss.backward()
 
     def step_plan(self):
         if self.plan is None:

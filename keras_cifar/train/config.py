@@ -8,6 +8,7 @@ anything runs. The resolved configuration is written into the run folder.
 import dataclasses
 import difflib
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -225,9 +226,28 @@ def resolve_config(config_file=None, overrides=None):
     return build_config(values)
 
 
+# Values a setting no longer takes, read as their successor, with a note once per process: a run
+# folder saved with one still resumes. {setting: {retired value: (successor, why)}}
+RETIRED_VALUES = {"jit": {value: ("graph", "TorchScript is deprecated in torch; the forward graph is now captured by "
+                                           "torch.export and replays the same ops")
+                          for value in ("trace", "trace-fused")}}
+_retired_noted = set()
+
+
+def _successor(key, value):
+    retired = RETIRED_VALUES.get(key, {})
+    if not isinstance(value, str) or value not in retired:
+        return value
+    successor, why = retired[value]
+    if (key, value) not in _retired_noted:
+        _retired_noted.add((key, value))
+        print(f"Note: `{key}: {value}` is retired ({why}): running with `{key}: {successor}`.", file=sys.stderr)
+    return successor
+
+
 def build_config(values):
     check_keys(values, "the configuration")
-    config = RunConfig(**{key: coerce(key, value) for key, value in values.items()})
+    config = RunConfig(**{key: coerce(key, _successor(key, value)) for key, value in values.items()})
     _check_values(config)
     return config
 

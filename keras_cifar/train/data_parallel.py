@@ -168,7 +168,7 @@ def prepare(model, config, group, echo, averaged_state=()):
         return None
     if config.sync_bn and model.graph_capture:
         model.set_graph_capture(False)
-        echo("sync_bn: graph capture is off (the traced graph cannot hold the statistics' collectives); the "
+        echo("sync_bn: graph capture is off (the captured graph cannot hold the statistics' collectives); the "
              "forward runs eagerly through Keras.")
     broadcast_variables(model, group)
     if callable(averaged_state):

@@ -140,11 +140,12 @@ class RunConfig:
                                   resumable=True)
     mixed_precision: str = setting("none", "Mixed precision: bf16 (GPU or bf16-capable CPU) or fp16 (GPU only).",
                                    choices=("none", "bf16", "fp16"))
-    jit: str = setting("trace", "trace: replay a captured forward graph, TorchScript's fuser off (on a GPU "
-                                "the unfused ops that the CPU tests verify); trace-fused: the same with fused "
-                                "kernels on CUDA (compiled at the second step and at each new batch "
-                                "shape; on the CPU the same as trace); compile: torch.compile; off: eager.",
-                       choices=("trace", "trace-fused", "compile", "off"), resumable=True)
+    jit: str = setting("graph", "graph: replay the forward graph captured once by torch.export, op by op (the ops "
+                                "of eager Keras without its per-layer Python); graph-compiled: that graph "
+                                "compiled by torch.compile (Inductor's fused kernels: for GPUs; slower on a "
+                                "CPU); compile: Keras's jit_compile (torch.compile of the whole step); off: "
+                                "eager Keras. `trace` and `trace-fused` (TorchScript, retired) read as graph.",
+                       choices=("graph", "graph-compiled", "compile", "off"), resumable=True)
     sync_bn: bool = setting(False, "Under torchrun: batch-norm statistics over the global batch of all processes "
                                    "(turns graph capture off). No effect in a single process.")
     dist_timeout: float = setting(300.0, "Under torchrun: seconds after which a stopped or hung process ends the "

@@ -207,7 +207,7 @@ def _fit(config, resume_path, verbose, echo):
             state = new_run_state(data.class_names)
             run_path = new_run_folder(config, state, model, stack) if group.is_main else None
             run_path = group.broadcast(run_path)  # one run folder, rank 0's
-        model.set_graph_capture(config.jit in ("trace", "trace-fused"), fused=config.jit == "trace-fused")
+        model.set_graph_capture(config.jit in ("graph", "graph-compiled"), compiled=config.jit == "graph-compiled")
         distributed.prepare(model, config, group, echo, averaged_state=model.optimizer.model_state_averages)
         echo(f"Model: {config.model}, {model.count_params():,} parameters; run folder: {run_path}")
         return _train(config, data, model, run_path, state, train_loader, eval_loader, device, verbose, echo,
