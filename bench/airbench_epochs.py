@@ -33,7 +33,8 @@ import tempfile
 
 import click
 
-from bench.epochs import DEFAULT_DATA, REPO, cli_fit_epochs, machine_name, mean_parts, steady_epoch, warm_data_cache
+from bench.epochs import (DEFAULT_DATA, REPO, cli_fit_epochs, image_arguments, machine_name, mean_parts, steady_epoch,
+                          warm_data_cache)
 from bench.timing import interleaved
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
@@ -41,12 +42,6 @@ AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
 RECIPES = {"airbench94": ("airbench94.yaml", ["pytorch_reference.airbench_torch"], 1024),
            "muon": ("airbench94_muon.yaml", ["pytorch_reference.airbench_muon_torch"], 2000),
            "airbench95": ("airbench95.yaml", ["pytorch_reference.airbench_torch", "--variant", "airbench95"], 1024)}
-
-
-def image_arguments(limits, test_flag):
-    """cli.py's --train-images and the test set's flag (`test_flag`) for `limits` (train, test)."""
-    return [argument for flag, value in zip(("--train-images", test_flag), limits) if value
-            for argument in (flag, str(value))]
 
 
 def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94", limits=(None, None)):

@@ -94,6 +94,13 @@ def cli_fit_epochs(args, data, device, epochs=3, data_dir=None):
             "epochs": parts["epochs"], "phases": phases, "load": os.getloadavg()[0]}
 
 
+def image_arguments(limits, test_flag="--eval-images"):
+    """The flags that limit the training and test images (`limits`: train, test; None for all),
+    the test set's flag named `test_flag` (cli.py's --eval-images, airbench's --test-images)."""
+    return [argument for flag, value in zip(("--train-images", test_flag), limits) if value
+            for argument in (flag, str(value))]
+
+
 def warm_data_cache(data, data_dir=None):
     """Prepares the data set's array cache (cli.py's first run of a source decodes every image) in a
     process of its own, before the first round: otherwise the first program to run pays for it."""
@@ -168,9 +175,7 @@ def run_phases(run):
 
 def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None, None)):
     """`rounds` interleaved rounds of the four processes; -> every round's figures and their medians."""
-    args = ["--model", model, "--batch-size", str(batch_size)]
-    for flag, value in zip(("--train-images", "--eval-images"), limits):
-        args += [flag, str(value)] if value else []
+    args = ["--model", model, "--batch-size", str(batch_size), *image_arguments(limits)]
     programs = {
         "cli 3 epochs": lambda: cli_fit_epochs(args, data, device, 3, data_dir),
         "cli 1 epoch": lambda: cli_fit_epochs(args, data, device, 1, data_dir),

@@ -13,10 +13,9 @@ Before replay, the captured graph is tidied: the shape assertions that export re
 Keras's `.to()` calls that change nothing (no kernel in eager either) are dropped, and the
 graph's inputs are bound to the live variables (export lifts them as detached aliases).
 
-`compiled=True` (the `jit` setting `graph-compiled`) hands the tidied graph to `torch.compile`
-(Inductor: fused kernels, and on CUDA its CUDA graphs when shapes allow): for GPUs, where a
-small net's step is bound by kernel launches. On the CPU it is slower than the op-by-op replay
-for the zoo's nets (docs/PERFORMANCE.md).
+`compiled=True` (the `jit` setting `graph-compiled`) hands the tidied graph, captured per batch
+size, to `torch.compile` (Inductor's fused kernels): meant for GPUs, where a small net's step is
+bound by kernel launches. Its speed has not been measured on a CPU or a GPU yet.
 
 Capturing runs the model's Python once on fake tensors; the random generators and the state
 tensors are restored around it all the same, so that capturing draws nothing and changes
