@@ -1,13 +1,15 @@
 """Every Keras internal that keras-cifar relies on, in one place.
 
-Checked against **keras 3.15.1**, the release pinned in pyproject.toml (`keras>=3.15.1,<3.16`).
-Keras promises nothing about these names between releases: `tests/test_keras_internals.py` checks
-that each one below still exists in the installed Keras, and that every `keras.src` import in the
-code is listed here, so an upgrade fails loudly in the tests instead of quietly in training.
+Checked against **keras 3.15.1** (the floor in pyproject.toml, `keras>=3.15.1`) and **Keras 3.16**
+(keras-nightly 3.16.0.dev2026102704; `bash .ci/compat.sh newest` runs the suite on it). Keras
+promises nothing about these names between releases: `tests/test_keras_internals.py` checks that
+each one below exists in the installed Keras (between its `since` and `until`, if any), that every
+`keras.src` import in the code is listed here, and that the installed Keras is a checked release,
+so an upgrade fails loudly in the tests instead of quietly in training.
 
-Upgrading Keras: raise the pin, run `python -m pytest -q tests/test_keras_internals.py`, then the
-parity and training tests (`tests/test_models.py`, `tests/test_training.py`), which compare the
-results of the code that uses these internals with PyTorch's.
+A new Keras release: check every entry against it, add it to `KERAS_CHECKED`, then run the whole
+suite (the parity and training tests compare the results of the code that uses these internals
+with PyTorch's; tests/test_distributed.py checks that Keras's own data parallelism stays off).
 
 Where a public API does the same job, the code uses it and the entry says which; the wrappers
 below (`all_layers`, `has_fixed_seed`, `slot_variables`,
@@ -20,8 +22,8 @@ import dataclasses
 
 import keras
 
-KERAS_VERSION = "3.15.1"  # the release these entries were checked against
-KERAS_REQUIREMENT = "keras>=3.15.1,<3.16"  # as in pyproject.toml
+KERAS_CHECKED = ("3.15.1", "3.16.0.dev2026102704")  # the releases these entries were checked against
+KERAS_REQUIREMENT = "keras>=3.15.1"  # as in pyproject.toml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Internal:
     used_by: tuple  # files of this repository
     purpose: str  # what it is for
     public_alternative: str  # "" when Keras has none
+    since: str = ""  # the first Keras release that has it (older ones lack it and never call it)
+    until: str = ""  # the first Keras release without it (the code reaches the newer entry there)
 
 
 INTERNALS = (
@@ -40,6 +44,15 @@ INTERNALS = (
         "Every layer of a model, including the sub-layers inside the custom blocks (InceptionBlock, "
         "ResidualBlock): weight initialisation, weight copies by name, the fixed-seed check.",
         "none recursive: keras.Model.layers lists the top level only (see `all_layers` below).",
+    ),
+    Internal(
+        "keras.Model._initialize_ddp",
+        ("keras_cifar/models/classifier.py",),
+        "Keras 3.16's torch trainer wraps the model in a DistributedDataParallel of its own whenever a process "
+        "group exists; ImageClassifier overrides it with a no-op, since that DDP's forward (the Keras layers) "
+        "never runs the captured graph the lean step trains through (train/data_parallel.py's DDP does).",
+        "none: Keras builds it whenever torch.distributed is initialized (no switch).",
+        since="3.16",
     ),
     Internal(
         "keras.random.SeedGenerator._initial_seed",
@@ -154,6 +167,14 @@ INTERNALS = (
         "Keras's default torch device, set to 'meta' by a test to stand for a GPU machine's (where a new tensor "
         "made outside the CPU scope would land), on a machine without one.",
         "none: KERAS_TORCH_DEVICE is read once, at import.",
+        until="3.16",
+    ),
+    Internal(
+        "keras.src.backend.torch.ops.core.DEFAULT_DEVICE",
+        ("tests/test_export.py",),
+        "The same, where Keras 3.16 moved it.",
+        "none (see above).",
+        since="3.16",
     ),
     Internal(
         "keras.Variable._value",
@@ -201,6 +222,9 @@ TORCH_INTERNALS = (
 #   keras.src.callbacks.callback_list.CallbackList  ->  keras.callbacks.CallbackList.
 #   keras.Model._compute_loss  ->  keras.Model.compute_loss(..., training=...) (ImageClassifier does not
 #       override compute_loss, so the public method takes `training`).
+#   keras.Model.get_metrics_result through super()  ->  ImageClassifier computes {name: result()} itself,
+#       as Keras's base trainer does: Keras 3.16's torch trainer all-reduces the metric variables again on
+#       every call when a process group exists (a count would come out times the number of ranks).
 #   keras.Model._loss_tracker  ->  ImageClassifier's own keras.metrics.Mean(name="loss"), listed in its
 #       `metrics` in place of Keras's (as Keras's guide to customizing `fit()` with PyTorch does).
 

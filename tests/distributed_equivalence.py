@@ -207,6 +207,83 @@ def frozen_mid_run(split, group):
     }
 
 
+class ImagesSeen(keras.metrics.Metric):
+    """A metric that is not a mean: how many images it was updated with. Reduced once over the
+    ranks it is the global count; reduced twice, twice that; not reduced, the rank's own."""
+
+    def __init__(self, name="images_seen"):
+        super().__init__(name=name)
+        self.images = self.add_variable((), initializer="zeros", name="images")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.images.assign_add(keras.ops.cast(keras.ops.shape(y_pred)[0], "float32"))
+
+    def result(self):
+        return keras.ops.copy(self.images)
+
+
+def metrics_reduced_once(split, group):
+    """`fit` (the ranks' own shards) and a sharded `evaluate` of a model compiled with accuracy and
+    `ImagesSeen` (Keras's compiled metrics, the generic step), then the same evaluation in one
+    process (rank 0, the data-parallel wrapper taken off)."""
+    config = resolve_config(None, {**COMMON, "model": "cnn", "batch_size": 8, "epochs": 1})
+    train = TensorLoader(split, config.batch_size, shuffle=True, seed=4, device="cpu", rank=group.rank,
+                         world_size=group.world_size)
+    held_out = Split(split.images[:23], split.labels[:23])
+    sharded = TensorLoader(held_out, 4, device="cpu", rank=group.rank, world_size=group.world_size,
+                           even_shards=False)
+    model = fresh_model(config, len(train))
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), ImagesSeen()])
+    model.set_graph_capture(True)
+    distributed.prepare(model, config, group, echo=lambda message: None)
+    history = model.fit(train.as_keras_input(), epochs=1, verbose=0, shuffle=False)
+    evaluated = model.evaluate(sharded.as_keras_input(), verbose=0, return_dict=True)
+    result = {"fit_images_seen": history.history["images_seen"][-1],
+              "train_images": len(train) * config.batch_size * group.world_size,
+              "evaluate": evaluated, "test_images": len(held_out.labels)}
+    if group.rank == 0:
+        model.set_data_parallel(None)
+        whole = TensorLoader(held_out, 4, device="cpu")
+        result["evaluate_one_process"] = model.evaluate(whole.as_keras_input(), verbose=0, return_dict=True)
+    return group.all_gather(result)
+
+
+class CountingGraphs:
+    """Stands in for a model's captured forward graphs and counts the calls."""
+
+    def __init__(self, graphs):
+        self.graphs = graphs
+        self.calls = 0
+
+    def __call__(self, x, training):
+        self.calls += 1
+        return self.graphs(x, training)
+
+
+def keras_own_ddp(split, group):
+    """Keras 3.16's torch trainer builds `DistributedDataParallel(model)` around the Keras model
+    from `make_train_function` whenever a process group exists: whether it is built here, and
+    which forward each DDP runs on a step's images (the captured graph's calls counted)."""
+    config = resolve_config(None, {**COMMON, "model": "cnn", "batch_size": 8})
+    model = fresh_model(config, 1)
+    model.set_graph_capture(True)
+    distributed.prepare(model, config, group, echo=lambda message: None)
+    counter = CountingGraphs(model.step_runtime.graphs)
+    model.step_runtime.graphs = counter
+    ((images, labels),) = batches(split, config.batch_size, 1, group.rank, group.world_size)
+    model.make_train_function()
+    keras_ddp_built = getattr(model, "ddp_model", None) is not None
+    model.train_on_batch(images, labels)
+    ours = counter.calls
+    # What Keras 3.16's `_initialize_ddp` builds, built here by hand so that this runs on any Keras.
+    keras_style = DistributedDataParallel(model, find_unused_parameters=False)
+    with torch.no_grad():  # no backward follows
+        keras_style(images, training=True)
+    return {"keras_ddp_built": keras_ddp_built, "graph_calls_our_ddp": ours,
+            "graph_calls_keras_style_ddp": counter.calls - ours,
+            "keras_style_wraps": type(keras_style.module).__name__}
+
+
 def main(data_path, out_path):
     arrays = np.load(data_path)
     split = Split(arrays["images"], arrays["labels"])
@@ -217,6 +294,8 @@ def main(data_path, out_path):
             results["host_syncs"] = group.all_gather(steady_state_host_syncs(split, group, folder))
         results["sync_bn_moments"] = global_moments_against_one_process(group)
         results["frozen_mid_run"] = frozen_mid_run(split, group)
+        results["metrics_reduced_once"] = metrics_reduced_once(split, group)
+        results["keras_own_ddp"] = group.all_gather(keras_own_ddp(split, group))
         for name, overrides, batch_size, steps in CASES:
             config = resolve_config(None, {**COMMON, **overrides, "batch_size": batch_size})
             model = fresh_model(config, steps)

@@ -149,6 +149,36 @@ def test_sync_bn_moments_and_their_gradients_equal_one_process(equivalence):
         assert relative_error <= 1e-6, (quantity, relative_error)
 
 
+def test_every_metric_is_reduced_once_over_the_ranks(equivalence):
+    """A model compiled with accuracy and a metric that is not a mean (`ImagesSeen`, a count) fits
+    on the ranks' own shards and evaluates on disjoint shards: on every rank the count is the
+    images of all ranks (reduced once: twice would double it, never would halve it), and the
+    sharded evaluation's loss and accuracy equal one process's over the whole held-out set.
+    Keras 3.16's torch trainer reduces the metrics a second time when the model lets it
+    (`ImageClassifier.get_metrics_result`)."""
+    ranks = equivalence["metrics_reduced_once"]
+    for result in ranks:
+        assert result["fit_images_seen"] == result["train_images"] == 96, result
+        assert result["evaluate"]["images_seen"] == result["test_images"] == 23, result
+    one_process = ranks[0]["evaluate_one_process"]
+    assert one_process["images_seen"] == 23
+    for result in ranks:
+        assert result["evaluate"]["accuracy"] == pytest.approx(one_process["accuracy"], abs=1e-7)
+        assert result["evaluate"]["loss"] == pytest.approx(one_process["loss"], rel=1e-6)
+
+
+def test_keras_own_ddp_stays_unbuilt_and_could_not_run_the_captured_step(equivalence):
+    """Keras 3.16's torch trainer wraps the model in `DistributedDataParallel(model)` whenever a
+    process group exists (`_initialize_ddp`), beside the DDP of `keras_cifar.train.data_parallel`.
+    Built here by hand as Keras builds it, it wraps the Keras model, whose forward is the layers
+    one by one: on a step's images it ran the captured graph 0 times, where our DDP, wrapping the
+    captured forward, ran it once. Its reducer would average gradients the lean step never
+    computes, so ImageClassifier keeps it unbuilt on every release (Keras 3.15 has none)."""
+    for result in equivalence["keras_own_ddp"]:
+        assert result == {"keras_ddp_built": False, "graph_calls_our_ddp": 1, "graph_calls_keras_style_ddp": 0,
+                          "keras_style_wraps": "ImageClassifier"}, result
+
+
 # --- the CLI under torchrun --------------------------------------------------------------------------------
 
 

@@ -46,7 +46,7 @@ def test_the_bundle_asks_only_what_the_machine_lacks():
     names = {gpu_bundle.name(r) for r in everything}
     assert {"keras", "numpy", "opencv-python-headless", "click", "pyyaml"} == names
     assert set(everything) <= set(dependencies())
-    assert gpu_bundle.requirements(pyproject, gpu_bundle.Machine(have=TYPICAL)) == ["keras>=3.15.1,<3.16"]
+    assert gpu_bundle.requirements(pyproject, gpu_bundle.Machine(have=TYPICAL)) == ["keras>=3.15.1"]
     older = gpu_bundle.Machine(have=TYPICAL.replace("click==8.1.7", "click==7.1") + " keras==3.15.1")
     assert gpu_bundle.requirements(pyproject, older) == ["click>=8.1"]  # a version out of range counts as absent
     assert gpu_bundle.requirements(pyproject, gpu_bundle.Machine(have="torch numpy")) == [
@@ -58,7 +58,7 @@ def test_a_probe_counts_modules_without_a_distribution_and_the_machines_markers(
               "distributions": {"torch": "2.11.0a0+nv25.1", "numpy": "1.26.4", "click": "8.1.7", "pyyaml": "6.0.1"},
               "modules": {"cv2": True, "keras": False, "yaml": True}}  # OpenCV built from source: no metadata
     machine = gpu_bundle.Machine(probed)
-    assert gpu_bundle.requirements(REPO / "pyproject.toml", machine) == ["keras>=3.15.1,<3.16"]
+    assert gpu_bundle.requirements(REPO / "pyproject.toml", machine) == ["keras>=3.15.1"]
     report = {"version": "1", "environment": {"python_version": "3.10"}, "install": [
         resolved("keras", "3.15.1", ["numpy", "optree", "exceptiongroup; python_version < '3.11'"], requested=True),
         resolved("numpy", "2.4.6"), resolved("optree", "0.20.0", ["typing-extensions>=4.6.0"]),

@@ -69,7 +69,7 @@ def test_the_wheel_holds_the_package_only(wheel):
     assert "keras_cifar/keras_internals.py" in wheel and "keras_cifar/cli.py" in wheel
     assert not [name for name in wheel if name.endswith(("/originals.py", "/torch_loop.py"))]
     metadata = wheel["keras_cifar-0.1.0.dist-info/METADATA"].decode()
-    assert "Requires-Dist: keras<3.16,>=3.15.1" in metadata
+    assert "Requires-Dist: keras>=3.15.1" in metadata
     assert "keras-cifar = keras_cifar.cli:main" in wheel["keras_cifar-0.1.0.dist-info/entry_points.txt"].decode()
 
 

@@ -27,7 +27,9 @@ Data-parallel training (`keras_cifar.train.data_parallel`, under torchrun) enter
 points, absent in a single process: the training forward runs through torch's
 `DistributedDataParallel` (whose reducer averages the gradients during `backward()`), and
 `get_metrics_result` at the end of a training epoch or an evaluation sums the metric totals over
-the ranks and averages the batch-norm statistics before any callback reads the logs.
+the ranks and averages the batch-norm statistics before any callback reads the logs. Keras 3.16's
+own data parallelism on torch (a second DDP around the Keras model, a second reduction of the
+metrics) is turned off: `_initialize_ddp` and `get_metrics_result` below say why.
 
 On another Keras backend (a checkpoint loaded under TensorFlow or JAX) `predict` and `evaluate`
 take Keras's standard steps and training raises an error naming the torch backend.
@@ -155,12 +157,40 @@ class ImageClassifier(keras.Model):
 
     def get_metrics_result(self):
         """The metrics; in a data-parallel run reduced over the ranks first, once per epoch or
-        evaluation (every rank calls this at the same points, so the collective matches)."""
+        evaluation (every rank calls this at the same points, so the collective matches).
+
+        Computed here from each metric's public `result()`, as Keras's base trainer does, and not
+        through `super()`: Keras 3.16's torch trainer all-reduces every metric variable again
+        whenever a process group exists, at every call (a metric that is not a mean would come
+        out multiplied by the number of ranks). One reduction on every Keras release: ours."""
         runtime = self.step_runtime
-        if runtime.parallel is not None and not runtime.metrics_reduced:
+        if runtime.parallel is not None and not runtime.metrics_reduced and not runtime.in_step:
             runtime.metrics_reduced = True
             runtime.parallel.reduce_metrics(self.metrics)
-        return super().get_metrics_result()
+        results = {}
+        for metric in self.metrics:
+            result = metric.result()
+            results.update(result if isinstance(result, dict) else {metric.name: result})
+        return results
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras's (the generic steps': the compiled metrics updated, the logs read); the logs of a
+        step are this rank's running values: the reduction over the ranks waits for the end of the
+        epoch or evaluation, when the metrics hold every step."""
+        self.step_runtime.in_step = True
+        try:
+            return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        finally:
+            self.step_runtime.in_step = False
+
+    def _initialize_ddp(self):
+        """Keras 3.16's torch trainer wraps the model in a `DistributedDataParallel` of its own
+        whenever a process group exists (from `make_train_function`, `make_test_function` and
+        `make_predict_function`). Its forward is `Layer.__call__`, the layers one by one, which
+        never runs the captured graph that the lean step trains through, so its reducer would
+        average nothing the step computes (tests/test_distributed.py shows it). Data-parallel
+        runs take `keras_cifar.train.data_parallel`'s DDP, over the captured forward, on every
+        Keras release; this one stays unbuilt."""
 
     # --- steps
 

@@ -90,6 +90,7 @@ class StepRuntime:
         self.loss_tracker = None  # set by compile
         self.accuracy_tracker = None  # with compile(metrics=["accuracy"])
         self.metrics_reduced = False
+        self.in_step = False  # inside a step's `compute_metrics`: no reduction over the ranks
         # Set before a step by whoever reads its logs only when needed (`RunningMeans`): that step
         # returns its trackers, not their running means (a division each, per step).
         self.logs_as_trackers = False

@@ -7,8 +7,9 @@
   wrapper for its forward and then a plain `loss.backward()`: DDP's reducer averages the
   gradients in buckets while the backward pass runs (NCCL on GPUs, gloo on CPUs).
 - At the end of every training epoch and evaluation (`reduce_metrics`) the metric totals are
-  summed over the ranks and the batch-norm statistics (non-trainable Parameters, which DDP does
-  not touch: `broadcast_buffers=False`), with `averaged_state`, averaged.
+  summed over the ranks and the batch-norm statistics (non-trainable Parameters, outside the
+  module DDP wraps, which holds the trainable ones only and no buffers), with `averaged_state`,
+  averaged.
 - `--sync-bn`: batch-norm moments over the global batch with autograd-aware collectives.
 """
 
@@ -65,8 +66,8 @@ class DataParallel:
             return
         self.module = None  # the old reducer lets go of its gradient hooks
         self.parameters = parameters
-        self.module = DistributedDataParallel(TrainingForward(parameters, forward), broadcast_buffers=False,
-                                              init_sync=False, gradient_as_bucket_view=True)
+        self.module = DistributedDataParallel(TrainingForward(parameters, forward), init_sync=False,
+                                              gradient_as_bucket_view=True)
 
     def __call__(self, x):
         self.trained = True
