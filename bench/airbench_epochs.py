@@ -20,6 +20,8 @@ checkpoint, logs and loop between them apart (airbench's loop writes its report 
                                                      # (pytorch_reference/airbench_muon_torch.py): 25 steps of 2000
     python -m bench.airbench_epochs --recipe airbench95 --train-images 10240 --test-images 2000
                                                      # the wider net against airbench95, on 10 steps of 1024
+    python -m bench.airbench_epochs --rounds 3 --baseline ../before
+                                                     # and another checkout's cli.py fit in the same rounds
 
 The data set's array cache is prepared before the first round, so that no program pays for it.
 """
@@ -33,8 +35,8 @@ import tempfile
 
 import click
 
-from bench.epochs import (DEFAULT_DATA, REPO, cli_fit_epochs, image_arguments, machine_name, mean_parts, steady_epoch,
-                          warm_data_cache)
+from bench.epochs import (DEFAULT_DATA, REPO, cli_fit_epochs, describe_checkout, image_arguments, machine_name,
+                          mean_parts, steady_epoch, warm_data_cache)
 from bench.timing import interleaved
 
 AIRBENCH_PRECISION = {"bf16": "bf16", "none": "fp32"}
@@ -58,21 +60,25 @@ def airbench_epochs(data, precision, threads, epochs=3, recipe="airbench94", lim
             return json.load(file)["epochs"]
 
 
-def keras_epochs(data, precision, epochs=3, recipe="airbench94", limits=(None, None)):
-    """`cli.py fit --config configs/<recipe's>.yaml` in a fresh process (bench.epochs.cli_fit_epochs)."""
-    return cli_fit_epochs(["--config", os.path.join(REPO, "configs", RECIPES[recipe][0]), "--no-tta",
+def keras_epochs(data, precision, epochs=3, recipe="airbench94", limits=(None, None), checkout=REPO):
+    """`cli.py fit --config configs/<recipe's>.yaml` in a fresh process (bench.epochs.cli_fit_epochs), from
+    `checkout` (its cli.py and its configs)."""
+    return cli_fit_epochs(["--config", os.path.join(checkout, "configs", RECIPES[recipe][0]), "--no-tta",
                            "--mixed-precision", precision, *image_arguments(limits, "--eval-images")],
-                          data, "cpu", epochs)
+                          data, "cpu", epochs, checkout=checkout)
 
 
-def measure(data, precision, threads, rounds, recipe="airbench94", limits=(None, None)):
-    """`rounds` interleaved rounds of both programs; -> one row per round."""
+def measure(data, precision, threads, rounds, recipe="airbench94", limits=(None, None), baseline=None):
+    """`rounds` interleaved rounds of both programs (three with `baseline`, another checkout's cli.py
+    fit); -> one row per round."""
     warm_data_cache(data)
-    runs = interleaved({"keras": lambda: keras_epochs(data, precision, recipe=recipe, limits=limits),
-                        "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe, limits=limits)},
-                       rounds)
+    programs = {"keras": lambda: keras_epochs(data, precision, recipe=recipe, limits=limits),
+                "airbench": lambda: airbench_epochs(data, precision, threads, recipe=recipe, limits=limits)}
+    if baseline:
+        programs["baseline"] = lambda: keras_epochs(data, precision, recipe=recipe, limits=limits, checkout=baseline)
+    runs = interleaved(programs, rounds)
     rows = []
-    for keras_run, airbench in zip(runs["keras"], runs["airbench"]):
+    for index, (keras_run, airbench) in enumerate(zip(runs["keras"], runs["airbench"])):
         steady = airbench[1:3]
         parts = mean_parts(keras_run["epochs"])
         rows.append({"keras": steady_epoch(keras_run["wall_s"]), "keras_images": keras_run["images"],
@@ -82,6 +88,9 @@ def measure(data, precision, threads, rounds, recipe="airbench94", limits=(None,
                      "keras_outside": parts["outside"],
                      "airbench_train": statistics.mean(r["train_time_s"] for r in steady),
                      "airbench_eval": statistics.mean(r["eval_time_s"] for r in steady)})
+        if baseline:
+            rows[-1]["baseline"] = steady_epoch(runs["baseline"][index]["wall_s"])
+            rows[-1]["baseline_checkout"] = baseline
     return rows
 
 
@@ -116,6 +125,12 @@ def print_table(rows, precision, machine, recipe="airbench94"):
           f"{s['airbench_eval'] / s['keras_eval']:.2f} |")
     print(f"| of which checkpoint, logs, the loop between | {s['keras_outside']:.2f} | (not counted) | |")
     print("Each round's ratio (epoch): " + ", ".join(f"{r['airbench'] / r['keras']:.2f}" for r in rows), flush=True)
+    if "baseline" in rows[0]:
+        baseline = statistics.median(r["baseline"] for r in rows)
+        print(f"\nAgainst --baseline {describe_checkout(rows[0]['baseline_checkout'])}: s per epoch {baseline:.1f}, this "
+              f"checkout {s['keras']:.1f}, ratio (baseline / this; > 1: this checkout is faster) "
+              f"**{statistics.median(r['baseline'] / r['keras'] for r in rows):.2f}**; each round: "
+              + ", ".join(f"{r['baseline'] / r['keras']:.2f}" for r in rows), flush=True)
     return s
 
 
@@ -130,11 +145,17 @@ def print_table(rows, precision, machine, recipe="airbench94"):
 @click.option("--train-images", type=int, default=None,
               help="Train on this many images on both sides (default all; shorter epochs, the same steps).")
 @click.option("--test-images", type=int, default=None, help="Evaluate on this many images on both sides (default all).")
-def main(data, precision, rounds, recipe, train_images, test_images):
+@click.option("--baseline", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Another keras-cifar checkout whose cli.py fit (its configs) runs in the same rounds, with this "
+                   "environment's packages: a change measured side by side.")
+def main(data, precision, rounds, recipe, train_images, test_images, baseline):
     import torch
 
+    if baseline and not os.path.isfile(os.path.join(baseline, "cli.py")):
+        raise click.BadParameter(f"{baseline} holds no cli.py: not a keras-cifar checkout", param_hint="--baseline")
     print(f"{rounds} round(s) of cli.py fit and {recipe}, 3 epochs each ...", file=sys.stderr, flush=True)
-    rows = measure(data, precision, torch.get_num_threads(), rounds, recipe, (train_images, test_images))
+    rows = measure(data, precision, torch.get_num_threads(), rounds, recipe, (train_images, test_images),
+                   baseline and os.path.abspath(baseline))
     print_table(rows, precision, machine_name("cpu"), recipe)
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ exit) for the 1- and 3-epoch runs: what the end-to-end figure holds beyond the e
     python -m bench.epochs --rounds 3                       # cnn, resnet_lite, inception_lite
     python -m bench.epochs --models resnet_lite --rounds 3 --train-images 10000 --eval-images 10000
     python -m bench.epochs --rounds 3 --json rounds.json     # every round's figures kept too
+    python -m bench.epochs --rounds 3 --baseline ../before   # and another checkout's cli.py fit beside it
 """
 
 import csv
@@ -69,17 +70,18 @@ RUN_PHASES = (("startup", "start-up (imports)"), ("prepare", "data, model, run f
               ("final_summaries", "final TensorBoard summaries"), ("exit", "summary.json, exit"))
 
 
-def cli_fit_epochs(args, data, device, epochs=3, data_dir=None):
+def cli_fit_epochs(args, data, device, epochs=3, data_dir=None, checkout=REPO):
     """`cli.py fit ARGS` for `epochs` epochs in a fresh process. -> a dict: `process_s` (its wall
     time, launch to exit), `wall_s` (the metrics.csv column: seconds from the first step to each
     epoch's end), `images` (training images per epoch) and `parts` (summary.json's time_parts_s)
-    with the start-up and exit seen from here (`startup`, `exit`)."""
+    with the start-up and exit seen from here (`startup`, `exit`). `checkout`: the keras-cifar
+    checkout whose cli.py runs (its own package: the script's folder comes first on sys.path)."""
     with tempfile.TemporaryDirectory() as logs:
-        command = [sys.executable, os.path.join(REPO, "cli.py"), "fit", *args, "--epochs", str(epochs),
+        command = [sys.executable, os.path.join(checkout, "cli.py"), "fit", *args, "--epochs", str(epochs),
                    "--data", data, "--log-dir", logs, "--device", device]
         command += ["--data-dir", data_dir] if data_dir else []
         launched = time.time()
-        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        result = subprocess.run(command, capture_output=True, text=True, cwd=checkout)
         ended = time.time()
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -173,8 +175,16 @@ def run_phases(run):
     return phases
 
 
-def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None, None)):
-    """`rounds` interleaved rounds of the four processes; -> every round's figures and their medians."""
+def describe_checkout(checkout):
+    """A checkout as the tables name it: its folder and commit."""
+    commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return f"{os.path.basename(os.path.normpath(checkout))} ({commit or 'no git'})"
+
+
+def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None, None), baseline=None):
+    """`rounds` interleaved rounds of the four processes (six with `baseline`: another checkout's
+    cli.py fit, 3 and 1 epochs); -> every round's figures and their medians."""
     args = ["--model", model, "--batch-size", str(batch_size), *image_arguments(limits)]
     programs = {
         "cli 3 epochs": lambda: cli_fit_epochs(args, data, device, 3, data_dir),
@@ -182,6 +192,9 @@ def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None
         "tidy 3 epochs": lambda: tidy_epochs(model, batch_size, data, device, 3, data_dir=data_dir, limits=limits),
         "tidy 1 epoch": lambda: tidy_epochs(model, batch_size, data, device, 1, data_dir=data_dir, limits=limits),
     }
+    if baseline:
+        programs["baseline 3 epochs"] = lambda: cli_fit_epochs(args, data, device, 3, data_dir, checkout=baseline)
+        programs["baseline 1 epoch"] = lambda: cli_fit_epochs(args, data, device, 1, data_dir, checkout=baseline)
     warm_data_cache(data, data_dir)
     runs = interleaved(programs, rounds, label=f"{model}: ")
     rows = []
@@ -200,9 +213,16 @@ def measure(model, batch_size, data, device, rounds, data_dir=None, limits=(None
             "load": max(run["load"] for run in (cli3, cli1, tidy3, tidy1))})
         rows[-1]["ratio"] = rows[-1]["tidy"] / rows[-1]["cli"]
         rows[-1]["clock_ratio"] = rows[-1]["tidy_clock"] / rows[-1]["cli_clock"]
+        if baseline:
+            base3, base1 = runs["baseline 3 epochs"][index], runs["baseline 1 epoch"][index]
+            rows[-1]["baseline"] = (base3["process_s"] - base1["process_s"]) / 2
+            rows[-1]["baseline_ratio"] = rows[-1]["baseline"] / rows[-1]["cli"]
+            rows[-1]["load"] = max(rows[-1]["load"], base3["load"], base1["load"])
     median = lambda key: statistics.median(row[key] for row in rows)  # noqa: E731
     setup = runs["tidy 3 epochs"][0]
-    return {"model": model, "batch": batch_size, "rounds": rows, "cli": median("cli"), "tidy": median("tidy"),
+    compared = {"baseline": median("baseline"), "baseline_ratio": median("baseline_ratio"),
+                "baseline_name": describe_checkout(baseline)} if baseline else {}
+    return {**compared, "model": model, "batch": batch_size, "rounds": rows, "cli": median("cli"), "tidy": median("tidy"),
             "ratio": median("ratio"), "cli_clock": median("cli_clock"), "tidy_clock": median("tidy_clock"),
             "clock_ratio": median("clock_ratio"), "tidy_evaluation": median("tidy_evaluation"),
             "tidy_train": statistics.median(row["tidy_clock"] - row["tidy_evaluation"] for row in rows),
@@ -226,6 +246,15 @@ def print_table(rows, machine):
         each = ", ".join(f"{row['ratio']:.2f}" for row in r["rounds"])
         print(f"| {r['model']} | {r['batch']} | {r['cli']:.2f} | {r['tidy']:.2f} | **{r['ratio']:.2f}** | {each} | "
               f"{r['cli_clock']:.2f} | {r['tidy_clock']:.2f} | {r['clock_ratio']:.2f} | {r['tidy_setup']} |")
+    if any("baseline" in r for r in rows):
+        print("\nThis checkout against --baseline (another checkout's cli.py fit, measured the same way in the same "
+              "rounds); ratio = baseline / this (> 1: this checkout is faster)")
+        print("| model | this checkout s/epoch | baseline | baseline s/epoch | ratio | each round's ratio |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            each = ", ".join(f"{row['baseline_ratio']:.2f}" for row in r["rounds"])
+            print(f"| {r['model']} | {r['cli']:.2f} | {r['baseline_name']} | {r['baseline']:.2f} | "
+                  f"**{r['baseline_ratio']:.2f}** | {each} |")
     print("\nEvery round (process wall times in s; first: the program that started the round; load: the highest "
           "1-minute load average as its processes ended, about 2 when nothing else runs)")
     print("| model | round | first | cli.py fit 3 epochs | 1 epoch | s/epoch | tidy 3 epochs | 1 epoch | s/epoch "
@@ -288,13 +317,19 @@ def machine_name(device):
 @click.option("--breakdown/--no-breakdown", default=True, show_default=True,
               help="Also print where each epoch of cli.py fit goes, and each process's phases.")
 @click.option("--json", "json_path", default=None, help="Also write every round's figures to this JSON file.")
-def main(models, batch_size, data, data_dir, train_images, eval_images, device, rounds, breakdown, json_path):
+@click.option("--baseline", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Another keras-cifar checkout (e.g. `git worktree add ../before <commit>`) whose cli.py fit runs "
+                   "in the same rounds, with this environment's packages: a change measured side by side.")
+def main(models, batch_size, data, data_dir, train_images, eval_images, device, rounds, breakdown, json_path,
+         baseline):
+    if baseline and not os.path.isfile(os.path.join(baseline, "cli.py")):
+        raise click.BadParameter(f"{baseline} holds no cli.py: not a keras-cifar checkout", param_hint="--baseline")
     rows = []
     for model in models.split(","):
         print(f"{model}: cli.py fit and the tidy loop, 3 and 1 epochs each, {rounds} round(s) ...", file=sys.stderr,
               flush=True)
         rows.append(measure(model, batch_size or ORIGINAL_BATCH[model], data, device, rounds, data_dir,
-                            (train_images, eval_images)))
+                            (train_images, eval_images), baseline and os.path.abspath(baseline)))
         if json_path:  # after each model, so that a long run's finished models are kept
             with open(json_path, "w") as file:
                 json.dump({"machine": machine_name(device), "models": rows}, file, indent=1)

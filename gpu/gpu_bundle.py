@@ -36,7 +36,8 @@ import sys
 NOT_INSTALLED = {"torch", "torchvision", "tensorflow", "tensorflow-cpu", "tensorflow-datasets", "tensorboard",
                  "importlib-resources", "matplotlib"}
 # Other distributions of the same module: any of them satisfies the requirement.
-ALTERNATIVES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")}
+ALTERNATIVES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless"),
+                "keras": ("keras-nightly",)}  # the next Keras release, as the module `keras`
 # The module of each requirement, for a module importable without a distribution's metadata (built
 # from source, as some GPU images do with OpenCV): present, version unknown.
 MODULES = {"keras": "keras", "click": "click", "pyyaml": "yaml", "numpy": "numpy", "opencv-python-headless": "cv2",

@@ -5,8 +5,9 @@
     python -m gpu.gpu_check --models googlenet --precisions float32 --jit graph,graph-compiled,off
     python -m gpu.gpu_check --device cpu --steps 8 --resize-to 32  # a smoke run without a GPU
 
-It needs only torch, torchvision, keras and pyyaml (synthetic data: no TensorFlow, no downloads;
-resnet18 starts from random weights), and prints one table, a row as soon as it is done: for each
+It needs only torch, keras and pyyaml (synthetic data: no TensorFlow, no downloads; resnet18
+starts from random weights; its plain-PyTorch column needs torchvision, and says so without it),
+and prints one table, a row as soon as it is done: for each
 model, precision (`float32` is the product's `none`) and `jit` setting (`graph`: the forward
 graph captured by torch.export, replayed op by op, the product's default; `graph-compiled`: that
 graph compiled by torch.compile, Inductor's fused kernels; `off`: eager Keras), the seconds of the
@@ -199,9 +200,21 @@ def product_row(model_name, precision, device, batch_size, steps, resize_to, jit
         row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
         row["reload"] = checkpoint_roundtrip(model, device)
     row["capture"] = None if jit == "off" else capture_vs_eager(config, device, batch_size, jit=jit)
-    row["torch_images_per_s"] = torch_row(model_name, precision, device, batch_size, steps, resize_to,
-                                          row["timed_steps"])
+    row["torch_images_per_s"] = plain_pytorch_images_per_s(model_name, precision, device, batch_size, steps,
+                                                           resize_to, row["timed_steps"])
     return row
+
+
+def plain_pytorch_images_per_s(*args):
+    """`torch_row(*args)`, or None where the original network needs a torchvision this machine lacks
+    (resnet18 is torchvision's): the row keeps its checks without the comparison."""
+    try:
+        return torch_row(*args)
+    except ModuleNotFoundError as error:
+        if error.name != "torchvision":
+            raise
+        print(f"plain PyTorch skipped: {error}", file=sys.stderr, flush=True)
+        return None
 
 
 def checkpoint_roundtrip(model, device):
@@ -349,8 +362,12 @@ def format_row(r):
     capture = "-" if r["capture"] is None else f"{r['capture']:.1e}"
     syncs = f"{r['syncs']:g}" + (" (eager: not checked)" if r["jit"] == "off" else "")
     setup = f"{r['setup_s']:.3f} s, {r['setup_share']:.1%}" + (" (over 5%)" if r["setup_share"] >= SETUP_SHARE else "")
+    if r["torch_images_per_s"] is None:
+        torch_cells = "- (needs torchvision) | - |"
+    else:
+        torch_cells = f"{r['torch_images_per_s']:.0f} | {r['images_per_s'] / r['torch_images_per_s']:.2f} |"
     return (start + f" {r['first_steps_s']:.2f} | {r['timed_steps']} | {r['images_per_s']:.0f} | "
-            f"{r['torch_images_per_s']:.0f} | {r['images_per_s'] / r['torch_images_per_s']:.2f} | {setup} | "
+            f"{torch_cells} {setup} | "
             f"{r['peak_mib']:.0f} | {syncs} | {capture} | {r['reload']:.1e} | {verdict} |")
 
 

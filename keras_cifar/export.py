@@ -214,11 +214,17 @@ def _save_pt2(program, path, meta):
 
 
 def _save_onnx(program, path, meta):
+    import logging
     import warnings
 
     import torch
 
+    # torch's ONNX exporter logs a warning per torchvision operator it cannot register when no
+    # torchvision is installed (torch 2.15), which keras-cifar does not need: its log below errors.
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
     try:
+        exporter_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME],
@@ -227,6 +233,8 @@ def _save_onnx(program, path, meta):
     except Exception as error:
         raise ExportError(f"The model {meta['model']!r} cannot be converted to ONNX ({type(error).__name__}: "
                           f"{_first_line(error)}).") from None
+    finally:
+        exporter_log.setLevel(level)
     ir_model = onnx_program.model
     for value in (*ir_model.graph.inputs, *ir_model.graph.outputs):
         value.shape = _named_batch(value.shape)

@@ -130,10 +130,12 @@ def test_epochs_times_whole_processes_of_the_cli_and_the_tidy_loop(real_folder_s
     """bench.epochs, PERFORMANCE.md's end-to-end row, on a slice of the real data: 3- and 1-epoch processes of
     each program, the steady epoch their wall-time difference halved; every round listed; the breakdown of an
     epoch and of each process from the run's own summary.json (the order alternates over rounds: the
-    step_levers test)."""
+    step_levers test). With --baseline (here this same checkout) another checkout's cli.py fit runs in the same
+    rounds and gets a table of its own."""
     result = bench("bench.epochs", "--models", "cnn", "--rounds", "1", "--data", str(real_folder_small),
-                   "--data-dir", str(data_dir))
-    assert "cnn: round 1/1 done (cli 3 epochs, cli 1 epoch, tidy 3 epochs, tidy 1 epoch)" in result.stderr
+                   "--data-dir", str(data_dir), "--baseline", str(REPO))
+    assert ("cnn: round 1/1 done (cli 3 epochs, cli 1 epoch, tidy 3 epochs, tidy 1 epoch, baseline 3 epochs, "
+            "baseline 1 epoch)") in result.stderr
     rows = [[cell.strip().strip("*") for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
             if line.startswith("| cnn |")]
     headline, (each_round,) = rows[0], [row for row in rows if row[1] == "1" and row[2] == "cli"]
@@ -154,6 +156,11 @@ def test_epochs_times_whole_processes_of_the_cli_and_the_tidy_loop(real_folder_s
     for one, three, share in phases.values():
         assert share == pytest.approx((three - one) / 2, abs=0.01)
     assert abs(phases["unaccounted (between the phases)"][1]) < 0.5
+    (compared,) = [row for row in rows if len(row) == 6]  # this checkout against the baseline
+    this, name, baseline, against = float(compared[1]), compared[2], float(compared[3]), float(compared[4])
+    assert this == cli and name.startswith(f"{REPO.name} (")
+    bounds = [(baseline + a) / (this + b) for a in (-0.005, 0.005) for b in (-0.005, 0.005)]
+    assert min(bounds) - 0.005 <= against <= max(bounds) + 0.005
 
 
 def test_step_levers_times_every_variant_and_the_tidy_loop_in_turns():

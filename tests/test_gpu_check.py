@@ -1,6 +1,6 @@
 """gpu/gpu_check.py, the GPU check, run as a CPU smoke test: it must run where only torch,
-torchvision, keras and pyyaml are installed (the GPU machines), and its checks must fail when
-what they check breaks."""
+keras and pyyaml (and usually torchvision) are installed (the GPU machines), and its checks must
+fail when what they check breaks."""
 
 import os
 import subprocess
@@ -38,6 +38,29 @@ def test_gpu_check_runs_without_tensorflow_and_passes_on_cpu_printing_each_row_w
     assert "| cnn | none | graph |" in output and "| resnet18 | none | graph |" in output
     assert output.index("| cnn | none | graph |") < output.index("resnet18 none graph ...")
     assert "All 2 rows passed." in output
+
+
+def test_a_row_without_torchvision_keeps_its_checks_and_says_what_is_missing(monkeypatch):
+    """Where no torchvision matches the installed torch (a new torch, before its torchvision is out),
+    resnet18's plain-PyTorch column says so and the row passes on its checks; another missing module
+    is still an error."""
+    from gpu import gpu_check
+
+    def missing(name):
+        def create_reference(model_name):
+            raise ModuleNotFoundError(f"{name} is not installed", name=name)
+        return create_reference
+
+    monkeypatch.setattr(gpu_check.reference, "create_reference", missing("torchvision"))
+    assert gpu_check.plain_pytorch_images_per_s("resnet18", "none", "cpu", 4, 5, 32, 5) is None
+    row = {"model": "resnet18", "precision": "none", "jit": "graph", "first_steps_s": 1.0, "timed_steps": 5,
+           "images_per_s": 100.0, "torch_images_per_s": None, "setup_s": 0.01, "setup_share": 0.01,
+           "peak_mib": float("nan"), "syncs": 0, "capture": 0.0, "reload": 0.0, "failed": []}
+    assert "| 100 | - (needs torchvision) | - | 0.010 s, 1.0% |" in gpu_check.format_row(row)
+    assert gpu_check.format_row(row).endswith("| ok |")
+    monkeypatch.setattr(gpu_check.reference, "create_reference", missing("yaml"))
+    with pytest.raises(ModuleNotFoundError):
+        gpu_check.plain_pytorch_images_per_s("resnet18", "none", "cpu", 4, 5, 32, 5)
 
 
 def test_gpu_check_flags_choose_the_rows_and_reject_unknown_values(monkeypatch):
