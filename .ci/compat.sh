@@ -5,7 +5,7 @@
 #
 #   bash .ci/compat.sh newest   # the newest torch, tensorflow-cpu, onnx... on the index, and the next
 #                               # Keras (keras-nightly, the Keras 3.16 line) in place of keras
-#   bash .ci/compat.sh oldest   # the floors of pyproject.toml: torch 2.9.1, keras 3.15.1, tensorflow-cpu 2.18
+#   bash .ci/compat.sh oldest   # the floors of pyproject.toml: torch 2.9.1, keras 3.15.1, tensorflow-cpu 2.20
 #
 # PYTHON: the interpreter (default python3; e.g. PYTHON=python3.13). VENV: the virtual environment
 # (default .venv-compat-newest or -oldest, made afresh). Any local pip constraint (PIP_CONSTRAINT,
@@ -33,7 +33,7 @@ if [ "$which" = newest ]; then
   "$VENV/bin/python" -m pip uninstall --quiet -y keras
   "${pip[@]}" --pre --no-deps --upgrade keras-nightly
 else
-  "${pip[@]}" "torch==2.9.1" "keras==3.15.1" "tensorflow-cpu==2.18.*" "tensorboard==2.18.*" "onnx==1.18.*" \
+  "${pip[@]}" "torch==2.9.1" "keras==3.15.1" "tensorflow-cpu==2.20.*" "tensorboard==2.20.*" "onnx==1.18.*" \
     "onnxscript==0.5.*" "onnxruntime==1.22.*"
   "${pip[@]}" -e '.[dev,export]'
   # tensorflow-cpu pulled keras back to its own pin: the floor again, without touching the rest
