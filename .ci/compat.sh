@@ -34,7 +34,7 @@ if [ "$which" = newest ]; then
   "${pip[@]}" --pre --no-deps --upgrade keras-nightly
 else
   "${pip[@]}" "torch==2.9.1" "keras==3.15.1" "tensorflow-cpu==2.20.*" "tensorboard==2.20.*" "onnx==1.18.*" \
-    "onnxscript==0.5.*" "onnxruntime==1.22.*"
+    "onnxscript==0.6.1" "onnxruntime==1.22.*"
   "${pip[@]}" -e '.[dev,export]'
   # tensorflow-cpu pulled keras back to its own pin: the floor again, without touching the rest
   "${pip[@]}" --no-deps "keras==3.15.1"

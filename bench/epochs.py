@@ -75,7 +75,7 @@ def cli_fit_epochs(args, data, device, epochs=3, data_dir=None, checkout=REPO):
     time, launch to exit), `wall_s` (the metrics.csv column: seconds from the first step to each
     epoch's end), `images` (training images per epoch) and `parts` (summary.json's time_parts_s)
     with the start-up and exit seen from here (`startup`, `exit`). `checkout`: the keras-cifar
-    checkout whose cli.py runs (its own package: the script's folder comes first on sys.path)."""
+    checkout whose cli.py runs (with its own package: Python imports from the script's folder first)."""
     with tempfile.TemporaryDirectory() as logs:
         command = [sys.executable, os.path.join(checkout, "cli.py"), "fit", *args, "--epochs", str(epochs),
                    "--data", data, "--log-dir", logs, "--device", device]
