@@ -214,6 +214,8 @@ def _save_pt2(program, path, meta):
 
 
 def _save_onnx(program, path, meta):
+    import contextlib
+    import io
     import logging
     import warnings
 
@@ -221,11 +223,12 @@ def _save_onnx(program, path, meta):
 
     # torch's ONNX exporter logs a warning per torchvision operator it cannot register when no
     # torchvision is installed (torch 2.15), which keras-cifar does not need: its log below errors.
+    # onnxscript before 0.7 prints its optimizer's rewrites to stdout, which is the command's output.
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     try:
         exporter_log.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME],
                                              output_names=[OUTPUT_NAME], verbose=False)
